@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="destination-heap-analytics",
+    version="0.2.0",
+    description="Airbyte destination that loads one stream into Heap Analytics through Heap's server-side APIs.",
+    python_requires=">=3.11,<3.13",
+    packages=find_packages(include=["destination_heap_analytics", "destination_heap_analytics.*"]),
+    package_data={"destination_heap_analytics": ["spec.json"]},
+    install_requires=[
+        "airbyte-cdk>=7,<8",
+        "requests>=2.31",
+        "pendulum>=3",
+        "jsonpath-ng>=1.6",
+        "orjson>=3.9",
+    ],
+    extras_require={
+        "tests": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5"],
+    },
+    entry_points={
+        "console_scripts": [
+            "destination-heap-analytics=destination_heap_analytics.run:run",
+            "heap-standin=destination_heap_analytics.heap_standin:main",
+        ]
+    },
+)
