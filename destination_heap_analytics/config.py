@@ -1,0 +1,180 @@
+"""Stage 1: the connector's configuration, parsed and validated once.
+
+A config written for the 0.1.0 connector (app_id, base_url, api{api_type, ...columns}) parses unchanged;
+the newer top-level fields are all optional. Every error names the field and says what to put there.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+US_BASE_URL = "https://heapanalytics.com"
+EU_BASE_URL = "https://c.eu.heap-api.com"
+
+API_TYPES = ("track", "add_user_properties", "add_account_properties")
+# Which column fields each api_type requires, and which it may have.
+REQUIRED_COLUMNS = {
+    "track": ("identity_column", "event_column"),
+    "add_user_properties": ("identity_column", "property_columns"),
+    "add_account_properties": ("account_id_column", "property_columns"),
+}
+OPTIONAL_COLUMNS = {
+    "track": ("timestamp_column", "property_columns"),
+    "add_user_properties": (),
+    "add_account_properties": (),
+}
+INVALID_RECORD_POLICIES = ("skip", "fail")
+ALL_PROPERTIES = "*"
+
+
+class ConfigError(ValueError):
+    """A config the connector cannot run with; the message tells the user what to change."""
+
+
+@dataclass(frozen=True)
+class MappingConfig:
+    """Which record columns become which Heap fields. None means the column is not configured."""
+
+    api_type: str
+    identity_column: str | None = None
+    event_column: str | None = None
+    timestamp_column: str | None = None
+    account_id_column: str | None = None
+    # None: every field of the record ("*"); otherwise the columns in the order written.
+    property_columns: tuple[str, ...] | None = ()
+
+
+@dataclass(frozen=True)
+class HeapConfig:
+    app_id: str
+    base_url: str
+    mapping: MappingConfig
+    bulk: bool = True
+    batch_size: int = 1000
+    on_invalid_record: str = "skip"
+    max_concurrent_requests: int = 8
+    track_events_per_minute: int = 15000
+    request_timeout_seconds: float = 30.0
+    max_retries: int = 6
+
+
+def parse_config(raw: Mapping[str, Any]) -> HeapConfig:
+    """Validate a raw config (the JSON the user wrote) and return the typed config it describes."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("The config must be a JSON object.")
+    return HeapConfig(
+        app_id=_app_id(raw.get("app_id")),
+        base_url=_base_url(raw.get("base_url", US_BASE_URL)),
+        mapping=_mapping(raw.get("api")),
+        bulk=_boolean(raw, "bulk", True),
+        batch_size=_integer(raw, "batch_size", 1000, 1, 1000),
+        on_invalid_record=_choice(raw, "on_invalid_record", "skip", INVALID_RECORD_POLICIES),
+        max_concurrent_requests=_integer(raw, "max_concurrent_requests", 8, 1, 64),
+        track_events_per_minute=_integer(raw, "track_events_per_minute", 15000, 0, 10_000_000),
+        request_timeout_seconds=float(_integer(raw, "request_timeout_seconds", 30, 1, 600)),
+        max_retries=_integer(raw, "max_retries", 6, 0, 20),
+    )
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _app_id(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(
+            "app_id is missing. Set it to your Heap environment ID, a number such as \"11\" "
+            "(Heap: Account > Manage > Projects > Environment ID)."
+        )
+    if not value.strip().isdigit():
+        raise ConfigError("app_id must be your Heap environment ID, digits only (for example \"11\").")
+    return value.strip()
+
+
+def _base_url(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"base_url must be a URL such as {US_BASE_URL} (US) or {EU_BASE_URL} (EU).")
+    url = value.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigError(f"base_url {url!r} is not a URL; use {US_BASE_URL} (US) or {EU_BASE_URL} (EU).")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ConfigError(
+            f"base_url must use https (got {url!r}); plain http is only allowed for a local test server "
+            "on a loopback address such as 127.0.0.1."
+        )
+    return url
+
+
+def _mapping(api: Any) -> MappingConfig:
+    if not isinstance(api, Mapping):
+        raise ConfigError(f"api is missing. Set api.api_type to one of: {', '.join(API_TYPES)}.")
+    api_type = api.get("api_type")
+    if api_type not in API_TYPES:
+        raise ConfigError(f"api.api_type is {api_type!r}; it must be one of: {', '.join(API_TYPES)}.")
+    columns: dict[str, Any] = {}
+    for name in REQUIRED_COLUMNS[api_type]:
+        columns[name] = _column(api, name, api_type, required=True)
+    for name in OPTIONAL_COLUMNS[api_type]:
+        columns[name] = _column(api, name, api_type, required=False)
+    columns["property_columns"] = _property_columns(columns.get("property_columns"))
+    return MappingConfig(api_type=api_type, **columns)
+
+
+def _column(api: Mapping[str, Any], name: str, api_type: str, required: bool) -> str | None:
+    value = api.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise ConfigError(f"api.{name} is required for api_type {api_type}: name the record column to use.")
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"api.{name} must be a column name (a string), got {type(value).__name__}.")
+    return value.strip()
+
+
+def _property_columns(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return ()
+    if value == ALL_PROPERTIES:
+        return None
+    names = tuple(name.strip() for name in value.split(","))
+    if any(not name for name in names):
+        raise ConfigError(
+            "api.property_columns has an empty name; write a comma-separated list such as "
+            "\"name,plan,address.city\", or * for every field."
+        )
+    if ALL_PROPERTIES in names:
+        raise ConfigError("api.property_columns: use * alone for every field, not inside a list.")
+    return names
+
+
+def _boolean(raw: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = raw.get(name, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}.")
+    return value
+
+
+def _integer(raw: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = raw.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
+    return value
+
+
+def _choice(raw: Mapping[str, Any], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = raw.get(name, default)
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}.")
+    return value

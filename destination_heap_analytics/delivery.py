@@ -1,0 +1,255 @@
+"""Stage 3: getting batches of Heap items into Heap, and knowing exactly which ones got there.
+
+`HeapClient` sends one request with retries (429, 5xx, timeouts, dropped connections) over one pooled
+session. `BatchSender` runs several batches at once on a thread pool, bisects a rejected bulk request until
+the bad items are isolated, and hands each finished batch back as a `BatchResult`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import orjson
+import requests
+from requests.adapters import HTTPAdapter
+
+from destination_heap_analytics.config import HeapConfig
+from destination_heap_analytics.mapping import HeapItem
+from destination_heap_analytics.pacing import Pacer
+
+logger = logging.getLogger("airbyte")
+
+# api_type -> (path, key of the item list in a bulk body)
+ENDPOINTS = {
+    "track": ("/api/track", "events"),
+    "add_user_properties": ("/api/add_user_properties", "users"),
+    "add_account_properties": ("/api/add_account_properties", "accounts"),
+}
+REJECTED_STATUSES = (400, 413, 422)  # the request's content is refused: split it to find the bad items
+CONFIG_STATUSES = (401, 403, 404, 405)  # wrong host, path or app: no retry can help
+INITIAL_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 30.0
+MAX_RETRY_AFTER_SECONDS = 300.0
+CONNECT_TIMEOUT_SECONDS = 10.0
+USER_AGENT = "destination-heap-analytics/0.2.0"
+_QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
+
+
+class DeliveryError(Exception):
+    """Heap could not be made to take a request. `transient`: trying again later may work."""
+
+    def __init__(self, message: str, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class HeapRejected(Exception):
+    """Heap refused the request's content (400-class): retrying the same body cannot succeed."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"HTTP {status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class DeliveryStopped(Exception):
+    """The sync is stopping; the request was abandoned before Heap acknowledged it."""
+
+
+@dataclass
+class DeliveryCounters:
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    bisections: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def bisected(self) -> None:
+        with self._lock:
+            self.bisections += 1
+
+    def count(self, outcome: str, retried: bool) -> None:
+        with self._lock:
+            self.requests += 1
+            self.retries += retried
+            self.throttled += outcome == "429"
+            self.statuses[outcome] = self.statuses.get(outcome, 0) + 1
+
+
+class HeapClient:
+    """POSTs JSON bodies to Heap over one pooled session, retrying what is worth retrying."""
+
+    def __init__(self, config: HeapConfig, pacer: Pacer | None, stop: threading.Event) -> None:
+        self._base_url = config.base_url
+        self._timeout = (min(CONNECT_TIMEOUT_SECONDS, config.request_timeout_seconds), config.request_timeout_seconds)
+        self._max_retries = config.max_retries
+        self._pacer = pacer
+        self._stop = stop
+        self.counters = DeliveryCounters()
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.max_concurrent_requests, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update({"Content-Type": "application/json", "User-Agent": USER_AGENT})
+
+    def post(self, path: str, body: bytes, identities: list[str | None]) -> None:
+        """Deliver one body; returns once Heap acknowledged it. Raises HeapRejected, DeliveryError."""
+        url = self._base_url + path
+        for attempt in range(self._max_retries + 1):
+            if self._stop.is_set():
+                raise DeliveryStopped()
+            if self._pacer:
+                self._pacer.wait_for(identities)
+            problem, retry_after = self._attempt(url, body, retried=attempt > 0)
+            if problem is None:
+                return
+            if attempt < self._max_retries:
+                self._stop.wait(_backoff(attempt, retry_after))
+        raise DeliveryError(
+            f"Heap did not accept a request to {path} after {self._max_retries + 1} attempts; last answer: {problem}. "
+            "This is usually temporary (Heap throttling or unavailable): run the sync again, it resumes from "
+            "the last state.",
+            transient=True,
+        )
+
+    def _attempt(self, url: str, body: bytes, retried: bool) -> tuple[str | None, float | None]:
+        """One request. Returns (None, None) on success, or (what went wrong, Retry-After) to retry."""
+        try:
+            response = self.session.post(url, data=body, timeout=self._timeout)
+        except requests.Timeout:
+            self.counters.count("timeout", retried)
+            return "timed out", None
+        except requests.ConnectionError as error:
+            self.counters.count("connection_error", retried)
+            return f"connection failed ({type(error).__name__})", None
+        status = response.status_code
+        self.counters.count(str(status), retried)
+        if 200 <= status < 300:
+            if self._pacer:
+                self._pacer.accepted()
+            return None, None
+        if status in REJECTED_STATUSES:
+            raise HeapRejected(status, _without_values(response.text))
+        if status == 429 or status >= 500:
+            retry_after = _retry_after(response)
+            if status == 429 and self._pacer:
+                self._pacer.throttled(retry_after)
+            return f"HTTP {status}", retry_after
+        if status in CONFIG_STATUSES:
+            raise DeliveryError(
+                f"Heap answered HTTP {status} at {url}. Check base_url (US: https://heapanalytics.com, "
+                "EU: https://c.eu.heap-api.com) and app_id.",
+                transient=False,
+            )
+        raise DeliveryError(f"Heap answered an unexpected HTTP {status} at {url}.", transient=False)
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter; Heap's Retry-After, when given, is the floor."""
+    jittered = random.uniform(0, min(MAX_BACKOFF_SECONDS, INITIAL_BACKOFF_SECONDS * 2**attempt))
+    return max(jittered, retry_after or 0.0)
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    try:
+        return min(MAX_RETRY_AFTER_SECONDS, max(0.0, float(response.headers["Retry-After"])))
+    except (KeyError, ValueError):
+        return None
+
+
+def _without_values(text: str) -> str:
+    """Heap's error text, with anything quoted masked: it may echo a record's values."""
+    return _QUOTED.sub('"…"', text.strip())[:300] or "(no message)"
+
+
+@dataclass
+class Batch:
+    number: int
+    items: list[HeapItem] = field(default_factory=list)
+
+
+@dataclass
+class BatchResult:
+    number: int
+    delivered: int = 0
+    rejected: list[str] = field(default_factory=list)  # Heap's reason, one entry per refused item
+    failure: DeliveryError | DeliveryStopped | None = None  # set: the batch is not (wholly) in Heap
+
+
+class BatchSender:
+    """Delivers batches concurrently with a bounded window: `submit` blocks while the window is full."""
+
+    def __init__(self, config: HeapConfig, client: HeapClient, stop: threading.Event) -> None:
+        self._path, self._list_key = ENDPOINTS[config.mapping.api_type]
+        self._app_id = config.app_id
+        self._bulk = config.bulk
+        self._client = client
+        self._stop = stop
+        self._window = 2 * config.max_concurrent_requests  # queued as well as running, so no worker idles
+        self._pool = ThreadPoolExecutor(config.max_concurrent_requests, thread_name_prefix="heap-sender")
+        self._in_flight: set[Future[BatchResult]] = set()
+
+    def submit(self, batch: Batch) -> list[BatchResult]:
+        """Queue a batch; returns the results of batches that finished meanwhile (waits if the window is full)."""
+        finished = self.collect(block=len(self._in_flight) >= self._window)
+        self._in_flight.add(self._pool.submit(self._deliver, batch))
+        return finished
+
+    def collect(self, block: bool = False) -> list[BatchResult]:
+        """Results of finished batches; with block, waits for at least one."""
+        if not self._in_flight:
+            return []
+        done, self._in_flight = wait(self._in_flight, timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        return [future.result() for future in done]
+
+    def drain(self, timeout: float | None = None) -> list[BatchResult]:
+        """Results of every batch in flight, waiting for them (at most `timeout` seconds)."""
+        done, self._in_flight = wait(self._in_flight, timeout=timeout)
+        return [future.result() for future in done]
+
+    def close(self) -> None:
+        """Stop: abandon queued batches, let running requests end (bounded by their timeout)."""
+        self._stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _deliver(self, batch: Batch) -> BatchResult:
+        result = BatchResult(batch.number)
+        try:
+            if self._bulk:
+                self._deliver_bulk(batch.items, result)
+            else:
+                for item in batch.items:
+                    self._deliver_one(item, result)
+        except (DeliveryError, DeliveryStopped) as failure:
+            result.failure = failure
+        return result
+
+    def _deliver_bulk(self, items: list[HeapItem], result: BatchResult) -> None:
+        """Send items in one request; if Heap refuses it, halve until each refused item stands alone."""
+        body = orjson.dumps({"app_id": self._app_id, self._list_key: [item.body for item in items]})
+        try:
+            self._client.post(self._path, body, [item.identity for item in items])
+            result.delivered += len(items)
+        except HeapRejected as rejection:
+            if len(items) == 1:
+                result.rejected.append(rejection.reason)
+                return
+            self._client.counters.bisected()
+            middle = len(items) // 2
+            self._deliver_bulk(items[:middle], result)
+            self._deliver_bulk(items[middle:], result)
+
+    def _deliver_one(self, item: HeapItem, result: BatchResult) -> None:
+        body = orjson.dumps({"app_id": self._app_id, **item.body})
+        try:
+            self._client.post(self._path, body, [item.identity])
+            result.delivered += 1
+        except HeapRejected as rejection:
+            result.rejected.append(rejection.reason)
+

@@ -1,0 +1,157 @@
+"""The Airbyte protocol layer: spec, check and write, kept thin; the stages do the work."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import orjson
+from airbyte_cdk.destinations import Destination
+from airbyte_cdk.models import (
+    AirbyteConnectionStatus,
+    AirbyteMessage,
+    AirbyteMessageSerializer,
+    AirbyteRecordMessage,
+    ConfiguredAirbyteCatalog,
+    DestinationSyncMode,
+    FailureType,
+    Status,
+    Type,
+)
+from airbyte_cdk.utils.airbyte_secrets_utils import get_secrets, update_secrets
+from airbyte_cdk.utils.traced_exception import AirbyteTracedException
+
+from destination_heap_analytics.config import ConfigError, HeapConfig, parse_config
+
+logger = logging.getLogger("airbyte")
+
+CHECK_TIMEOUT_SECONDS = 10.0
+UNPARSABLE_LINES_LOGGED = 10
+
+
+class DestinationHeapAnalytics(Destination):
+    # The CDK's JSON-schema check reports a wrong oneOf as "not valid under any of the given schemas";
+    # parse_config says which field is wrong and what to write instead.
+    check_config_against_spec = False
+
+    def run_cmd(self, parsed_args: Any) -> Iterable[AirbyteMessage]:
+        if parsed_args.command != "check":
+            yield from super().run_cmd(parsed_args)
+            return
+        try:
+            config = self.read_config(config_path=parsed_args.config)
+        except (OSError, ValueError) as error:
+            status = AirbyteConnectionStatus(status=Status.FAILED, message=f"Cannot read the config file: {error}")
+        else:
+            update_secrets(get_secrets(self.spec(logger).connectionSpecification, config))
+            status = self.check(logger, config)
+        yield AirbyteMessage(type=Type.CONNECTION_STATUS, connectionStatus=status)
+
+    def check(self, logger: logging.Logger, config: Mapping[str, Any]) -> AirbyteConnectionStatus:
+        """Validate the config and prove Heap's host answers, without writing anything into the project."""
+        try:
+            heap_config = parse_config(config)
+        except ConfigError as error:
+            return AirbyteConnectionStatus(status=Status.FAILED, message=str(error))
+        problem = _unreachable(heap_config.base_url)
+        if problem:
+            return AirbyteConnectionStatus(status=Status.FAILED, message=problem)
+        logger.info(f"Heap answered at {heap_config.base_url}; the config is valid (nothing was sent to Heap).")
+        return AirbyteConnectionStatus(status=Status.SUCCEEDED)
+
+    def write(
+        self,
+        config: Mapping[str, Any],
+        configured_catalog: ConfiguredAirbyteCatalog,
+        input_messages: Iterable[AirbyteMessage],
+    ) -> Iterable[AirbyteMessage]:
+        from destination_heap_analytics.writer import SyncWriter  # only write needs the delivery stack
+
+        heap_config = _config_or_trace(config)
+        stream = _single_stream(configured_catalog)
+        yield from SyncWriter(heap_config, stream).write(input_messages)
+
+    def _parse_input_stream(self, input_stream: io.TextIOWrapper) -> Iterator[AirbyteMessage]:
+        """Stdin lines -> Airbyte messages. Records skip the full model validation (the hot path);
+        a line that is not a message is counted and its position logged, never its content."""
+        unparsable = 0
+        for number, line in enumerate(input_stream, 1):
+            if not line.strip():
+                continue
+            message = _parse_line(line)
+            if message is None:
+                unparsable += 1
+                if unparsable <= UNPARSABLE_LINES_LOGGED:
+                    logger.warning(f"Input line {number} is not an Airbyte message; skipped (content not logged).")
+                continue
+            yield message
+        if unparsable:
+            logger.warning(f"{unparsable} input lines were not Airbyte messages and were skipped.")
+
+
+def _parse_line(line: str) -> AirbyteMessage | None:
+    try:
+        raw = orjson.loads(line)
+        kind = raw.get("type")
+        if kind == "RECORD":
+            record = raw["record"]
+            return AirbyteMessage(
+                type=Type.RECORD,
+                record=AirbyteRecordMessage(
+                    stream=record["stream"],
+                    data=record["data"],
+                    emitted_at=int(record.get("emitted_at") or 0),
+                    namespace=record.get("namespace"),
+                ),
+            )
+        if kind == "STATE":
+            return AirbyteMessageSerializer.load(raw)
+        return AirbyteMessage(type=Type(kind)) if kind in Type.__members__ else None
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _config_or_trace(config: Mapping[str, Any]) -> HeapConfig:
+    try:
+        return parse_config(config)
+    except ConfigError as error:
+        raise AirbyteTracedException(message=str(error), failure_type=FailureType.config_error) from None
+
+
+def _single_stream(catalog: ConfiguredAirbyteCatalog) -> str:
+    """Each sync loads one stream into Heap; several would need several mappings."""
+    streams = catalog.streams
+    if len(streams) != 1:
+        names = ", ".join(sorted(s.stream.name for s in streams)) or "none"
+        raise AirbyteTracedException(
+            message=f"This destination loads exactly one stream per connection; the catalog has "
+            f"{len(streams)} ({names}). Select one stream, and create one connection per stream.",
+            failure_type=FailureType.config_error,
+        )
+    configured = streams[0]
+    if configured.destination_sync_mode == DestinationSyncMode.overwrite:
+        logger.warning(
+            "Sync mode overwrite: Heap cannot delete data, so records are added as with append; "
+            "nothing already in Heap is removed."
+        )
+    return configured.stream.name
+
+
+def _unreachable(base_url: str) -> str | None:
+    """None if Heap's host gives any HTTP answer to a GET (which writes nothing); else what to fix."""
+    import requests
+
+    try:
+        requests.get(base_url + "/", timeout=CHECK_TIMEOUT_SECONDS, allow_redirects=False)
+    except requests.exceptions.SSLError:
+        return f"TLS handshake with {base_url} failed: check base_url and any proxy that intercepts HTTPS."
+    except requests.Timeout:
+        return f"{base_url} did not answer within {CHECK_TIMEOUT_SECONDS:.0f} s: check base_url and the network."
+    except requests.ConnectionError:
+        return (
+            f"Cannot connect to {base_url} (DNS or connection failure): check base_url "
+            "(US: https://heapanalytics.com, EU: https://c.eu.heap-api.com) and that this host can reach it."
+        )
+    return None

@@ -1,0 +1,299 @@
+"""Stage 2: one source record -> one Heap item, following Heap's field rules.
+
+Pure functions over plain dicts: no HTTP, no Airbyte types, so every rule is easy to test and fuzz.
+A record either becomes a `HeapItem` (possibly with `notes` on values that had to be adjusted) or a
+`Rejection` that names the reason and the column, never the value (values are personal data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pendulum
+from jsonpath_ng import parse as parse_jsonpath
+from jsonpath_ng.exceptions import JsonPathParserError
+
+from destination_heap_analytics.config import ConfigError, MappingConfig
+
+MAX_IDENTITY_LENGTH = 255
+MAX_TEXT_LENGTH = 1023  # Heap: event names, property keys and values "under 1024 characters"
+MAX_SAFE_INTEGER = 2**53 - 1  # past this a JSON number loses digits in Heap; such integers go as text
+# Epoch numbers at or above this are milliseconds: as seconds they would lie past the year 5000.
+EPOCH_MILLIS_THRESHOLD = 100_000_000_000
+FORBIDDEN_USER_PROPERTY = "id"  # Heap refuses a user property named id, in any casing
+ARRAY_SEPARATOR = "||"  # how Heap itself stores arrays
+
+
+@dataclass(slots=True)
+class HeapItem:
+    """One element of a Heap bulk list (`events`, `users` or `accounts`), ready to send."""
+
+    body: dict[str, Any]
+    identity: str | None  # the user this item counts against in Heap's per-identity rate limits
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (adjustment, property) e.g. ("truncated", "bio")
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a record cannot become a Heap item. Never holds the record's values."""
+
+    reason: str
+    column: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.reason} (column {self.column})" if self.column else self.reason
+
+
+class ColumnPath:
+    """A configured column, compiled once: a dotted path (`identities.connection`, `items.0.sku`) or JSONPath.
+
+    Dotted paths are resolved by a small loop over pre-split segments because they run for every column of
+    every record; jsonpath-ng's `find` costs microseconds a call. Anything written in JSONPath syntax
+    (`$...`, brackets, filters) is handed to jsonpath-ng, which also validates it once here.
+    """
+
+    def __init__(self, column: str) -> None:
+        self.column = column
+        self._jsonpath = None
+        self._segments: tuple[str | int, ...] = ()
+        if column.startswith("$") or "[" in column:
+            try:
+                self._jsonpath = parse_jsonpath(column)
+            except (JsonPathParserError, Exception) as error:
+                raise ConfigError(f"Column {column!r} is not a valid path: {error}") from None
+        else:
+            self._segments = tuple(int(part) if part.isdigit() else part for part in column.split("."))
+
+    def resolve(self, record: dict[str, Any]) -> Any:
+        """The column's value in the record, or None when the record does not have it."""
+        if self._jsonpath is not None:
+            matches = self._jsonpath.find(record)
+            return matches[0].value if matches else None
+        if self.column in record:  # a flat key that itself contains dots, such as "address.city"
+            return record[self.column]
+        return _walk(record, self._segments)
+
+
+def _walk(value: Any, segments: tuple[str | int, ...]) -> Any:
+    for position, segment in enumerate(segments):
+        if isinstance(value, dict):
+            value = value.get(str(segment))
+        elif isinstance(value, list):
+            if isinstance(segment, int):
+                value = value[segment] if segment < len(value) else None
+            else:  # a field of a list of objects: the first element that has it (identities.connection)
+                return next((v for v in (_walk(e, segments[position:]) for e in value) if v is not None), None)
+        else:
+            return None
+        if value is None:
+            return None
+    return value
+
+
+class Mapping:
+    """Maps source records to Heap items for one api_type, with every column path compiled once."""
+
+    def __init__(self, config: MappingConfig) -> None:
+        self.api_type = config.api_type
+        self._identity = ColumnPath(config.identity_column) if config.identity_column else None
+        self._event = ColumnPath(config.event_column) if config.event_column else None
+        self._timestamp = ColumnPath(config.timestamp_column) if config.timestamp_column else None
+        self._account_id = ColumnPath(config.account_id_column) if config.account_id_column else None
+        self._properties = (
+            None if config.property_columns is None else [ColumnPath(c) for c in config.property_columns]
+        )
+        self._forbid_id = config.api_type == "add_user_properties"
+        builders: dict[str, Callable[[dict[str, Any], int], HeapItem | Rejection]] = {
+            "track": self._track,
+            "add_user_properties": self._user,
+            "add_account_properties": self._account,
+        }
+        self._build = builders[config.api_type]
+
+    def map(self, record: Any, emitted_at_ms: int) -> HeapItem | Rejection:
+        """One record (the Airbyte record's `data`) and its `emitted_at` -> a Heap item or a Rejection."""
+        if not isinstance(record, dict):
+            return Rejection("record_not_an_object")
+        return self._build(record, emitted_at_ms)
+
+    def _track(self, record: dict[str, Any], emitted_at_ms: int) -> HeapItem | Rejection:
+        identity = _identifier(self._identity, record, "identity")
+        if isinstance(identity, Rejection):
+            return identity
+        event = _event_name(self._event, record)
+        if isinstance(event, Rejection):
+            return event
+        timestamp = _timestamp(self._timestamp, record, emitted_at_ms)
+        if isinstance(timestamp, Rejection):
+            return timestamp
+        item = HeapItem({"identity": identity, "event": event, "timestamp": timestamp}, identity)
+        properties = self._collect_properties(record, item.notes)
+        if properties:
+            item.body["properties"] = properties
+        item.body["idempotency_key"] = idempotency_key(record)
+        return item
+
+    def _user(self, record: dict[str, Any], emitted_at_ms: int) -> HeapItem | Rejection:
+        identity = _identifier(self._identity, record, "identity")
+        if isinstance(identity, Rejection):
+            return identity
+        item = HeapItem({"identity": identity}, identity)
+        return self._with_properties(item, record)
+
+    def _account(self, record: dict[str, Any], emitted_at_ms: int) -> HeapItem | Rejection:
+        account_id = _identifier(self._account_id, record, "account_id")
+        if isinstance(account_id, Rejection):
+            return account_id
+        return self._with_properties(HeapItem({"account_id": account_id}, None), record)
+
+    def _with_properties(self, item: HeapItem, record: dict[str, Any]) -> HeapItem | Rejection:
+        properties = self._collect_properties(record, item.notes)
+        if not properties:
+            return Rejection("no_properties", "property_columns")
+        item.body["properties"] = properties
+        return item
+
+    def _collect_properties(self, record: dict[str, Any], notes: list[tuple[str, str]]) -> dict[str, Any]:
+        properties: dict[str, Any] = {}
+        if self._properties is None:
+            for key, value in record.items():
+                self._put(properties, key, value, notes)
+        else:
+            for path in self._properties:
+                self._put(properties, path.column, path.resolve(record), notes)
+        return properties
+
+    def _put(self, properties: dict[str, Any], key: str, value: Any, notes: list[tuple[str, str]]) -> None:
+        """Add one property in Heap's shape: objects flatten to dotted keys, arrays join, nulls stay out."""
+        if value is None:
+            return
+        if isinstance(value, dict):
+            for inner_key, inner_value in value.items():
+                self._put(properties, f"{key}.{inner_key}", inner_value, notes)
+            return
+        if not key or len(key) > MAX_TEXT_LENGTH:
+            notes.append(("invalid_property_name", key[:40]))
+            return
+        if self._forbid_id and key.lower() == FORBIDDEN_USER_PROPERTY:
+            notes.append(("forbidden_property_name", key))
+            return
+        converted = property_value(value)
+        if converted is None:
+            notes.append(("unsupported_value", key))
+            return
+        if isinstance(converted, str) and len(converted) > MAX_TEXT_LENGTH:
+            converted = converted[:MAX_TEXT_LENGTH]
+            notes.append(("truncated", key))
+        properties[key] = converted
+
+
+def property_value(value: Any) -> str | int | float | bool | None:
+    """A scalar Heap stores as it is; arrays joined the way Heap joins them; None for what Heap can't hold."""
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        parts = [_array_element_text(element) for element in value if element is not None]
+        return ARRAY_SEPARATOR.join(parts) if parts else None
+    return None
+
+
+def _array_element_text(element: Any) -> str:
+    if isinstance(element, str):
+        return element
+    if isinstance(element, bool):
+        return "true" if element else "false"
+    if isinstance(element, (int, float)):
+        return str(element)
+    return orjson.dumps(element, default=str, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _identifier(path: ColumnPath | None, record: dict[str, Any], field_name: str) -> str | Rejection:
+    value = path.resolve(record) if path else None
+    column = path.column if path else None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return Rejection(f"missing_{field_name}" if value is None else f"invalid_{field_name}_type", column)
+    text = value if isinstance(value, str) else str(value)
+    if not text.strip():
+        return Rejection(f"missing_{field_name}", column)
+    if len(text) > MAX_IDENTITY_LENGTH:
+        return Rejection(f"{field_name}_too_long", column)
+    return text
+
+
+def _event_name(path: ColumnPath | None, record: dict[str, Any]) -> str | Rejection:
+    value = path.resolve(record) if path else None
+    column = path.column if path else None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return Rejection("missing_event" if value is None else "invalid_event_type", column)
+    text = value if isinstance(value, str) else str(value)
+    if not text.strip():
+        return Rejection("missing_event", column)
+    if len(text) > MAX_TEXT_LENGTH:
+        return Rejection("event_too_long", column)
+    return text
+
+
+def _timestamp(path: ColumnPath | None, record: dict[str, Any], emitted_at_ms: int) -> str | Rejection:
+    value = path.resolve(record) if path else None
+    if value is None or value == "":
+        value = emitted_at_ms  # deterministic for a given record message, unlike Heap's "now"
+    normalized = normalize_timestamp(value)
+    return normalized if normalized is not None else Rejection("invalid_timestamp", path.column if path else None)
+
+
+def normalize_timestamp(value: Any) -> str | None:
+    """ISO 8601 with offset from an ISO string, a date, or epoch seconds/milliseconds; None if not a time."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        number = _number(text)
+        if number is None:
+            try:
+                parsed = pendulum.parse(text, tz="UTC")
+            except (ValueError, TypeError, OverflowError):
+                return None
+            return _iso(parsed) if isinstance(parsed, pendulum.DateTime) else None
+        value = number
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        seconds = value / 1000 if abs(value) >= EPOCH_MILLIS_THRESHOLD else value
+        try:
+            return _iso(pendulum.from_timestamp(seconds, tz="UTC"))
+        except (ValueError, OverflowError, OSError):
+            return None
+    return None
+
+
+def _iso(moment: pendulum.DateTime) -> str:
+    """Heap's form, 2017-03-10T22:21:56+00:00, keeping milliseconds (or microseconds) only when present."""
+    if not moment.microsecond:
+        return moment.isoformat(timespec="seconds")
+    return moment.isoformat(timespec="microseconds" if moment.microsecond % 1000 else "milliseconds")
+
+
+def _number(text: str) -> float | int | None:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text) if text.replace(".", "", 1).lstrip("-").isdigit() else None
+    except ValueError:
+        return None
+
+
+def idempotency_key(record: dict[str, Any]) -> str:
+    """The same record always gets the same key, so Heap keeps one event however often it is replayed."""
+    canonical = orjson.dumps(record, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()

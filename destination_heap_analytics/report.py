@@ -1,0 +1,63 @@
+"""What a sync did, counted as it goes and told in the log: progress at a steady interval, a summary at the end.
+
+Only counts, reasons and column names are ever logged, never a record's values (they are personal data).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+from destination_heap_analytics.delivery import DeliveryCounters
+
+logger = logging.getLogger("airbyte")
+
+PROGRESS_INTERVAL_SECONDS = 15.0
+
+
+class SyncReport:
+    def __init__(self, counters: DeliveryCounters, progress_interval: float = PROGRESS_INTERVAL_SECONDS) -> None:
+        self.counters = counters
+        self.records_read = 0
+        self.records_sent = 0  # acknowledged by Heap
+        self.skipped: Counter[str] = Counter()  # reason -> records left out
+        self.adjusted: Counter[str] = Counter()  # "truncated bio" -> values changed or left out to fit Heap
+        self.states_emitted = 0
+        self._started = time.monotonic()
+        self._progress_interval = progress_interval
+        self._next_progress = self._started + progress_interval
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] += 1
+
+    def adjust(self, notes: list[tuple[str, str]]) -> None:
+        for kind, name in notes:
+            self.adjusted[f"{kind} {name}"] += 1
+
+    def maybe_log_progress(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_progress:
+            self._next_progress = now + self._progress_interval
+            logger.info(f"Progress: {self._figures(now)}")
+
+    def log_summary(self, outcome: str) -> None:
+        logger.info(f"Sync summary ({outcome}): {self._figures(time.monotonic())}")
+        if self.skipped:
+            logger.warning(f"Records skipped, by reason: {_listing(self.skipped)}")
+        if self.adjusted:
+            logger.warning(f"Property values adjusted to fit Heap's rules: {_listing(self.adjusted)}")
+
+    def _figures(self, now: float) -> str:
+        elapsed = max(now - self._started, 1e-9)
+        counters = self.counters
+        return (
+            f"{self.records_read} records read, {self.records_sent} sent and acknowledged by Heap, "
+            f"{sum(self.skipped.values())} skipped, {self.states_emitted} states emitted; "
+            f"{counters.requests} requests ({counters.retries} retries, {counters.throttled} throttled), "
+            f"{elapsed:.1f} s, {self.records_read / elapsed:.0f} records/s"
+        )
+
+
+def _listing(counts: Counter[str]) -> str:
+    return ", ".join(f"{name}: {count}" for name, count in counts.most_common())

@@ -1,0 +1,144 @@
+"""One write, end to end: record -> HeapItem (mapping) -> Batch -> Heap (delivery) -> acknowledgement -> STATE.
+
+`process_record` maps one record into the open batch; `process_batch` hands a full batch to the sender.
+The StateLedger alone decides when a STATE may leave.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterable, Iterator
+
+from airbyte_cdk.models import AirbyteMessage, AirbyteRecordMessage, FailureType, Type
+from airbyte_cdk.utils.traced_exception import AirbyteTracedException
+
+from destination_heap_analytics.config import HeapConfig
+from destination_heap_analytics.delivery import Batch, BatchResult, BatchSender, DeliveryError, HeapClient
+from destination_heap_analytics.mapping import Mapping, Rejection
+from destination_heap_analytics.pacing import Pacer
+from destination_heap_analytics.report import SyncReport
+from destination_heap_analytics.state import StateLedger
+
+logger = logging.getLogger("airbyte")
+
+TERMINATION_GRACE_SECONDS = 10.0  # after SIGTERM, how long requests in flight may still finish
+
+
+class SyncTerminated(Exception):
+    """SIGTERM arrived: stop taking input, keep what Heap acknowledged, exit non-zero."""
+
+
+class SyncWriter:
+    def __init__(self, config: HeapConfig, stream: str) -> None:
+        self._config = config
+        self._stream = stream
+        self._mapping = Mapping(config.mapping)
+        self._stop = threading.Event()
+        pacer = Pacer.for_api(
+            config.mapping.api_type, config.bulk, config.track_events_per_minute, config.batch_size
+        )
+        self._client = HeapClient(config, pacer, self._stop)
+        self._sender = BatchSender(config, self._client, self._stop)
+        self._ledger: StateLedger[AirbyteMessage] = StateLedger()
+        self.report = SyncReport(self._client.counters)
+        self._open: Batch | None = None
+
+    def write(self, messages: Iterable[AirbyteMessage]) -> Iterator[AirbyteMessage]:
+        """Consume the input messages, yielding each STATE once everything before it is in Heap."""
+        previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+        outcome = "failed"
+        try:
+            for message in messages:
+                if message.type == Type.RECORD:
+                    self.process_record(message.record)
+                elif message.type == Type.STATE:
+                    self._ledger.state_received(message)
+                    yield from self._release(self._sender.collect())
+            self._submit_open_batch()
+            yield from self._release(self._sender.drain())
+            if self._ledger.pending:
+                raise AssertionError("states left unreleased after every batch was acknowledged")
+            outcome = "succeeded"
+        except SyncTerminated:
+            yield from self._release(self._sender.drain(timeout=TERMINATION_GRACE_SECONDS))
+            outcome = "terminated"
+            raise AirbyteTracedException(
+                message="The sync was terminated (SIGTERM) before all records were loaded; "
+                "states were emitted up to the last record Heap acknowledged. Run it again to resume.",
+                failure_type=FailureType.transient_error,
+            ) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+            self._sender.close()
+            self.report.log_summary(outcome)
+
+    def process_record(self, record: AirbyteRecordMessage) -> None:
+        """Map one record into the open batch, or count it as skipped; a full batch goes out."""
+        self.report.records_read += 1
+        if record.stream != self._stream:
+            self._skip(Rejection("stream_not_in_catalog"))
+            return
+        mapped = self._mapping.map(record.data, record.emitted_at)
+        if isinstance(mapped, Rejection):
+            self._skip(mapped)
+            return
+        if mapped.notes:
+            self.report.adjust(mapped.notes)
+        if self._open is None:
+            self._open = Batch(self._ledger.open_batch())
+        self._open.items.append(mapped)
+        if len(self._open.items) >= self._config.batch_size:
+            self.process_batch()
+
+    def process_batch(self) -> None:
+        """Hand the open batch to the sender (blocking while its window is full) and note what finished."""
+        batch, self._open = self._open, None
+        self._acknowledge(self._sender.submit(batch))
+        self.report.maybe_log_progress()
+
+    def _submit_open_batch(self) -> None:
+        if self._open is not None:
+            self.process_batch()
+
+    def _acknowledge(self, results: list[BatchResult]) -> None:
+        failure = None
+        for result in results:
+            if result.failure is not None:
+                failure = failure or result.failure
+                continue
+            self.report.records_sent += result.delivered
+            for reason in result.rejected:
+                self._skip(Rejection(f"rejected_by_heap: {reason}"))
+            self._ledger.acknowledged(result.number)
+        if failure is not None:
+            self._fail_delivery(failure)
+
+    def _release(self, results: list[BatchResult]) -> Iterator[AirbyteMessage]:
+        self._acknowledge(results)
+        for state in self._ledger.releasable():
+            self.report.states_emitted += 1
+            yield state
+
+    def _skip(self, rejection: Rejection) -> None:
+        self.report.skip(rejection.describe())
+        if self._config.on_invalid_record == "fail":
+            self._stop.set()
+            raise AirbyteTracedException(
+                message=f"Record {self.report.records_read} is invalid: {rejection.describe()}. Fix the source "
+                "data or the column mapping, or set on_invalid_record to skip to count and skip such records.",
+                failure_type=FailureType.config_error,
+            )
+
+    def _fail_delivery(self, failure: Exception) -> None:
+        self._stop.set()
+        transient = isinstance(failure, DeliveryError) and failure.transient
+        raise AirbyteTracedException(
+            message=str(failure),
+            failure_type=FailureType.transient_error if transient else FailureType.config_error,
+        )
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise SyncTerminated()
