@@ -290,6 +290,7 @@ class _LeakyBuckets:
         self.capacity = capacity
         self.per_second = per_second
         self._levels: dict[Any, tuple[float, float]] = {}
+        self._prune_at = self._PRUNE_AT
 
     def _level(self, key: Any, now: float) -> float:
         level, stamp = self._levels.get(key, (0.0, now))
@@ -303,8 +304,10 @@ class _LeakyBuckets:
 
     def add(self, key: Any, amount: float, now: float) -> None:
         self._levels[key] = (self._level(key, now) + amount, now)
-        if len(self._levels) > self._PRUNE_AT:
+        if len(self._levels) > self._prune_at:
             self._levels = {k: v for k, v in self._levels.items() if self._level(k, now) > 0}
+            # Many buckets still busy: wait for twice as many before scanning again, so adds stay O(1).
+            self._prune_at = max(self._PRUNE_AT, 2 * len(self._levels))
 
     def clear(self) -> None:
         self._levels.clear()
@@ -399,13 +402,15 @@ class _State:
         self.keep_items = keep_items
         self.limits = limits
         self.predicate: Predicate | None = None
+        self.in_flight = 0
         self.reset()
 
     def reset(self) -> None:
         with self.lock:
+            # in_flight is a live gauge, not a counter: requests still running when reset() comes end later.
             self.counts = dict.fromkeys(_COUNTERS, 0)
+            self.counts["max_in_flight"] = self.in_flight
             self.by_status: dict[str, int] = {}
-            self.in_flight = 0
             self.faults: deque[Fault] = deque()
             self.events: list[dict] = []
             self.users: list[dict] = []

@@ -1,0 +1,114 @@
+"""Config rules: what parses, what it means, and what the user is told when it does not."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from destination_heap_analytics.config import ConfigError, parse_config
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_files"
+
+TRACK = {"api_type": "track", "identity_column": "email", "event_column": "event"}
+
+
+def config(**overrides) -> dict:
+    return {"app_id": "11", "api": dict(TRACK), **overrides}
+
+
+@pytest.mark.parametrize("name", ["config_track.json", "config_user_properties.json", "config_account_properties.json"])
+def test_sample_configs_parse(name):
+    parsed = parse_config(json.loads((SAMPLES / name).read_text()))
+    assert parsed.app_id == "11"
+
+
+def test_a_0_1_0_config_parses_unchanged_with_defaults():
+    legacy = {
+        "app_id": "11",
+        "base_url": "https://heapanalytics.com",
+        "api": {
+            "api_type": "track",
+            "property_columns": "blocked,created_at,name",
+            "event_column": "identities.connection",
+            "identity_column": "email",
+            "timestamp_column": "updated_at",
+        },
+        "some_field_0_1_0_had": "ignored",
+    }
+    parsed = parse_config(legacy)
+    assert parsed.base_url == "https://heapanalytics.com"
+    assert parsed.mapping.property_columns == ("blocked", "created_at", "name")
+    assert parsed.mapping.timestamp_column == "updated_at"
+    assert (parsed.bulk, parsed.batch_size, parsed.on_invalid_record) == (True, 1000, "skip")
+    assert parsed.max_concurrent_requests == 8 and parsed.track_events_per_minute == 15000
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (" a , b,c ", ("a", "b", "c")),
+        ("identities.provider", ("identities.provider",)),
+        ("*", None),
+        (None, ()),
+        ("", ()),
+    ],
+)
+def test_property_columns(value, expected):
+    api = dict(TRACK, property_columns=value)
+    assert parse_config(config(api=api)).mapping.property_columns == expected
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("https://heapanalytics.com/", "https://heapanalytics.com"),
+        ("https://c.eu.heap-api.com", "https://c.eu.heap-api.com"),
+        ("http://127.0.0.1:8765", "http://127.0.0.1:8765"),
+        ("http://localhost:9000", "http://localhost:9000"),
+        ("http://[::1]:9000", "http://[::1]:9000"),
+    ],
+)
+def test_accepted_base_urls(url, expected):
+    assert parse_config(config(base_url=url)).base_url == expected
+
+
+def test_app_id_as_a_number_is_accepted():
+    assert parse_config(config(app_id=11)).app_id == "11"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"app_id": None}, "app_id is missing"),
+        ({"app_id": "my-app"}, "digits only"),
+        ({"base_url": "http://heapanalytics.com"}, "must use https"),
+        ({"base_url": "http://10.0.0.5"}, "must use https"),
+        ({"base_url": "ftp://x"}, "is not a URL"),
+        ({"base_url": ""}, "base_url must be a URL"),
+        ({"api": None}, "api is missing"),
+        ({"api": {"api_type": "identify_users"}}, "api.api_type is 'identify_users'"),
+        ({"api": {"api_type": "track", "event_column": "e"}}, "api.identity_column is required for api_type track"),
+        ({"api": {"api_type": "track", "identity_column": "i"}}, "api.event_column is required"),
+        ({"api": {"api_type": "add_user_properties", "identity_column": "i"}}, "api.property_columns is required"),
+        ({"api": {"api_type": "add_account_properties", "property_columns": "*"}}, "api.account_id_column is required"),
+        ({"api": dict(TRACK, identity_column=5)}, "must be a column name"),
+        ({"api": dict(TRACK, property_columns="a,,b")}, "empty name"),
+        ({"api": dict(TRACK, property_columns="a,*")}, "use * alone"),
+        ({"batch_size": 0}, "batch_size must be a whole number from 1 to 1000"),
+        ({"batch_size": 1001}, "batch_size must be a whole number from 1 to 1000"),
+        ({"batch_size": "100"}, "batch_size must be a whole number"),
+        ({"bulk": "yes"}, "bulk must be true or false"),
+        ({"on_invalid_record": "ignore"}, "on_invalid_record must be one of skip, fail"),
+        ({"max_concurrent_requests": 0}, "max_concurrent_requests must be a whole number from 1 to 64"),
+        ({"track_events_per_minute": -1}, "track_events_per_minute must be a whole number"),
+    ],
+)
+def test_config_errors_say_what_to_fix(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        parse_config(config(**overrides))
+    assert message in str(error.value)
+
+
+def test_config_must_be_an_object():
+    with pytest.raises(ConfigError, match="JSON object"):
+        parse_config(["app_id"])

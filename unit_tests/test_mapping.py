@@ -1,0 +1,333 @@
+"""Mapping rules, one by one: each row is a record, a mapping and what Heap must receive."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from destination_heap_analytics.config import ConfigError, MappingConfig
+from destination_heap_analytics.mapping import ColumnPath, HeapItem, Mapping, Rejection, normalize_timestamp
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_files"
+EMITTED_AT = 1666325394622  # 2022-10-21T04:09:54.622+00:00
+
+
+def auth0_user() -> dict:
+    first_line = (SAMPLES / "messages.jsonl").read_text().splitlines()[0]
+    return json.loads(first_line)["record"]["data"]
+
+
+def mapped(api: dict, record: dict, emitted_at: int = EMITTED_AT) -> HeapItem | Rejection:
+    return Mapping(MappingConfig(**api)).map(record, emitted_at)
+
+
+def track(**columns) -> dict:
+    return {"api_type": "track", "identity_column": "who", "event_column": "what", **columns}
+
+
+def users(columns: tuple[str, ...] | None) -> dict:
+    return {"api_type": "add_user_properties", "identity_column": "who", "property_columns": columns}
+
+
+# The three seed examples, key for key.
+
+
+def test_track_seed_example():
+    item = mapped(
+        {
+            "api_type": "track",
+            "property_columns": ("blocked", "created_at", "name"),
+            "event_column": "identities.connection",
+            "identity_column": "email",
+            "timestamp_column": "updated_at",
+        },
+        auth0_user(),
+    )
+    assert isinstance(item, HeapItem)
+    key = item.body.pop("idempotency_key")
+    assert len(key) == 32 and int(key, 16) >= 0
+    assert item.body == {
+        "identity": "jamie.tillman0@example.com",
+        "event": "Username-Password-Authentication",
+        "timestamp": "2022-10-21T00:09:54.622+00:00",
+        "properties": {"blocked": False, "created_at": "2022-10-21T04:09:54.622Z", "name": "Jamie Tillman"},
+    }
+    assert item.notes == []
+
+
+def test_user_properties_seed_example():
+    item = mapped(
+        {
+            "api_type": "add_user_properties",
+            "property_columns": ("identities.provider", "created_at", "nickname"),
+            "identity_column": "user_id",
+        },
+        auth0_user(),
+    )
+    assert item.body == {
+        "identity": "auth0|815ff3c3-84fa-4f63-b959-ac2d11efc63c",
+        "properties": {"identities.provider": "auth0", "created_at": "2022-10-21T04:09:54.622Z", "nickname": "jamie0"},
+    }
+
+
+def test_account_properties_seed_example():
+    item = mapped(
+        {
+            "api_type": "add_account_properties",
+            "property_columns": ("family_name", "email_verified", "blocked"),
+            "account_id_column": "identities.user_id",
+        },
+        auth0_user(),
+    )
+    assert item.body == {
+        "account_id": "815ff3c3-84fa-4f63-b959-ac2d11efc63c",
+        "properties": {"family_name": "Tillman", "email_verified": False, "blocked": False},
+    }
+
+
+# Column paths.
+
+
+@pytest.mark.parametrize(
+    "column, record, expected",
+    [
+        ("email", {"email": "a@b.c"}, "a@b.c"),
+        ("address.city", {"address": {"city": "Oslo"}}, "Oslo"),
+        ("address.city", {"address.city": "flat key wins"}, "flat key wins"),
+        ("items.0.sku", {"items": [{"sku": "A1"}, {"sku": "B2"}]}, "A1"),
+        ("items.1.sku", {"items": [{"sku": "A1"}, {"sku": "B2"}]}, "B2"),
+        ("items.5.sku", {"items": [{"sku": "A1"}]}, None),
+        ("identities.connection", {"identities": [{"x": 1}, {"connection": "c2"}]}, "c2"),
+        ("a.b.c", {"a": {"b": None}}, None),
+        ("a.b", {"a": "not an object"}, None),
+        ("missing", {}, None),
+        ("$.items[1].sku", {"items": [{"sku": "A1"}, {"sku": "B2"}]}, "B2"),
+        ("items[0].tags", {"items": [{"tags": ["x", "y"]}]}, ["x", "y"]),
+    ],
+)
+def test_column_paths(column, record, expected):
+    assert ColumnPath(column).resolve(record) == expected
+
+
+def test_invalid_jsonpath_is_a_config_error():
+    with pytest.raises(ConfigError, match="not a valid path"):
+        ColumnPath("$.items[?(@.x ==")
+
+
+# Property values.
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("text", "text"),
+        (42, 42),
+        (-1.5, -1.5),
+        (True, True),
+        (False, False),
+        (2**53 - 1, 2**53 - 1),
+        (2**53, str(2**53)),  # past 2^53 a number loses digits: sent as text
+        (-(2**60), str(-(2**60))),
+        (["a", "b", 3, True], "a||b||3||true"),
+        ([1, None, 2], "1||2"),
+        ([{"k": 1}], '{"k":1}'),
+        ("", ""),
+    ],
+)
+def test_property_values(value, expected):
+    item = mapped(users(("p",)), {"who": "u1", "p": value})
+    assert item.body["properties"] == {"p": expected}
+
+
+@pytest.mark.parametrize("value", [None, [], [None], float("nan"), float("inf")])
+def test_values_heap_cannot_hold_are_left_out(value):
+    item = mapped(track(property_columns=("p", "q")), {"who": "u", "what": "e", "p": value, "q": 1})
+    assert item.body["properties"] == {"q": 1}
+
+
+def test_null_never_wipes_a_property():
+    item = mapped(users(("plan", "seats")), {"who": "u1", "plan": None, "seats": 3})
+    assert item.body["properties"] == {"seats": 3}
+
+
+def test_long_strings_are_cut_to_fit_and_counted():
+    item = mapped(users(("bio",)), {"who": "u1", "bio": "x" * 5000})
+    assert item.body["properties"]["bio"] == "x" * 1023
+    assert item.notes == [("truncated", "bio")]
+
+
+def test_long_array_join_is_cut_to_fit():
+    item = mapped(users(("tags",)), {"who": "u1", "tags": ["abcdefghij"] * 200})
+    assert len(item.body["properties"]["tags"]) == 1023
+    assert item.notes == [("truncated", "tags")]
+
+
+def test_string_of_1023_characters_passes_whole():
+    item = mapped(users(("bio",)), {"who": "u1", "bio": "y" * 1023})
+    assert item.body["properties"]["bio"] == "y" * 1023 and item.notes == []
+
+
+@pytest.mark.parametrize("name", ["id", "ID", "Id", "iD"])
+def test_user_property_named_id_is_left_out_and_reported(name):
+    item = mapped(users(None), {"who": "u1", name: 7, "plan": "pro"})
+    assert item.body["properties"] == {"who": "u1", "plan": "pro"}
+    assert item.notes == [("forbidden_property_name", name)]
+
+
+def test_track_and_account_properties_may_be_named_id():
+    event = mapped(track(property_columns=None), {"who": "u", "what": "e", "id": 7})
+    assert event.body["properties"]["id"] == 7
+    account = mapped({"api_type": "add_account_properties", "account_id_column": "a", "property_columns": None},
+                     {"a": "acc", "id": 9})
+    assert account.body["properties"] == {"a": "acc", "id": 9}
+
+
+def test_star_flattens_nested_objects_to_dotted_keys():
+    record = {"who": "u1", "address": {"city": "Oslo", "geo": {"lat": 59.9}}, "empty": {}, "n": None}
+    item = mapped(users(None), record)
+    assert item.body["properties"] == {"who": "u1", "address.city": "Oslo", "address.geo.lat": 59.9}
+
+
+def test_explicit_object_column_flattens_under_its_name():
+    item = mapped(users(("address",)), {"who": "u1", "address": {"city": "Oslo", "zip": "0150"}})
+    assert item.body["properties"] == {"address.city": "Oslo", "address.zip": "0150"}
+
+
+def test_property_keys_are_the_columns_as_written():
+    item = mapped(users(("identities.provider", "items.0.sku")),
+                  {"who": "u", "identities": [{"provider": "auth0"}], "items": [{"sku": "S"}]})
+    assert list(item.body["properties"]) == ["identities.provider", "items.0.sku"]
+
+
+def test_empty_and_overlong_property_names_are_left_out():
+    item = mapped(users(None), {"who": "u", "": 1, "k" * 1024: 2})
+    assert item.body["properties"] == {"who": "u"}
+    assert [kind for kind, _ in item.notes] == ["invalid_property_name", "invalid_property_name"]
+
+
+# Identities, account ids, event names.
+
+
+@pytest.mark.parametrize(
+    "identity, expected",
+    [
+        ("User@Example.com", "User@Example.com"),  # case-sensitive: kept as is
+        (12345, "12345"),
+        ("x" * 255, "x" * 255),
+        (None, Rejection("missing_identity", "who")),
+        ("", Rejection("missing_identity", "who")),
+        ("   ", Rejection("missing_identity", "who")),
+        ("x" * 256, Rejection("identity_too_long", "who")),
+        (True, Rejection("invalid_identity_type", "who")),
+        (1.5, Rejection("invalid_identity_type", "who")),
+        ({"a": 1}, Rejection("invalid_identity_type", "who")),
+        (["a"], Rejection("invalid_identity_type", "who")),
+    ],
+)
+def test_identity_rules(identity, expected):
+    result = mapped(users(("p",)), {"who": identity, "p": 1})
+    if isinstance(expected, Rejection):
+        assert result == expected
+    else:
+        assert result.body["identity"] == expected and result.identity == expected
+
+
+@pytest.mark.parametrize(
+    "account_id, expected",
+    [("acme", "acme"), (77, "77"), (None, Rejection("missing_account_id", "acct")),
+     ("a" * 256, Rejection("account_id_too_long", "acct"))],
+)
+def test_account_id_rules(account_id, expected):
+    api = {"api_type": "add_account_properties", "account_id_column": "acct", "property_columns": ("p",)}
+    result = mapped(api, {"acct": account_id, "p": 1})
+    assert result == expected if isinstance(expected, Rejection) else result.body["account_id"] == expected
+
+
+@pytest.mark.parametrize(
+    "event, expected",
+    [
+        ("Signed Up", "Signed Up"),
+        (404, "404"),
+        ("e" * 1023, "e" * 1023),
+        ("e" * 1024, Rejection("event_too_long", "what")),
+        ("", Rejection("missing_event", "what")),
+        (None, Rejection("missing_event", "what")),
+        (False, Rejection("invalid_event_type", "what")),
+    ],
+)
+def test_event_rules(event, expected):
+    result = mapped(track(), {"who": "u", "what": event})
+    assert result == expected if isinstance(expected, Rejection) else result.body["event"] == expected
+
+
+def test_user_properties_with_nothing_to_set_is_rejected():
+    assert mapped(users(("plan",)), {"who": "u", "plan": None}) == Rejection("no_properties", "property_columns")
+
+
+def test_track_without_properties_has_no_properties_key():
+    item = mapped(track(), {"who": "u", "what": "e", "extra": 1})
+    assert set(item.body) == {"identity", "event", "timestamp", "idempotency_key"}
+
+
+@pytest.mark.parametrize("record", [[1, 2], "text", 3, None])
+def test_non_object_records_are_rejected(record):
+    assert mapped(track(), record) == Rejection("record_not_an_object")
+
+
+# Timestamps.
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("2017-03-10T22:21:56+00:00", "2017-03-10T22:21:56+00:00"),
+        ("2017-03-10T22:21:56Z", "2017-03-10T22:21:56+00:00"),
+        ("2017-03-10T22:21:56.123+02:00", "2017-03-10T22:21:56.123+02:00"),
+        ("2017-03-10T22:21:56.123456Z", "2017-03-10T22:21:56.123456+00:00"),
+        ("2017-03-10 22:21:56", "2017-03-10T22:21:56+00:00"),  # no offset: UTC
+        ("2017-03-10", "2017-03-10T00:00:00+00:00"),
+        (1489184516, "2017-03-10T22:21:56+00:00"),  # epoch seconds
+        (1489184516.5, "2017-03-10T22:21:56.500+00:00"),
+        (1489184516123, "2017-03-10T22:21:56.123+00:00"),  # epoch milliseconds
+        ("1489184516", "2017-03-10T22:21:56+00:00"),
+        ("1489184516123", "2017-03-10T22:21:56.123+00:00"),
+        ("not a time", None),
+        ("2017-13-40", None),
+        (True, None),
+        ({"t": 1}, None),
+        (float("nan"), None),
+        (10**30, None),
+    ],
+)
+def test_timestamp_normalisation(value, expected):
+    assert normalize_timestamp(value) == expected
+
+
+@pytest.mark.parametrize("empty", [None, ""])
+def test_empty_timestamp_falls_back_to_emitted_at(empty):
+    item = mapped(track(timestamp_column="at"), {"who": "u", "what": "e", "at": empty})
+    assert item.body["timestamp"] == "2022-10-21T04:09:54.622+00:00"
+
+
+def test_unparseable_timestamp_rejects_the_record():
+    assert mapped(track(timestamp_column="at"), {"who": "u", "what": "e", "at": "soon"}) == Rejection(
+        "invalid_timestamp", "at"
+    )
+
+
+# Idempotency.
+
+
+def test_idempotency_key_is_a_function_of_the_record_only():
+    record = {"who": "u", "what": "e", "n": 1, "nested": {"b": 2, "a": 1}}
+    first = mapped(track(), record, emitted_at=1)
+    replay = mapped(track(), dict(reversed(list(record.items()))), emitted_at=999)
+    other = mapped(track(), {**record, "n": 2})
+    assert first.body["idempotency_key"] == replay.body["idempotency_key"]
+    assert first.body["idempotency_key"] != other.body["idempotency_key"]
+
+
+def test_rejections_never_carry_values():
+    secret = "person-secret@example.com" + "x" * 300
+    rejection = mapped(users(("p",)), {"who": secret, "p": 1})
+    assert secret not in rejection.describe() and "who" in rejection.describe()
