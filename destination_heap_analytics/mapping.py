@@ -104,9 +104,7 @@ class Mapping:
         self._event = ColumnPath(config.event_column) if config.event_column else None
         self._timestamp = ColumnPath(config.timestamp_column) if config.timestamp_column else None
         self._account_id = ColumnPath(config.account_id_column) if config.account_id_column else None
-        self._properties = (
-            None if config.property_columns is None else [ColumnPath(c) for c in config.property_columns]
-        )
+        self._properties = None if config.property_columns is None else [ColumnPath(c) for c in config.property_columns]
         self._forbid_id = config.api_type == "add_user_properties"
         builders: dict[str, Callable[[dict[str, Any], int], HeapItem | Rejection]] = {
             "track": self._track,
@@ -161,35 +159,55 @@ class Mapping:
     def _collect_properties(self, record: dict[str, Any], notes: list[tuple[str, str]]) -> dict[str, Any]:
         properties: dict[str, Any] = {}
         if self._properties is None:
+            put = self._put
             for key, value in record.items():
-                self._put(properties, key, value, notes)
+                # Most fields are short text, booleans or small numbers under ordinary names: take them as
+                # they are; everything else goes through the full rules in _put.
+                kind = value.__class__
+                if (
+                    kind is bool
+                    or (kind is str and len(value) <= MAX_TEXT_LENGTH)
+                    or (kind is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER)
+                ) and 2 < len(key) <= MAX_TEXT_LENGTH:
+                    properties[key] = value
+                else:
+                    put(properties, key, value, notes)
         else:
             for path in self._properties:
                 self._put(properties, path.column, path.resolve(record), notes)
         return properties
 
     def _put(self, properties: dict[str, Any], key: str, value: Any, notes: list[tuple[str, str]]) -> None:
-        """Add one property in Heap's shape: objects flatten to dotted keys, arrays join, nulls stay out."""
-        if value is None:
+        """Add one property in Heap's shape: objects flatten to dotted keys, arrays join, nulls stay out.
+
+        Runs for every field of every record, hence exact-type checks before the general conversion."""
+        if value is None or value == []:  # nothing to say; an empty value must not wipe the property in Heap
             return
-        if isinstance(value, dict):
+        kind = value.__class__
+        if kind is dict:
             for inner_key, inner_value in value.items():
                 self._put(properties, f"{key}.{inner_key}", inner_value, notes)
             return
-        if not key or len(key) > MAX_TEXT_LENGTH:
+        length = len(key)
+        if not length or length > MAX_TEXT_LENGTH:
             notes.append(("invalid_property_name", key[:40]))
             return
-        if self._forbid_id and key.lower() == FORBIDDEN_USER_PROPERTY:
+        if length == 2 and self._forbid_id and key.lower() == FORBIDDEN_USER_PROPERTY:
             notes.append(("forbidden_property_name", key))
             return
-        converted = property_value(value)
-        if converted is None:
+        if kind is not str and kind is not bool and kind is not float and kind is not int:
+            value = property_value(value)
+        elif kind is int and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            value = str(value)
+        elif kind is float and not math.isfinite(value):
+            value = None
+        if value is None:
             notes.append(("unsupported_value", key))
-            return
-        if isinstance(converted, str) and len(converted) > MAX_TEXT_LENGTH:
-            converted = converted[:MAX_TEXT_LENGTH]
+        elif isinstance(value, str) and len(value) > MAX_TEXT_LENGTH:
+            properties[key] = value[:MAX_TEXT_LENGTH]
             notes.append(("truncated", key))
-        properties[key] = converted
+        else:
+            properties[key] = value
 
 
 def property_value(value: Any) -> str | int | float | bool | None:
