@@ -1,0 +1,837 @@
+"""Benchmark of the installed connector against the local Heap stand-in, side by side with its baselines.
+
+Everything runs as it would in production: the connector is the installed console script
+(`destination-heap-analytics write`), fed Airbyte messages on stdin from a file, and the Heap stand-in is a
+separate process on 127.0.0.1. Nothing is sent anywhere but 127.0.0.1.
+
+What is measured (one run, one table, also written to benchmarks/results.md):
+1. records/s and peak RSS for each api_type x mode (bulk / single) x server latency (0 / 20 ms);
+2. start-up (a `write` with empty stdin) and the steady-state rate records / (wall - start-up);
+3. the anchor: the 0.1.0 pattern, one fresh `requests.post` per row (no Session, no concurrency);
+4. parse-only floors: the connector's own `_parse_line` and plain `orjson.loads` over the same file;
+5. bulk track against a rate-limited stand-in (15,000 events/min) with the connector's pacer on;
+6. peak RSS for a 1,000,000-record add_user_properties bulk load.
+
+Peak RSS is the connector process's own ru_maxrss, read with os.wait4 on its pid (so the stand-in, also a
+child of this process, does not count). Nothing here asserts a timing: targets are printed with ok/MISS.
+
+    .venv/bin/python benchmarks/benchmark.py            # full run (10-15 minutes on 2 cores)
+    .venv/bin/python benchmarks/benchmark.py --quick    # smoke run, small counts (< 2 minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+CATALOG = ROOT / "sample_files" / "configured_catalog.json"
+APP_ID = "11"
+STREAM = "users"
+STATE_EVERY = 1000
+LOOPBACK = "127.0.0.1"
+
+# The sample configs' column mappings (sample_files/config_*.json).
+API_COLUMNS: dict[str, dict[str, str]] = {
+    "track": {
+        "api_type": "track",
+        "property_columns": "blocked,created_at,name",
+        "event_column": "identities.connection",
+        "identity_column": "email",
+        "timestamp_column": "updated_at",
+    },
+    "add_user_properties": {
+        "api_type": "add_user_properties",
+        "property_columns": "identities.provider,created_at,nickname",
+        "identity_column": "user_id",
+    },
+    "add_account_properties": {
+        "api_type": "add_account_properties",
+        "property_columns": "family_name,email_verified,blocked",
+        "account_id_column": "identities.user_id",
+    },
+}
+API_TYPES = tuple(API_COLUMNS)
+STORED_COUNTER = {
+    "track": "events_stored",
+    "add_user_properties": "users_stored",
+    "add_account_properties": "accounts_stored",
+}
+PACED_RATE = 15_000  # events a minute, Heap's published bulk-track limit per app_id
+
+# Targets the project quotes. Printed next to the measured figure, never asserted.
+TARGET_BULK_RATE = 50_000
+TARGET_BULK_VS_ANCHOR = 1000
+TARGET_FLOOR_FACTOR = 3.0
+TARGET_PACED_SHARE = 0.95
+TARGET_SINGLE_VS_ANCHOR = 20
+TARGET_MILLION_RSS_MB = 150
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input: realistic user records (like sample_files/messages.jsonl), a STATE every 1,000 records
+
+
+FIRST_NAMES = (
+    "Jamie", "Alex", "Sam", "Robin", "Kim", "Taylor", "Jordan", "Morgan", "Casey", "Riley", "Avery", "Quinn",
+    "Charlie", "Dana", "Emerson", "Finley", "Harper", "Jesse", "Kai", "Logan", "Noa", "Parker", "Reese", "Sage",
+)
+LAST_NAMES = (
+    "Tillman", "Garcia", "Okafor", "Lindqvist", "Novak", "Nguyen", "Schmidt", "Rossi", "Kowalski", "Tanaka",
+    "Haddad", "Moreau", "Silva", "Ivanova", "Murphy", "Jensen", "Costa", "Yilmaz", "Dubois", "Fischer", "Ali",
+)
+CONNECTIONS = (
+    ("Username-Password-Authentication", "auth0", False),
+    ("google-oauth2", "google-oauth2", True),
+    ("github", "github", True),
+    ("Username-Password-Authentication", "auth0", False),
+)
+TAG_SETS = ([], ["beta"], ["beta", "paid"], ["paid"], [])
+BASE_EPOCH = 1_666_325_394  # 2022-10-21T04:09:54Z, as in the sample
+
+
+def _iso_z(epoch: int, millis: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{millis:03d}Z"
+
+
+def user_record(i: int) -> dict[str, Any]:
+    first = FIRST_NAMES[i % len(FIRST_NAMES)]
+    last = LAST_NAMES[(i // len(FIRST_NAMES)) % len(LAST_NAMES)]
+    uid = f"{(0x815FF3C3 + i) & 0xFFFFFFFF:08x}-84fa-4f63-b959-{i:012x}"
+    connection, provider, social = CONNECTIONS[i % len(CONNECTIONS)]
+    return {
+        "blocked": i % 97 == 0,
+        "created_at": _iso_z(BASE_EPOCH - (i % 5000) * 3600, i % 1000),
+        "email": f"{first.lower()}.{last.lower()}{i}@example.com",
+        "email_verified": i % 3 == 0,
+        "family_name": last,
+        "given_name": first,
+        "identities": [{"user_id": uid, "connection": connection, "provider": provider, "isSocial": social}],
+        "name": f"{first} {last}",
+        "nickname": f"{first.lower()}{i}",
+        "picture": "https://example.com/avatar.png",
+        "updated_at": _iso_z(BASE_EPOCH + i * 7, (i * 13) % 1000),
+        "user_id": f"auth0|{uid}",
+        "logins_count": i % 250,
+        "tags": TAG_SETS[i % len(TAG_SETS)],
+    }
+
+
+def write_messages(path: Path, records: int) -> None:
+    """`records` RECORD messages with a STATE after every 1,000 (and after the last), one JSON per line."""
+    emitted = BASE_EPOCH * 1000
+    with open(path, "wb") as out:
+        chunk: list[bytes] = []
+        for i in range(records):
+            data = user_record(i)
+            message = {"type": "RECORD", "record": {"stream": STREAM, "data": data, "emitted_at": emitted + i}}
+            chunk.append(orjson.dumps(message))
+            if (i + 1) % STATE_EVERY == 0 or i + 1 == records:
+                stream_state = {"updated_at": data["updated_at"], "position": i + 1}
+                state = {"stream": {"stream_descriptor": {"name": STREAM}, "stream_state": stream_state}}
+                chunk.append(orjson.dumps({"type": "STATE", "state": {"type": "STREAM", **state}}))
+            if len(chunk) >= 10_000:
+                out.write(b"\n".join(chunk) + b"\n")
+                chunk.clear()
+        if chunk:
+            out.write(b"\n".join(chunk) + b"\n")
+
+
+def states_in(records: int) -> int:
+    return -(-records // STATE_EVERY)
+
+
+class InputFiles:
+    """One generated stdin file per record count, made once and reused (prefixes of one another)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._files: dict[int, Path] = {}
+
+    def get(self, records: int) -> Path:
+        if records not in self._files:
+            path = self.directory / f"messages-{records}.jsonl"
+            started = time.perf_counter()
+            write_messages(path, records)
+            size_mb = path.stat().st_size / 1e6
+            log(f"  generated {records:,} records ({size_mb:.0f} MB) in {time.perf_counter() - started:.1f} s")
+            self._files[records] = path
+        return self._files[records]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The Heap stand-in, as a subprocess driven over its control endpoints
+
+
+class Standin:
+    def __init__(self, python: Path, workdir: Path, extra_args: list[str]) -> None:
+        self._stderr = open(workdir / f"standin-{len(extra_args)}-{os.getpid()}.err", "wb")  # noqa: SIM115
+        command = [str(python), "-m", "destination_heap_analytics.heap_standin", "--port", "0", "--summary-only"]
+        self.proc = subprocess.Popen(command + extra_args, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
+        if not match:
+            self.close()
+            raise RuntimeError(f"the Heap stand-in did not start: {line!r}")
+        self.url = match.group(1)
+        self._session = requests.Session()
+        self._session.trust_env = False  # loopback only, never through a proxy
+
+    def stats(self) -> dict[str, Any]:
+        return self._session.get(self.url + "/_standin/stats", timeout=10).json()
+
+    def reset(self) -> None:
+        self._session.post(self.url + "/_standin/reset", timeout=10).raise_for_status()
+
+    def set_latency(self, ms: float) -> None:
+        self._session.post(self.url + "/_standin/latency", json={"ms": ms}, timeout=10).raise_for_status()
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the stand-in has used so far (it competes with the connector for the cores)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Running the connector
+
+
+@dataclass
+class RunResult:
+    wall: float
+    exit_code: int
+    peak_rss_mb: float
+    cpu_seconds: float
+    states: int
+    stderr_tail: str
+    timed_out: bool = False
+
+
+def connector_config(url: str, api_type: str, bulk: bool = True, **extra: Any) -> dict[str, Any]:
+    return {"app_id": APP_ID, "base_url": url, "api": API_COLUMNS[api_type], "bulk": bulk, **extra}
+
+
+class Connector:
+    def __init__(self, venv: Path, workdir: Path) -> None:
+        self.executable = venv / "bin" / "destination-heap-analytics"
+        self.workdir = workdir
+        self.env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+        self._runs = 0
+
+    def run(
+        self,
+        config: dict[str, Any],
+        stdin_path: Path | None,
+        timeout: float,
+        poll: Callable[[float], None] | None = None,
+        poll_interval: float = 0.1,
+    ) -> RunResult:
+        """One `write`; returns its wall time, exit code, peak RSS and CPU (from wait4 on its own pid)."""
+        self._runs += 1
+        config_path = self.workdir / f"config-{self._runs}.json"
+        config_path.write_bytes(orjson.dumps(config))
+        out_path = self.workdir / "connector.out"
+        err_path = self.workdir / "connector.err"
+        command = [str(self.executable), "write", "--config", str(config_path), "--catalog", str(CATALOG)]
+        stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            with open(out_path, "wb") as out, open(err_path, "wb") as err:
+                started = time.perf_counter()
+                proc = subprocess.Popen(command, stdin=stdin, stdout=out, stderr=err, env=self.env)
+                timed_out = threading.Event()
+
+                def kill_on_timeout() -> None:
+                    timed_out.set()
+                    proc.kill()  # our own child, by pid
+
+                timer = threading.Timer(timeout, kill_on_timeout)
+                timer.start()
+                try:
+                    if poll is None:
+                        _, status, usage = os.wait4(proc.pid, 0)
+                    else:
+                        while True:
+                            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                            if pid:
+                                break
+                            poll(time.perf_counter() - started)
+                            time.sleep(poll_interval)
+                finally:
+                    timer.cancel()
+                wall = time.perf_counter() - started
+                proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait again
+        finally:
+            if stdin_path:
+                stdin.close()
+        states = 0
+        with open(out_path, "rb") as out:
+            for line in out:
+                if line.startswith(b'{"type":"STATE"'):
+                    states += 1
+        stderr_tail = err_path.read_text(errors="replace")[-2000:]
+        if proc.returncode != 0:
+            tail = out_path.read_bytes()[-3000:].decode(errors="replace")
+            stderr_tail = (stderr_tail + "\n" + tail)[-3000:]
+        return RunResult(
+            wall=wall,
+            exit_code=proc.returncode,
+            peak_rss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+            cpu_seconds=usage.ru_utime + usage.ru_stime,
+            states=states,
+            stderr_tail=stderr_tail,
+            timed_out=timed_out.is_set(),
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def fmt_rate(value: float) -> str:
+    if value != value:  # nan
+        return "n/a"
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+
+def ok(condition: bool) -> str:
+    return "ok" if condition else "MISS"
+
+
+def machine() -> dict[str, str]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+@dataclass
+class Row:
+    api_type: str
+    mode: str
+    latency_ms: int
+    concurrency: int
+    records: int
+    walls: list[float] = field(default_factory=list)
+    rss: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    standin_cpu: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def wall(self) -> float:
+        return median(self.walls)
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.wall if self.walls else float("nan")
+
+    def steady(self, startup: float) -> float:
+        busy = self.wall - startup
+        return self.records / busy if self.walls and busy > 0 else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The benchmark
+
+
+class Benchmark:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.venv = Path(args.venv).resolve()
+        self.python = self.venv / "bin" / "python"
+        self.workdir = Path(tempfile.mkdtemp(prefix="heap-bench-"))
+        self.files = InputFiles(self.workdir)
+        self.connector = Connector(self.venv, self.workdir)
+        self.standins: list[Standin] = []
+        self.rows: list[Row] = []
+        self.startup_walls: list[float] = []
+        self.anchor: dict[int, tuple[int, float]] = {}  # latency -> (rows, rows/s)
+        self.floors: dict[str, float] = {}
+        self.map_floors: dict[str, float] = {}
+        self.paced: dict[str, Any] = {}
+        self.million: Row | None = None
+
+    # -- sizes --
+
+    def size(self, name: str) -> int:
+        return getattr(self.args, name)
+
+    def repeats(self, small: bool) -> int:
+        if self.args.repeats is not None:
+            return self.args.repeats
+        return self.args.small_repeats if small else 1
+
+    # -- the sections --
+
+    def run(self) -> str:
+        os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+        try:
+            standin = Standin(self.python, self.workdir, [])
+            self.standins.append(standin)
+            self.measure_startup(standin)
+            self.measure_anchor(standin)
+            self.measure_throughput(standin)
+            self.measure_floors()
+            if self.args.million:
+                self.measure_million(standin)
+            if self.args.paced_seconds > 0:
+                self.measure_paced()
+            return self.report()
+        finally:
+            for standin in self.standins:
+                standin.close()
+            if not self.args.keep_files:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def measure_startup(self, standin: Standin) -> None:
+        log("start-up: write with empty stdin")
+        config = connector_config(standin.url, "add_user_properties", track_events_per_minute=0)
+        for _ in range(self.args.startup_repeats):
+            result = self.connector.run(config, None, timeout=120)
+            if result.exit_code != 0:
+                raise SystemExit(f"the connector failed on empty input:\n{result.stderr_tail}")
+            self.startup_walls.append(result.wall)
+        log(f"  median {median(self.startup_walls):.3f} s over {len(self.startup_walls)}")
+
+    @property
+    def startup(self) -> float:
+        return median(self.startup_walls)
+
+    def measure_anchor(self, standin: Standin) -> None:
+        """The 0.1.0 pattern: one fresh requests.post per row, single-item body, no Session, no concurrency."""
+        url = standin.url + "/api/add_user_properties"
+        for latency, rows in ((0, self.size("anchor_0")), (20, self.size("anchor_20"))):
+            path = self.files.get(rows)
+            lines = [line for line in path.read_bytes().splitlines() if line.startswith(b'{"type":"RECORD"')]
+            standin.set_latency(latency)
+            rates = []
+            for _ in range(self.repeats(small=True)):
+                standin.reset()
+                started = time.perf_counter()
+                for line in lines:
+                    data = orjson.loads(line)["record"]["data"]
+                    body = {
+                        "app_id": APP_ID,
+                        "identity": data["user_id"],
+                        "properties": {
+                            "identities.provider": data["identities"][0]["provider"],
+                            "created_at": data["created_at"],
+                            "nickname": data["nickname"],
+                        },
+                    }
+                    response = requests.post(url, json=body, timeout=30)
+                    if response.status_code != 200:
+                        raise SystemExit(f"anchor: the stand-in answered {response.status_code}: {response.text}")
+                elapsed = time.perf_counter() - started
+                stored = standin.stats()["users_stored"]
+                if stored != rows:
+                    raise SystemExit(f"anchor: the stand-in holds {stored} users, expected {rows}")
+                rates.append(rows / elapsed)
+            self.anchor[latency] = (rows, median(rates))
+            log(f"anchor @{latency} ms: {rows} rows, {median(rates):.1f} rows/s")
+        standin.set_latency(0)
+
+    def load(
+        self, standin: Standin, api_type: str, bulk: bool, latency: int, concurrency: int, records: int,
+        repeats: int, note: str = "", **extra: Any,
+    ) -> Row:
+        row = Row(api_type, "bulk" if bulk else "single", latency, concurrency, records, note=note)
+        path = self.files.get(records)
+        standin.set_latency(latency)
+        config = connector_config(
+            standin.url, api_type, bulk, max_concurrent_requests=concurrency, track_events_per_minute=0, **extra
+        )
+        for _ in range(repeats):
+            standin.reset()
+            standin_cpu = standin.cpu_seconds()
+            result = self.connector.run(config, path, timeout=max(300.0, records / 50))
+            stats = standin.stats()
+            row.standin_cpu.append(standin.cpu_seconds() - standin_cpu)
+            row.walls.append(result.wall)
+            row.rss.append(result.peak_rss_mb)
+            row.cpu.append(result.cpu_seconds)
+            row.failures.extend(self.check(result, stats, api_type, records))
+        status = "FAIL " + "; ".join(row.failures) if row.failures else "ok"
+        log(
+            f"  {api_type} {row.mode} {latency} ms c={concurrency} {records:,}{' ' + note if note else ''}: "
+            f"{row.rate:,.0f} rec/s, wall {row.wall:.2f} s, RSS {median(row.rss):.0f} MB, {status}"
+        )
+        if row.failures:
+            log(result.stderr_tail)
+        return row
+
+    @staticmethod
+    def check(result: RunResult, stats: dict[str, Any], api_type: str, records: int) -> list[str]:
+        problems = []
+        if result.timed_out:
+            problems.append("timed out")
+        if result.exit_code != 0:
+            problems.append(f"exit {result.exit_code}")
+        stored = stats.get(STORED_COUNTER[api_type], 0)
+        if stored != records:
+            problems.append(f"stand-in holds {stored}, expected {records}")
+        if result.states != states_in(records):
+            problems.append(f"{result.states} states emitted, expected {states_in(records)}")
+        return problems
+
+    def measure_throughput(self, standin: Standin) -> None:
+        log("throughput: api_type x mode x latency")
+        for latency in (0, 20):
+            single = self.size("single_0") if latency == 0 else self.size("single_20")
+            for api_type in API_TYPES:
+                self.rows.append(
+                    self.load(standin, api_type, True, latency, 8, self.size("bulk_records"), self.repeats(False))
+                )
+                for concurrency in (8, 32):
+                    self.rows.append(
+                        self.load(standin, api_type, False, latency, concurrency, single, self.repeats(True))
+                    )
+            # Single mode sends each batch's items one after another on one worker, so concurrency can only
+            # be used with at least that many batches in flight: the same load with batch_size 100.
+            self.rows.append(
+                self.load(
+                    standin, "add_user_properties", False, latency, 32, single, self.repeats(True),
+                    note="batch_size 100", batch_size=100,
+                )
+            )
+        standin.set_latency(0)
+
+    def measure_floors(self) -> None:
+        """Parse-only floors over the bulk stdin file, in a fresh interpreter like the connector's."""
+        log("parse-only floors")
+        path = self.files.get(self.size("bulk_records"))
+        code = FLOOR_CODE
+        command = [str(self.python), "-c", code, str(path), str(self.repeats(True)), orjson.dumps(API_COLUMNS)]
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+        if completed.returncode != 0:
+            raise SystemExit(f"the parse floor failed:\n{completed.stderr}")
+        result = orjson.loads(completed.stdout.strip().splitlines()[-1])
+        self.floors = {"_parse_line": result["parse"], "orjson.loads": result["orjson"]}
+        self.map_floors = result["map"]
+        log(f"  {self.floors} map: {self.map_floors}")
+
+    def measure_million(self, standin: Standin) -> None:
+        log("peak RSS: add_user_properties bulk at 0 ms, large load")
+        self.million = self.load(
+            standin, "add_user_properties", True, 0, 8, self.size("million_records"), 1
+        )
+
+    def measure_paced(self) -> None:
+        """Bulk track with the connector's pacer on, against a stand-in that enforces 15,000 events a minute.
+
+        Feeds rate x duration + 1,000 events, all distinct identities. Sustained rate: events stored between
+        the first acknowledged batch (so neither start-up nor the allowed initial burst counts) and the moment
+        the stand-in holds rate x duration events. The run then completes and is checked like the others.
+        """
+        seconds = self.args.paced_seconds
+        target = int(PACED_RATE * seconds / 60)
+        records = target + 1000
+        log(f"paced track: {PACED_RATE:,} events/min for {seconds} s ({records:,} events fed)")
+        path = self.files.get(records)
+        standin = Standin(
+            self.python, self.workdir, ["--track-events-per-minute", str(PACED_RATE), "--enforce-identity-limits"]
+        )
+        self.standins.append(standin)
+        samples: list[tuple[float, int]] = []
+
+        def poll(elapsed: float) -> None:
+            samples.append((elapsed, standin.stats()["events_stored"]))
+
+        config = connector_config(standin.url, "track", True, track_events_per_minute=PACED_RATE)
+        result = self.connector.run(config, path, timeout=seconds * 3 + 120, poll=poll)
+        stats = standin.stats()
+        failures = self.check(result, stats, "track", records)
+        first = next(((t, n) for t, n in samples if n > 0), None)
+        done = next(((t, n) for t, n in samples if n >= target), None)
+        sustained = overall = float("nan")
+        if first and done and done[0] > first[0]:
+            sustained = (done[1] - first[1]) / (done[0] - first[0]) * 60
+            overall = done[1] / done[0] * 60
+        else:
+            failures.append(f"never reached {target} events")
+        self.paced = {
+            "seconds": seconds,
+            "records": records,
+            "target": target,
+            "sustained": sustained,
+            "overall": overall,
+            "first": first,
+            "done": done,
+            "429": stats["by_status"].get("429", 0),
+            "requests": stats["requests"],
+            "wall": result.wall,
+            "rss": result.peak_rss_mb,
+            "failures": failures,
+        }
+        log(f"  sustained {sustained:,.0f}/min, overall {overall:,.0f}/min, 429s {self.paced['429']}, {failures}")
+        if failures:
+            log(result.stderr_tail)
+
+    # -- the report --
+
+    def report(self) -> str:
+        m = machine()
+        startup = self.startup
+        lines = [
+            "# destination-heap-analytics benchmark",
+            "",
+            f"- Date: {m['date']}",
+            f"- Machine: {m['cpu']}, {m['cores']} cores ({m['platform']}); Python {m['python']}",
+            f"- Command: `{' '.join(['benchmarks/benchmark.py', *sys.argv[1:]])}`",
+            "- Connector: the installed `destination-heap-analytics write`, stdin from a generated file (user records",
+            "  of 14 fields like sample_files/messages.jsonl, a STATE every 1,000), sample_files column mappings;",
+            "  Heap stand-in: `heap_standin --summary-only` in its own process on 127.0.0.1 (it shares the cores).",
+            f"- Start-up (`write` with empty stdin, median of {len(self.startup_walls)}): {startup:.3f} s. "
+            "Steady = records / (wall - start-up).",
+            "- Throughput rows: track_events_per_minute 0 (no pacing, stand-in not rate-limited), batch_size 1000.",
+            "",
+            "## Throughput and memory",
+            "",
+            "| api_type | mode | latency | concurrency | records | wall s | records/s | steady records/s "
+            "| connector CPU µs/record | stand-in CPU s | peak RSS MB | check |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        all_rows = self.rows + ([self.million] if self.million else [])
+        for row in all_rows:
+            mode = row.mode + (f" ({row.note})" if row.note else "")
+            status = "FAIL: " + "; ".join(row.failures) if row.failures else f"ok (x{len(row.walls)})"
+            cpu_us = median(row.cpu) / row.records * 1e6
+            lines.append(
+                f"| {row.api_type} | {mode} | {row.latency_ms} ms | {row.concurrency} | {row.records:,} "
+                f"| {row.wall:.2f} | {fmt_rate(row.rate)} | {fmt_rate(row.steady(startup))} | {cpu_us:.0f} "
+                f"| {median(row.standin_cpu):.1f} | {median(row.rss):.0f} | {status} |"
+            )
+        anchor_title = "## Anchor: the 0.1.0 pattern (one fresh `requests.post` per row, no Session, no concurrency)"
+        lines += ["", anchor_title, ""]
+        lines += ["| api_type | latency | rows | rows/s |", "|---|---|---|---|"]
+        for latency, (rows, rate) in sorted(self.anchor.items()):
+            lines.append(f"| add_user_properties | {latency} ms | {rows:,} | {fmt_rate(rate)} |")
+
+        floor = self.floors.get("_parse_line", float("nan"))
+        lines += ["", f"## Parse-only floors ({self.size('bulk_records'):,}-record stdin file, no sending)", ""]
+        lines += ["| what | records/s |", "|---|---|"]
+        lines.append(f"| `destination._parse_line` per line (connector's reader) | {fmt_rate(floor)} |")
+        lines.append(f"| plain `orjson.loads` per line | {fmt_rate(self.floors.get('orjson.loads', float('nan')))} |")
+        for api_type, rate in self.map_floors.items():
+            lines.append(f"| `_parse_line` + `Mapping.map` ({api_type}) | {fmt_rate(rate)} |")
+        lines += ["", "| api_type | 0 ms bulk steady records/s | floor / steady |", "|---|---|---|"]
+        for row in self.rows:
+            if row.mode == "bulk" and row.latency_ms == 0:
+                steady = row.steady(startup)
+                lines.append(f"| {row.api_type} | {fmt_rate(steady)} | {floor / steady:.2f}x |")
+
+        if self.paced:
+            p = self.paced
+            status = "FAIL: " + "; ".join(p["failures"]) if p["failures"] else "ok"
+            lines += [
+                "",
+                f"## Paced bulk track: stand-in limited to {PACED_RATE:,} events/min, connector pacing on",
+                "",
+                f"{p['records']:,} events fed (all distinct identities, stand-in enforcing per-identity limits too); "
+                f"measured until the stand-in held {p['target']:,} ({p['seconds']} s worth).",
+                "",
+                "| sustained events/min (after the first batch) | share of 15,000 | overall incl. start-up and burst "
+                "| 429s | requests | wall s | peak RSS MB | check |",
+                "|---|---|---|---|---|---|---|---|",
+                f"| {fmt_rate(p['sustained'])} | {p['sustained'] / PACED_RATE:.1%} | {fmt_rate(p['overall'])} "
+                f"| {p['429']} | {p['requests']} | {p['wall']:.1f} | {p['rss']:.0f} | {status} |",
+            ]
+
+        lines += ["", "## Ratios and targets (quoted by the project; printed, never asserted)", ""]
+        lines += ["| target | measured | |", "|---|---|---|"]
+        lines += self.targets(startup, floor)
+        lines.append("")
+        return "\n".join(lines)
+
+    def find(self, api_type: str, mode: str, latency: int, concurrency: int) -> Row | None:
+        return next(
+            (
+                r for r in self.rows
+                if (r.api_type, r.mode, r.latency_ms, r.concurrency, r.note)
+                == (api_type, mode, latency, concurrency, "")
+            ),
+            None,
+        )
+
+    def targets(self, startup: float, floor: float) -> list[str]:
+        out = []
+        anchor20 = self.anchor.get(20, (0, float("nan")))[1]
+        bulk = self.find("add_user_properties", "bulk", 20, 8)
+        if bulk:
+            failed = " (FAIL)" if bulk.failures else ""
+            out.append(
+                f"| add_user_properties bulk @20 ms, {bulk.records:,} records >= {TARGET_BULK_RATE:,} records/s "
+                f"| {fmt_rate(bulk.rate)}{failed} | {ok(bulk.rate >= TARGET_BULK_RATE and not bulk.failures)} |"
+            )
+            ratio = bulk.rate / anchor20
+            out.append(
+                f"| add_user_properties bulk @20 ms >= {TARGET_BULK_VS_ANCHOR}x anchor @20 ms "
+                f"| {ratio:,.0f}x ({fmt_rate(bulk.rate)} vs {fmt_rate(anchor20)}) "
+                f"| {ok(ratio >= TARGET_BULK_VS_ANCHOR)} |"
+            )
+        for concurrency in (8, 32):
+            single = self.find("add_user_properties", "single", 20, concurrency)
+            if single:
+                ratio = single.rate / anchor20
+                out.append(
+                    f"| add_user_properties single @20 ms, concurrency {concurrency} >= {TARGET_SINGLE_VS_ANCHOR}x "
+                    f"anchor @20 ms | {ratio:,.1f}x ({fmt_rate(single.rate)} vs {fmt_rate(anchor20)}) "
+                    f"| {ok(ratio >= TARGET_SINGLE_VS_ANCHOR and not single.failures)} |"
+                )
+        for row in self.rows:
+            if row.mode == "bulk" and row.latency_ms == 0:
+                factor = floor / row.steady(startup)
+                out.append(
+                    f"| {row.api_type} bulk @0 ms steady state within {TARGET_FLOOR_FACTOR:g}x of the parse floor "
+                    f"| {factor:.2f}x ({fmt_rate(row.steady(startup))} vs {fmt_rate(floor)}) "
+                    f"| {ok(factor <= TARGET_FLOOR_FACTOR)} |"
+                )
+        if self.paced:
+            p = self.paced
+            share = p["sustained"] / PACED_RATE
+            met = share >= TARGET_PACED_SHARE and p["429"] == 0 and not p["failures"]
+            out.append(
+                f"| paced track >= {TARGET_PACED_SHARE:.0%} of {PACED_RATE:,}/min with zero 429s "
+                f"| {share:.1%}, {p['429']} 429s | {ok(met)} |"
+            )
+        if self.million:
+            rss = median(self.million.rss)
+            out.append(
+                f"| peak RSS < {TARGET_MILLION_RSS_MB} MB at {self.million.records:,} records "
+                f"| {rss:.0f} MB | {ok(rss < TARGET_MILLION_RSS_MB and not self.million.failures)} |"
+            )
+        return out
+
+
+# Runs in a fresh interpreter of the connector's venv: argv = path, repeats, api column mappings (JSON).
+FLOOR_CODE = r"""
+import io, statistics, sys, time
+import orjson
+from destination_heap_analytics.config import parse_config
+from destination_heap_analytics.destination import _parse_line
+from destination_heap_analytics.mapping import Mapping
+
+path, repeats, columns = sys.argv[1], int(sys.argv[2]), orjson.loads(sys.argv[3])
+
+def records_in(path):
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.startswith(b'{"type":"RECORD"'))
+
+def timed(step):
+    runs = []
+    for _ in range(repeats):
+        with open(path, "rb") as raw:
+            lines = io.TextIOWrapper(raw, encoding="utf-8")  # as the CDK wraps stdin
+            started = time.perf_counter()
+            for line in lines:
+                if line.strip():
+                    step(line)
+            runs.append(time.perf_counter() - started)
+    return statistics.median(runs)
+
+count = records_in(path)
+result = {"parse": count / timed(_parse_line), "orjson": count / timed(orjson.loads), "map": {}}
+for api_type, api in columns.items():
+    mapping = Mapping(parse_config({"app_id": "11", "base_url": "http://127.0.0.1:1", "api": api}).mapping)
+    def parse_and_map(line, mapping=mapping):
+        message = _parse_line(line)
+        if message.record is not None:
+            mapping.map(message.record.data, message.record.emitted_at)
+    result["map"][api_type] = count / timed(parse_and_map)
+print(orjson.dumps(result).decode())
+"""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--venv", default=str(ROOT / ".venv"), help="venv with the connector installed")
+    parser.add_argument("--bulk-records", type=int, default=200_000, help="records per bulk load")
+    parser.add_argument("--single-0", type=int, default=20_000, help="records per single-mode load at 0 ms")
+    parser.add_argument("--single-20", type=int, default=5_000, help="records per single-mode load at 20 ms")
+    parser.add_argument("--anchor-0", type=int, default=2_000, help="rows the anchor sends at 0 ms")
+    parser.add_argument("--anchor-20", type=int, default=300, help="rows the anchor sends at 20 ms")
+    parser.add_argument("--million-records", type=int, default=1_000_000, help="records of the peak-RSS load")
+    parser.add_argument("--million", action=argparse.BooleanOptionalAction, default=True, help="run the RSS load")
+    parser.add_argument("--paced-seconds", type=int, default=120, help="duration of the paced track run (0: skip)")
+    parser.add_argument("--repeats", type=int, default=None, help="repeats of every measurement (median)")
+    parser.add_argument("--small-repeats", type=int, default=3, help="repeats of small loads (single, anchor)")
+    parser.add_argument("--startup-repeats", type=int, default=5, help="empty writes timed for start-up")
+    parser.add_argument("--quick", action="store_true", help="smoke run with small counts (< 2 minutes)")
+    parser.add_argument("--output", default=None, help="markdown file (default benchmarks/results.md)")
+    parser.add_argument("--keep-files", action="store_true", help="keep the generated inputs and logs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.bulk_records, args.single_0, args.single_20 = 20_000, 2_000, 200
+        args.anchor_0, args.anchor_20 = 300, 50
+        args.million_records = 100_000
+        args.paced_seconds = min(args.paced_seconds, 20)
+        args.small_repeats, args.startup_repeats = 1, 3
+    if args.output is None:
+        name = "results-quick.md" if args.quick else "results.md"
+        args.output = str(ROOT / "benchmarks" / name)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    started = time.perf_counter()
+    report = Benchmark(args).run()
+    print(report)
+    Path(args.output).write_text(report)
+    log(f"written to {args.output} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
