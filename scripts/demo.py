@@ -38,7 +38,8 @@ def main() -> None:
                 "write", "--config", str(config_path), "--catalog", str(SAMPLES / "configured_catalog.json"),
                 stdin=(SAMPLES / "messages.jsonl").read_bytes(),
             )
-            summary = next(m["log"]["message"] for m in messages if "Sync summary" in m.get("log", {}).get("message", ""))
+            logs = [m["log"]["message"] for m in messages if m["type"] == "LOG"]
+            summary = next(line for line in logs if line.startswith("Sync summary"))
             items = getattr(heap, received)
             print(f"== {api_type}: check {status}; {summary}")
             print(f"   Heap now holds {len(items)} {received}; the first one:")

@@ -1,0 +1,58 @@
+"""Hostile input: arbitrary JSON never crashes the mapping, and always yields either an item Heap accepts
+(checked by the stand-in's own validator, written independently) or a counted Rejection."""
+
+import math
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from destination_heap_analytics.config import MappingConfig
+from destination_heap_analytics.heap_standin import _ENDPOINTS
+from destination_heap_analytics.mapping import HeapItem, Mapping, Rejection
+
+PATHS = {"track": "/api/track", "add_user_properties": "/api/add_user_properties",
+         "add_account_properties": "/api/add_account_properties"}
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.text(min_size=1000, max_size=1300),
+    st.sampled_from(["", " ", "id", "ID", "2017-03-10T22:21:56+00:00", "1489184516123", "\u0000", "😀" * 600]),
+)
+keys = st.one_of(st.text(max_size=12), st.sampled_from(["", "id", "Id", "a.b", "who", "what", "when", "k" * 1100]))
+json_values = st.recursive(
+    scalars,
+    lambda children: st.one_of(st.lists(children, max_size=5), st.dictionaries(keys, children, max_size=5)),
+    max_leaves=40,
+)
+records = st.one_of(
+    st.dictionaries(keys, json_values, max_size=12),
+    st.fixed_dictionaries({"who": json_values, "what": json_values, "when": json_values},
+                          optional={"extra": json_values}),
+    json_values,  # not even an object
+)
+mappings = st.sampled_from([
+    MappingConfig("track", identity_column="who", event_column="what", timestamp_column="when",
+                  property_columns=None),
+    MappingConfig("track", identity_column="who", event_column="what", property_columns=("extra", "a.b", "x.0.y")),
+    MappingConfig("add_user_properties", identity_column="who", property_columns=None),
+    MappingConfig("add_user_properties", identity_column="who", property_columns=("extra", "id", "what")),
+    MappingConfig("add_account_properties", account_id_column="who", property_columns=None),
+])
+
+
+@settings(max_examples=700, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mapping=mappings, record=records, emitted_at=st.integers(min_value=0, max_value=4_102_444_800_000))
+def test_any_json_maps_to_a_valid_item_or_a_rejection(mapping, record, emitted_at):
+    result = Mapping(mapping).map(record, emitted_at)
+    assert isinstance(result, (HeapItem, Rejection))
+    if isinstance(result, Rejection):
+        assert result.reason and isinstance(result.reason, str)
+        return
+    error = _ENDPOINTS[PATHS[mapping.api_type]].item_error(result.body)
+    assert error is None, error
+    for value in result.body.get("properties", {}).values():
+        assert not isinstance(value, float) or math.isfinite(value)
