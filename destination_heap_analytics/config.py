@@ -15,17 +15,19 @@ from urllib.parse import urlsplit
 US_BASE_URL = "https://heapanalytics.com"
 EU_BASE_URL = "https://c.eu.heap-api.com"
 
-API_TYPES = ("track", "add_user_properties", "add_account_properties")
+API_TYPES = ("track", "add_user_properties", "add_account_properties", "identify")
 # Which column fields each api_type requires, and which it may have.
 REQUIRED_COLUMNS = {
     "track": ("identity_column", "event_column"),
     "add_user_properties": ("identity_column", "property_columns"),
     "add_account_properties": ("account_id_column", "property_columns"),
+    "identify": ("user_id_column", "identity_column"),
 }
 OPTIONAL_COLUMNS = {
     "track": ("timestamp_column", "property_columns"),
     "add_user_properties": (),
     "add_account_properties": (),
+    "identify": ("timestamp_column",),
 }
 INVALID_RECORD_POLICIES = ("skip", "fail")
 ALL_PROPERTIES = "*"
@@ -44,6 +46,7 @@ class MappingConfig:
     event_column: str | None = None
     timestamp_column: str | None = None
     account_id_column: str | None = None
+    user_id_column: str | None = None
     # None: every field of the record ("*"); otherwise the columns in the order written.
     property_columns: tuple[str, ...] | None = ()
 
@@ -60,6 +63,7 @@ class HeapConfig:
     track_events_per_minute: int = 15000
     request_timeout_seconds: float = 30.0
     max_retries: int = 6
+    dry_run: bool = False
 
 
 def parse_config(raw: Mapping[str, Any]) -> HeapConfig:
@@ -77,6 +81,7 @@ def parse_config(raw: Mapping[str, Any]) -> HeapConfig:
         track_events_per_minute=_integer(raw, "track_events_per_minute", 15000, 0, 10_000_000),
         request_timeout_seconds=float(_integer(raw, "request_timeout_seconds", 30, 1, 600)),
         max_retries=_integer(raw, "max_retries", 6, 0, 20),
+        dry_run=_boolean(raw, "dry_run", False),
     )
 
 

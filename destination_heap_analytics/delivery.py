@@ -13,6 +13,7 @@ import re
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import requests
@@ -24,12 +25,14 @@ from destination_heap_analytics.pacing import Pacer
 
 logger = logging.getLogger("airbyte")
 
-# api_type -> (path, key of the item list in a bulk body)
+# api_type -> (path, key of the item list in a bulk body; None: Heap has no bulk form)
 ENDPOINTS = {
     "track": ("/api/track", "events"),
     "add_user_properties": ("/api/add_user_properties", "users"),
     "add_account_properties": ("/api/add_account_properties", "accounts"),
+    "identify": ("/api/v1/identify", None),
 }
+DRY_RUN_SAMPLES = 3
 REJECTED_STATUSES = (400, 413, 422)  # the request's content is refused: split it to find the bad items
 CONFIG_STATUSES = (401, 403, 404, 405)  # wrong host, path or app: no retry can help
 INITIAL_BACKOFF_SECONDS = 0.5
@@ -188,7 +191,9 @@ class BatchSender:
     def __init__(self, config: HeapConfig, client: HeapClient, stop: threading.Event) -> None:
         self._path, self._list_key = ENDPOINTS[config.mapping.api_type]
         self._app_id = config.app_id
-        self._bulk = config.bulk
+        self._bulk = config.bulk and self._list_key is not None
+        self._dry_run = config.dry_run
+        self._samples_left = DRY_RUN_SAMPLES if config.dry_run else 0
         self._client = client
         self._stop = stop
         self._window = 2 * config.max_concurrent_requests  # queued as well as running, so no worker idles
@@ -220,6 +225,9 @@ class BatchSender:
 
     def _deliver(self, batch: Batch) -> BatchResult:
         result = BatchResult(batch.number)
+        if self._dry_run:
+            self._rehearse(batch, result)
+            return result
         try:
             if self._bulk:
                 self._deliver_bulk(batch.items, result)
@@ -230,9 +238,23 @@ class BatchSender:
             result.failure = failure
         return result
 
+    def _rehearse(self, batch: Batch, result: BatchResult) -> None:
+        """Dry run: nothing is sent; the first bodies are logged by shape (values masked: personal data)."""
+        if self._samples_left > 0:
+            self._samples_left -= 1
+            body = self._body(batch.items[:2]) if self._bulk else self._body([batch.items[0]])
+            shape = orjson.dumps({**masked(body), "app_id": self._app_id}).decode()
+            logger.info(f"Dry run: Heap would receive at {self._path}: {shape}")
+        result.delivered = len(batch.items)
+
+    def _body(self, items: list[HeapItem]) -> dict:
+        if self._bulk:
+            return {"app_id": self._app_id, self._list_key: [item.body for item in items]}
+        return {"app_id": self._app_id, **items[0].body}
+
     def _deliver_bulk(self, items: list[HeapItem], result: BatchResult) -> None:
         """Send items in one request; if Heap refuses it, halve until each refused item stands alone."""
-        body = orjson.dumps({"app_id": self._app_id, self._list_key: [item.body for item in items]})
+        body = orjson.dumps(self._body(items))
         try:
             self._client.post(self._path, body, [item.identity for item in items])
             result.delivered += len(items)
@@ -246,10 +268,21 @@ class BatchSender:
             self._deliver_bulk(items[middle:], result)
 
     def _deliver_one(self, item: HeapItem, result: BatchResult) -> None:
-        body = orjson.dumps({"app_id": self._app_id, **item.body})
+        body = orjson.dumps(self._body([item]))
         try:
             self._client.post(self._path, body, [item.identity])
             result.delivered += 1
         except HeapRejected as rejection:
             result.rejected.append(rejection.reason)
 
+
+
+def masked(value: Any) -> Any:
+    """The shape of a body with every value replaced by its type (and length for text): safe to log."""
+    if isinstance(value, dict):
+        return {key: masked(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [masked(inner) for inner in value]
+    if isinstance(value, str):
+        return f"<text, {len(value)} chars>"
+    return f"<{type(value).__name__}>"

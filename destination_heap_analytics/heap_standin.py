@@ -170,6 +170,7 @@ _USER_SINGLE_KEYS = frozenset({"app_id", "identity", "properties"})
 _USER_ITEM_KEYS = frozenset({"identity", "properties"})
 _ACCOUNT_SINGLE_KEYS = frozenset({"app_id", "account_id", "properties"})
 _ACCOUNT_ITEM_KEYS = frozenset({"account_id", "properties"})
+_IDENTIFY_KEYS = frozenset({"app_id", "user_id", "identity", "timestamp"})
 
 
 def _session_id_error(body: dict) -> str | None:
@@ -225,9 +226,20 @@ def _account_error(item: Any, allowed: frozenset[str]) -> str | None:
     )
 
 
+def _identify_error(body: dict) -> str | None:
+    if "user_id" not in body:
+        return ".user_id is required"
+    return (
+        _unknown_key_error(body, _IDENTIFY_KEYS)
+        or _user_id_error(body["user_id"])
+        or _string_error(body, "identity", MAX_IDENTITY)
+        or ("timestamp" in body and _timestamp_error(body["timestamp"]) or None)
+    )
+
+
 class _Endpoint(NamedTuple):
     kind: str  # "track" | "user" | "account": which store accepted items go to
-    list_key: str  # the bulk form's list: "events" | "users" | "accounts"
+    list_key: str | None  # the bulk form's list: "events" | "users" | "accounts"; None: no bulk form
     single_error: Callable[[dict], str | None]
     item_error: Callable[[Any], str | None]
 
@@ -246,6 +258,7 @@ _ENDPOINTS = {
         lambda b: _account_error(b, _ACCOUNT_SINGLE_KEYS),
         lambda i: _account_error(i, _ACCOUNT_ITEM_KEYS),
     ),
+    "/api/v1/identify": _Endpoint("identify", None, _identify_error, _identify_error),
 }
 
 
@@ -378,6 +391,7 @@ _COUNTERS = (
     "events_deduplicated",
     "users_stored",
     "accounts_stored",
+    "identifies_stored",
     "faults_served",
     "rejected_400",
     "rejected_by_predicate",
@@ -415,6 +429,7 @@ class _State:
             self.events: list[dict] = []
             self.users: list[dict] = []
             self.accounts: list[dict] = []
+            self.identifies: list[dict] = []
             # Per app_id. Kept even with keep_items=False: dedup must stay exact in summary mode.
             self.idempotency_keys: dict[str, set] = {}
             self.identities: dict[str, set] = {}
@@ -498,6 +513,10 @@ class _State:
                 return _Reply(429, b"Too Many Requests", headers=(("Retry-After", retry_after),))
             if endpoint.kind == "track":
                 self._store_events(app_id, items, add_app_id=bulk)
+            elif endpoint.kind == "identify":
+                self.counts["identifies_stored"] += 1
+                if self.keep_items:
+                    self.identifies.append(body)
             else:
                 self._store_properties(endpoint.kind, app_id, items, add_app_id=bulk)
         return _OK
@@ -742,7 +761,12 @@ def _control(state: _State, method: str, path: str, raw: bytes) -> _Reply:
             return _json_reply(state.stats())
         if action == ("GET", "/_standin/received"):
             with state.lock:
-                received = {"events": state.events[:], "users": state.users[:], "accounts": state.accounts[:]}
+                received = {
+                    "events": state.events[:],
+                    "users": state.users[:],
+                    "accounts": state.accounts[:],
+                    "identifies": state.identifies[:],
+                }
             return _json_reply(received)
         if action == ("POST", "/_standin/reset"):
             state.reset()
@@ -873,6 +897,11 @@ class HeapStandin:
     @property
     def accounts(self) -> list[dict]:
         return self._snapshot(self._state.accounts)
+
+    @property
+    def identifies(self) -> list[dict]:
+        """Accepted identify calls {app_id, user_id, identity, timestamp?}, in arrival order."""
+        return self._snapshot(self._state.identifies)
 
     def stats(self) -> dict:
         return self._state.stats()

@@ -104,12 +104,14 @@ class Mapping:
         self._event = ColumnPath(config.event_column) if config.event_column else None
         self._timestamp = ColumnPath(config.timestamp_column) if config.timestamp_column else None
         self._account_id = ColumnPath(config.account_id_column) if config.account_id_column else None
+        self._user_id = ColumnPath(config.user_id_column) if config.user_id_column else None
         self._properties = None if config.property_columns is None else [ColumnPath(c) for c in config.property_columns]
         self._forbid_id = config.api_type == "add_user_properties"
         builders: dict[str, Callable[[dict[str, Any], int], HeapItem | Rejection]] = {
             "track": self._track,
             "add_user_properties": self._user,
             "add_account_properties": self._account,
+            "identify": self._identify,
         }
         self._build = builders[config.api_type]
 
@@ -148,6 +150,21 @@ class Mapping:
         if isinstance(account_id, Rejection):
             return account_id
         return self._with_properties(HeapItem({"account_id": account_id}, None), record)
+
+    def _identify(self, record: dict[str, Any], emitted_at_ms: int) -> HeapItem | Rejection:
+        user_id = _heap_user_id(self._user_id, record)
+        if isinstance(user_id, Rejection):
+            return user_id
+        identity = _identifier(self._identity, record, "identity")
+        if isinstance(identity, Rejection):
+            return identity
+        item = HeapItem({"user_id": user_id, "identity": identity}, identity)
+        if self._timestamp:
+            timestamp = _timestamp(self._timestamp, record, emitted_at_ms)
+            if isinstance(timestamp, Rejection):
+                return timestamp
+            item.body["timestamp"] = timestamp
+        return item
 
     def _with_properties(self, item: HeapItem, record: dict[str, Any]) -> HeapItem | Rejection:
         properties = self._collect_properties(record, item.notes)
@@ -247,6 +264,20 @@ def _identifier(path: ColumnPath | None, record: dict[str, Any], field_name: str
     if len(text) > MAX_IDENTITY_LENGTH:
         return Rejection(f"{field_name}_too_long", column)
     return text
+
+
+def _heap_user_id(path: ColumnPath | None, record: dict[str, Any]) -> str | Rejection:
+    """Heap's anonymous user_id: an integer 0 .. 2^53-1, sent as a string."""
+    value = path.resolve(record) if path else None
+    column = path.column if path else None
+    if value is None or value == "":
+        return Rejection("missing_user_id", column)
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and text.isascii() and text.isdigit():
+        text = int(text)
+    if isinstance(text, bool) or not isinstance(text, int) or not 0 <= text <= MAX_SAFE_INTEGER:
+        return Rejection("invalid_user_id", column)
+    return str(text)
 
 
 def _event_name(path: ColumnPath | None, record: dict[str, Any]) -> str | Rejection:

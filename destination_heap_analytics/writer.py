@@ -60,7 +60,7 @@ class SyncWriter:
             yield from self._release(self._sender.drain())
             if self._ledger.pending:
                 raise AssertionError("states left unreleased after every batch was acknowledged")
-            outcome = "succeeded"
+            outcome = "succeeded (dry run: nothing was sent to Heap)" if self._config.dry_run else "succeeded"
         except SyncTerminated:
             yield from self._release(self._sender.drain(timeout=TERMINATION_GRACE_SECONDS))
             outcome = "terminated"

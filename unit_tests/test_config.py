@@ -112,3 +112,11 @@ def test_config_errors_say_what_to_fix(overrides, message):
 def test_config_must_be_an_object():
     with pytest.raises(ConfigError, match="JSON object"):
         parse_config(["app_id"])
+
+
+def test_identify_and_dry_run():
+    parsed = parse_config(config(api={"api_type": "identify", "user_id_column": "u", "identity_column": "i"},
+                                 dry_run=True))
+    assert parsed.mapping.user_id_column == "u" and parsed.dry_run is True
+    with pytest.raises(ConfigError, match="api.user_id_column is required for api_type identify"):
+        parse_config(config(api={"api_type": "identify", "identity_column": "i"}))

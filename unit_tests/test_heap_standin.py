@@ -581,7 +581,7 @@ def test_control_endpoints(heap):
     assert requests.post(control + "/latency", json={"ms": 5}, timeout=5).status_code == 200
     assert post(heap, TRACK, {"app_id": "1", **event()}).status_code == 200
     received = requests.get(control + "/received", timeout=5).json()
-    assert received == {"events": [{"app_id": "1", **event()}], "users": [], "accounts": []}
+    assert received == {"events": [{"app_id": "1", **event()}], "users": [], "accounts": [], "identifies": []}
     stats = requests.get(control + "/stats", timeout=5).json()
     assert (stats["requests"], stats["faults_served"]) == (3, 2)
     assert requests.post(control + "/faults", json={"faults": [{"nope": 1}]}, timeout=5).status_code == 400
@@ -618,3 +618,30 @@ def test_cli_refuses_non_loopback_host():
     _, stderr = process.communicate(timeout=10)
     assert process.returncode == 2
     assert "loopback" in stderr
+
+
+IDENTIFY = "/api/v1/identify"
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"identity": "alice"}, "user_id is required"),
+        ({"user_id": 12, "identity": "alice"}, "user_id should be a string holding an integer"),
+        ({"user_id": str(2**53), "identity": "alice"}, "user_id should be a string holding an integer"),
+        ({"user_id": "12"}, "identity is required"),
+        ({"user_id": "12", "identity": "x" * 256}, "identity should be 1..255 characters"),
+        ({"user_id": "12", "identity": "a", "timestamp": "yesterday"}, "timestamp should be an ISO 8601"),
+        ({"user_id": "12", "identity": "a", "users": []}, "unknown"),
+    ],
+)
+def test_identify_rules(heap, body, message):
+    response = post(heap, IDENTIFY, {"app_id": "1", **body})
+    assert response.status_code == 400 and message in response.text
+    assert heap.identifies == []
+
+
+def test_identify_is_stored(heap):
+    body = {"app_id": "1", "user_id": "8765", "identity": "alice", "timestamp": "2017-03-10T22:21:56+00:00"}
+    assert post(heap, IDENTIFY, body).status_code == 200
+    assert heap.identifies == [body] and heap.stats()["identifies_stored"] == 1

@@ -331,3 +331,41 @@ def test_rejections_never_carry_values():
     secret = "person-secret@example.com" + "x" * 300
     rejection = mapped(users(("p",)), {"who": secret, "p": 1})
     assert secret not in rejection.describe() and "who" in rejection.describe()
+
+
+# Identify.
+
+
+def identify(**columns) -> dict:
+    return {"api_type": "identify", "user_id_column": "uid", "identity_column": "who", **columns}
+
+
+@pytest.mark.parametrize(
+    "user_id, expected",
+    [
+        ("8765", "8765"),
+        (8765, "8765"),
+        (" 42 ", "42"),
+        (0, "0"),
+        (2**53 - 1, str(2**53 - 1)),
+        (2**53, Rejection("invalid_user_id", "uid")),
+        (-1, Rejection("invalid_user_id", "uid")),
+        ("abc", Rejection("invalid_user_id", "uid")),
+        (1.5, Rejection("invalid_user_id", "uid")),
+        (True, Rejection("invalid_user_id", "uid")),
+        (None, Rejection("missing_user_id", "uid")),
+        ("", Rejection("missing_user_id", "uid")),
+    ],
+)
+def test_identify_user_id_rules(user_id, expected):
+    result = mapped(identify(), {"uid": user_id, "who": "alice"})
+    assert result == expected if isinstance(expected, Rejection) else result.body == {
+        "user_id": expected,
+        "identity": "alice",
+    }
+
+
+def test_identify_with_timestamp_and_missing_identity():
+    item = mapped(identify(timestamp_column="time"), {"uid": "1", "who": "alice", "time": 1489184516})
+    assert item.body == {"user_id": "1", "identity": "alice", "timestamp": "2017-03-10T22:21:56+00:00"}
+    assert mapped(identify(), {"uid": "1"}) == Rejection("missing_identity", "who")

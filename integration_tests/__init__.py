@@ -1,0 +1,1 @@
+"""Integration tests: the installed connector, run as a subprocess against the local Heap stand-in."""

@@ -1,0 +1,536 @@
+"""Shared fixtures and helpers for the integration tests.
+
+Every test runs the INSTALLED console script (`destination-heap-analytics`, next to this interpreter) as a
+subprocess, with the config and catalog as JSON files and the messages on stdin, against an in-process Heap
+stand-in on 127.0.0.1. Every stdout line must be an Airbyte message.
+
+Two guards run on every connector invocation:
+- outbound guard: the subprocess gets HTTP(S)_PROXY pointing at a local recorder and NO_PROXY covering
+  loopback, so a request to any non-loopback host lands in the recorder (and fails the test) instead of
+  leaving the machine;
+- leak guard: no string value from the input records may appear in stderr or in any stdout line other
+  than a STATE message (logs must never contain record values).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airbyte_cdk.models import AirbyteMessageSerializer
+
+from destination_heap_analytics.heap_standin import HeapStandin
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = PROJECT_ROOT / "sample_files"
+BIN_DIR = Path(sys.executable).parent
+CONNECTOR = shutil.which("destination-heap-analytics", path=str(BIN_DIR)) or str(BIN_DIR / "destination-heap-analytics")
+AIRBYTE_TYPES = {"RECORD", "STATE", "LOG", "TRACE", "SPEC", "CONNECTION_STATUS", "CATALOG", "CONTROL"}
+STREAM = "users"
+APP_ID = "11"
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+# Mapping configs for the synthetic people below (column names never contain record values).
+TRACK_API = {
+    "api_type": "track",
+    "identity_column": "email",
+    "event_column": "action",
+    "timestamp_column": "updated_at",
+    "property_columns": "plan,name,visits",
+}
+USER_API = {"api_type": "add_user_properties", "identity_column": "email", "property_columns": "plan,name,visits"}
+ACCOUNT_API = {"api_type": "add_account_properties", "account_id_column": "account", "property_columns": "plan,name"}
+ITEM_KIND = {"track": "events", "add_user_properties": "users", "add_account_properties": "accounts"}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Message builders
+
+
+def person(i: int, **overrides: Any) -> dict:
+    """One synthetic source row; every text value is distinctive so a leak into the logs is detectable."""
+    data = {
+        "email": f"secret-person-{i}@example.com",
+        "name": f"Secret Name {i:05d}",
+        "action": "Secret Signed Up",
+        "account": f"secret-account-{i:05d}",
+        "plan": f"secret-plan-{i % 7}",
+        "visits": i,
+        "updated_at": f"2023-03-{1 + i % 28:02d}T10:{i % 60:02d}:{i % 60:02d}Z",
+    }
+    data.update(overrides)
+    return data
+
+
+def people(n: int, start: int = 0) -> list[dict]:
+    return [person(i) for i in range(start, start + n)]
+
+
+def record(data: Any, stream: str = STREAM, emitted_at: int = 1_700_000_000_000) -> dict:
+    return {"type": "RECORD", "record": {"stream": stream, "data": data, "emitted_at": emitted_at}}
+
+
+def state(n: int, stream: str = STREAM) -> dict:
+    return {
+        "type": "STATE",
+        "state": {"type": "STREAM", "stream": {"stream_descriptor": {"name": stream}, "stream_state": {"position": n}}},
+    }
+
+
+def interleave(rows: Iterable[dict], every: int, stream: str = STREAM, final_state: bool = True) -> list[dict]:
+    """RECORD messages with a STATE (numbered 1, 2, ...) after every `every` records, and one at the end."""
+    messages: list[dict] = []
+    states = 0
+    count = 0
+    for count, row in enumerate(rows, 1):
+        messages.append(record(row, stream))
+        if count % every == 0:
+            states += 1
+            messages.append(state(states, stream))
+    if final_state and (count == 0 or count % every):
+        messages.append(state(states + 1, stream))
+    return messages
+
+
+def catalog(*streams: str, destination_sync_mode: str = "append") -> dict:
+    return {
+        "streams": [
+            {
+                "stream": {
+                    "name": name,
+                    "json_schema": {"type": "object"},
+                    "supported_sync_modes": ["full_refresh", "incremental"],
+                },
+                "sync_mode": "incremental",
+                "destination_sync_mode": destination_sync_mode,
+            }
+            for name in (streams or (STREAM,))
+        ]
+    }
+
+
+def config(heap: HeapStandin, api: dict, **overrides: Any) -> dict:
+    """A config for the stand-in; pacing off unless a test asks for it, so tests stay fast."""
+    return {"app_id": APP_ID, "base_url": heap.url, "api": dict(api), "track_events_per_minute": 0, **overrides}
+
+
+def sample_config(kind: str, heap: HeapStandin, **overrides: Any) -> dict:
+    """sample_files/config_<kind>.json with base_url pointed at the stand-in."""
+    raw = json.loads((SAMPLE_DIR / f"config_{kind}.json").read_text())
+    raw["base_url"] = heap.url
+    raw.setdefault("track_events_per_minute", 0)
+    raw.update(overrides)
+    return raw
+
+
+def sample_messages() -> list[dict]:
+    return [json.loads(line) for line in (SAMPLE_DIR / "messages.jsonl").read_text().splitlines() if line.strip()]
+
+
+def sample_catalog() -> dict:
+    return json.loads((SAMPLE_DIR / "configured_catalog.json").read_text())
+
+
+def records_of(messages: Iterable[dict]) -> list[dict]:
+    return [m["record"]["data"] for m in messages if m["type"] == "RECORD"]
+
+
+def states_of(messages: Iterable[dict]) -> list[dict]:
+    return [m["state"] for m in messages if m["type"] == "STATE"]
+
+
+def without_app_id(item: dict) -> dict:
+    assert item.get("app_id") == APP_ID, f"item stored under the wrong app_id: {item.get('app_id')!r}"
+    return {k: v for k, v in item.items() if k != "app_id"}
+
+
+def stored(heap: HeapStandin, api_type: str) -> list[dict]:
+    return getattr(heap, ITEM_KIND[api_type])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Outbound guard: a local recorder standing in for every non-loopback host
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _record(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.server.seen.append((self.command, self.path, self.headers.get("Host"), body))  # type: ignore[attr-defined]
+        payload = b"{}"
+        self.send_response(self.server.answer)  # type: ignore[attr-defined]
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(payload)
+        self.close_connection = True
+
+    do_GET = do_POST = do_PUT = do_HEAD = do_CONNECT = do_DELETE = do_PATCH = _record
+
+
+class OutboundRecorder:
+    """An HTTP proxy on 127.0.0.1 that never forwards anything: it records what it was asked and answers."""
+
+    def __init__(self, answer: int = 502) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+        self._server.daemon_threads = True
+        self._server.seen = []  # type: ignore[attr-defined]
+        self._server.answer = answer  # type: ignore[attr-defined]
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def seen(self) -> list[tuple[str, str, str | None, bytes]]:
+        return list(self._server.seen)  # type: ignore[attr-defined]
+
+    def clear(self) -> None:
+        self._server.seen.clear()  # type: ignore[attr-defined]
+
+    def env(self, no_proxy: str = "127.0.0.1,localhost") -> dict[str, str]:
+        """Environment that sends every request of the subprocess to this recorder, except to `no_proxy` hosts."""
+        proxy_names = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+        env = {k: v for k, v in os.environ.items() if k.lower() not in proxy_names}
+        env.update(
+            HTTP_PROXY=self.url,
+            HTTPS_PROXY=self.url,
+            http_proxy=self.url,
+            https_proxy=self.url,
+            NO_PROXY=no_proxy,
+            no_proxy=no_proxy,
+        )
+        return env
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+_GUARD: OutboundRecorder | None = None
+
+
+def outbound_guard() -> OutboundRecorder:
+    global _GUARD
+    if _GUARD is None:
+        _GUARD = OutboundRecorder()
+    return _GUARD
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Running the connector
+
+SUMMARY = re.compile(
+    r"Sync summary \((?P<outcome>\w+)\): (?P<read>\d+) records read, (?P<sent>\d+) sent and acknowledged by Heap, "
+    r"(?P<skipped>\d+) skipped, (?P<states>\d+) states emitted; (?P<requests>\d+) requests "
+    r"\((?P<retries>\d+) retries, (?P<throttled>\d+) throttled\)"
+)
+SKIPPED_PREFIX = "Records skipped, by reason: "
+
+
+@dataclass
+class Result:
+    returncode: int
+    messages: list[dict]
+    stdout: str
+    stderr: str
+    duration: float
+    input_messages: list[dict] = field(default_factory=list)
+
+    @property
+    def states(self) -> list[dict]:
+        return [m["state"] for m in self.messages if m["type"] == "STATE"]
+
+    @property
+    def logs(self) -> list[dict]:
+        return [m["log"] for m in self.messages if m["type"] == "LOG"]
+
+    @property
+    def traces(self) -> list[dict]:
+        return [m["trace"] for m in self.messages if m["type"] == "TRACE"]
+
+    @property
+    def errors(self) -> list[dict]:
+        return [t["error"] for t in self.traces if t.get("type") == "ERROR"]
+
+    @property
+    def statuses(self) -> list[dict]:
+        return [m["connectionStatus"] for m in self.messages if m["type"] == "CONNECTION_STATUS"]
+
+    def log_lines(self, level: str | None = None) -> list[str]:
+        return [log["message"] for log in self.logs if level is None or log["level"] == level]
+
+    @property
+    def summary(self) -> dict:
+        """The figures of the final 'Sync summary' LOG line (exactly one must exist)."""
+        found = [m for line in self.log_lines("INFO") if (m := SUMMARY.search(line))]
+        assert len(found) == 1, f"expected one Sync summary line, got {len(found)}:\n{self.describe()}"
+        match = found[0]
+        figures: dict[str, Any] = {k: int(v) for k, v in match.groupdict().items() if k != "outcome"}
+        figures["outcome"] = match["outcome"]
+        return figures
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """reason -> count from the WARN 'Records skipped, by reason' line ({} when there is none)."""
+        lines = [line for line in self.log_lines("WARN") if line.startswith(SKIPPED_PREFIX)]
+        assert len(lines) <= 1, lines
+        if not lines:
+            return {}
+        listing = lines[0][len(SKIPPED_PREFIX) :]
+        return {m[1]: int(m[2]) for m in re.finditer(r"(.+?): (\d+)(?:, |$)", listing)}
+
+    def describe(self) -> str:
+        return (
+            f"exit code {self.returncode}\n--- stdout ---\n{self.stdout[-6000:]}\n"
+            f"--- stderr ---\n{self.stderr[-3000:]}"
+        )
+
+
+def _private_values(messages: Iterable[dict]) -> set[str]:
+    """Every text value (and number-like text) in the input records, long enough to be recognisable."""
+    values: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for inner in value.values():
+                walk(inner)
+        elif isinstance(value, list):
+            for inner in value:
+                walk(inner)
+        elif isinstance(value, str) and len(value) >= 6:
+            values.add(value)
+
+    for message in messages:
+        if isinstance(message, dict) and message.get("type") == "RECORD":
+            walk(message.get("record", {}).get("data"))
+    return values
+
+
+def assert_no_leaks(result: Result, private: Iterable[str]) -> None:
+    """No record value in stderr or in any stdout line except STATE messages (which carry the source's cursor)."""
+    lines = [line for line, m in zip(result.stdout.splitlines(), result.messages, strict=True) if m["type"] != "STATE"]
+    text = "\n".join(lines) + "\n" + result.stderr
+    leaked = sorted(value for value in private if value in text)
+    assert not leaked, f"record values leaked into the connector's output: {leaked[:5]}\n{result.describe()}"
+
+
+def _parse_line(line: str) -> dict:
+    try:
+        message = json.loads(line)
+    except json.JSONDecodeError:
+        pytest.fail(f"connector printed a stdout line that is not JSON: {line[:300]!r}")
+    assert isinstance(message, dict) and message.get("type") in AIRBYTE_TYPES, f"not an Airbyte message: {line[:300]}"
+    try:
+        AirbyteMessageSerializer.load(message)
+    except Exception as error:  # noqa: BLE001 - any failure to load means the line breaks the protocol
+        pytest.fail(f"stdout line is not a valid Airbyte message ({error}): {line[:300]}")
+    return message
+
+
+def run_connector(
+    command: str,
+    config: dict | None = None,
+    catalog: dict | None = None,
+    messages: Iterable[dict] = (),
+    timeout: float = 60.0,
+    *,
+    stdin_lines: Iterable[str] | None = None,
+    on_message: Callable[[dict], None] | None = None,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
+    env: dict[str, str] | None = None,
+    check_leaks: bool = True,
+    private: Iterable[str] = (),
+    argv: list[str] | None = None,
+) -> Result:
+    """Run `destination-heap-analytics <command>` with config/catalog files and `messages` on stdin.
+
+    Each stdout line is parsed (and must be an Airbyte message) as it arrives; `on_message` sees it at that
+    moment, so a test can compare what the stand-in holds when a STATE leaves the connector.
+    """
+    messages = list(messages)
+    lines = [json.dumps(m) for m in messages] if stdin_lines is None else list(stdin_lines)
+    guard = outbound_guard()
+    guard.clear()
+    with tempfile.TemporaryDirectory(prefix="heap-it-") as tmp:
+        args = [CONNECTOR, command] if argv is None else list(argv)
+        if config is not None:
+            config_path = Path(tmp) / "config.json"
+            config_path.write_text(json.dumps(config))
+            args += ["--config", str(config_path)]
+        if catalog is not None:
+            catalog_path = Path(tmp) / "catalog.json"
+            catalog_path.write_text(json.dumps(catalog))
+            args += ["--catalog", str(catalog_path)]
+        started = time.monotonic()
+        process = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=tmp,
+            env=env if env is not None else guard.env(),
+            text=True,
+            encoding="utf-8",
+            bufsize=1,
+        )
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            process.kill()
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+
+        def feed() -> None:
+            try:
+                for line in lines:
+                    process.stdin.write(line + "\n")
+                process.stdin.close()
+            except (BrokenPipeError, OSError, ValueError):
+                pass  # the connector stopped reading (it failed, or was terminated): that is its right
+
+        stderr_chunks: list[str] = []
+        feeder = threading.Thread(target=feed, daemon=True)
+        drainer = threading.Thread(target=lambda: stderr_chunks.append(process.stderr.read()), daemon=True)
+        feeder.start()
+        drainer.start()
+        if on_start is not None:
+            on_start(process)
+        stdout_lines: list[str] = []
+        parsed: list[dict] = []
+        try:
+            for raw in process.stdout:
+                line = raw.rstrip("\n")
+                if not line.strip():
+                    continue
+                stdout_lines.append(line)
+                message = _parse_line(line)
+                parsed.append(message)
+                if on_message is not None:
+                    on_message(message)
+            returncode = process.wait()
+        finally:
+            timer.cancel()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            feeder.join(5)
+            drainer.join(5)
+    result = Result(
+        returncode=returncode,
+        messages=parsed,
+        stdout="\n".join(stdout_lines),
+        stderr="".join(stderr_chunks),
+        duration=time.monotonic() - started,
+        input_messages=messages,
+    )
+    if timed_out.is_set():
+        pytest.fail(f"the connector did not finish within {timeout} s\n{result.describe()}")
+    if env is None:
+        assert not guard.seen, f"the connector tried to reach a non-loopback host: {guard.seen[:3]}"
+    if check_leaks:
+        assert_no_leaks(result, _private_values(messages) | set(private))
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------------
+# State safety
+
+
+class StateWatcher:
+    """Snapshots what the stand-in holds at the moment each STATE comes out of the connector."""
+
+    def __init__(self, heap: HeapStandin, api_type: str, key: Callable[[dict], str]) -> None:
+        self._heap = heap
+        self._kind = ITEM_KIND[api_type]
+        self._id_field = "account_id" if api_type == "add_account_properties" else "identity"
+        self._key = key
+        self.snapshots: list[tuple[dict, set[str]]] = []
+
+    def held(self) -> set[str]:
+        return {item[self._id_field] for item in getattr(self._heap, self._kind)}
+
+    def on_message(self, message: dict) -> None:
+        if message["type"] == "STATE":
+            self.snapshots.append((message["state"], self.held()))
+
+    def assert_safe(self, input_messages: list[dict], valid: Callable[[dict], bool] = lambda m: True) -> None:
+        """Every emitted STATE: each valid record before it in the input was in the stand-in when it left;
+        and states come out in input order, each once."""
+        prefixes: list[tuple[dict, set[str]]] = []  # each input STATE, with the keys of the records before it
+        keys: set[str] = set()
+        for message in input_messages:
+            if message["type"] == "STATE":
+                prefixes.append((message["state"], set(keys)))
+            elif message["type"] == "RECORD" and valid(message):
+                keys.add(self._key(message["record"]["data"]))
+        emitted = [s for s, _ in self.snapshots]
+        assert emitted == [s for s, _ in prefixes[: len(emitted)]], "states emitted out of order, twice or altered"
+        for position, ((_, held), (_, before)) in enumerate(zip(self.snapshots, prefixes, strict=False)):
+            missing = before - held
+            assert not missing, (
+                f"STATE #{position + 1} left the connector before {len(missing)} earlier records were in Heap"
+            )
+
+
+def watch(condition: Callable[[], bool], action: Callable[[], None], timeout: float = 30.0) -> threading.Thread:
+    """Run `action` (once) as soon as `condition()` holds, polling from a daemon thread."""
+
+    def loop() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                action()
+                return
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
+def send_sigterm(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture
+def heap():
+    """A fresh Heap stand-in on 127.0.0.1 for each test (no rate limits unless a test builds its own)."""
+    standin = HeapStandin().start()
+    try:
+        yield standin
+    finally:
+        standin.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _GUARD is not None:
+        _GUARD.close()
