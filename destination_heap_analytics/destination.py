@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -20,7 +21,7 @@ from airbyte_cdk.models import (
     Status,
     Type,
 )
-from airbyte_cdk.utils.airbyte_secrets_utils import get_secrets, update_secrets
+from airbyte_cdk.utils.airbyte_secrets_utils import filter_secrets, get_secrets, update_secrets
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from destination_heap_analytics.config import ConfigError, HeapConfig, parse_config
@@ -35,6 +36,18 @@ class DestinationHeapAnalytics(Destination):
     # The CDK's JSON-schema check reports a wrong oneOf as "not valid under any of the given schemas";
     # parse_config says which field is wrong and what to write instead.
     check_config_against_spec = False
+
+    def run(self, args: list[str]) -> None:
+        """As the CDK's run, but a failure we raised on purpose (bad config, Heap unreachable, SIGTERM) ends
+        with its TRACE message alone: it already says what to do, and a traceback in the log only buries it."""
+        try:
+            super().run(args)
+        except AirbyteTracedException as failure:
+            logger.error(failure.message)
+            trace = failure.as_airbyte_message()
+            trace.trace.error.stack_trace = None
+            print(filter_secrets(orjson.dumps(AirbyteMessageSerializer.dump(trace)).decode()), flush=True)
+            sys.exit(1)
 
     def run_cmd(self, parsed_args: Any) -> Iterable[AirbyteMessage]:
         if parsed_args.command != "check":
