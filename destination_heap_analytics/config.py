@@ -8,27 +8,30 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 US_BASE_URL = "https://heapanalytics.com"
 EU_BASE_URL = "https://c.eu.heap-api.com"
 
-API_TYPES = ("track", "add_user_properties", "add_account_properties", "identify")
+API_TYPES = ("track", "add_user_properties", "add_account_properties", "identify", "delete_users")
 # Which column fields each api_type requires, and which it may have.
 REQUIRED_COLUMNS = {
     "track": ("identity_column", "event_column"),
     "add_user_properties": ("identity_column", "property_columns"),
     "add_account_properties": ("account_id_column", "property_columns"),
     "identify": ("user_id_column", "identity_column"),
+    "delete_users": (),  # identity_column or user_id_column: checked in _mapping
 }
 OPTIONAL_COLUMNS = {
     "track": ("timestamp_column", "property_columns"),
     "add_user_properties": (),
     "add_account_properties": (),
     "identify": ("timestamp_column",),
+    "delete_users": ("identity_column", "user_id_column"),
 }
+MAX_BATCH = {"delete_users": 10_000}  # Heap's bulk maximum per api_type; 1000 for the ingestion APIs
 INVALID_RECORD_POLICIES = ("skip", "fail")
 ALL_PROPERTIES = "*"
 
@@ -64,24 +67,28 @@ class HeapConfig:
     request_timeout_seconds: float = 30.0
     max_retries: int = 6
     dry_run: bool = False
+    api_key: str | None = field(default=None, repr=False)  # delete_users only; a secret, never logged
 
 
 def parse_config(raw: Mapping[str, Any]) -> HeapConfig:
     """Validate a raw config (the JSON the user wrote) and return the typed config it describes."""
     if not isinstance(raw, Mapping):
         raise ConfigError("The config must be a JSON object.")
+    mapping = _mapping(raw.get("api"))
+    max_batch = MAX_BATCH.get(mapping.api_type, 1000)
     return HeapConfig(
         app_id=_app_id(raw.get("app_id")),
         base_url=_base_url(raw.get("base_url", US_BASE_URL)),
-        mapping=_mapping(raw.get("api")),
+        mapping=mapping,
         bulk=_boolean(raw, "bulk", True),
-        batch_size=_integer(raw, "batch_size", 1000, 1, 1000),
+        batch_size=_integer(raw, "batch_size", max_batch, 1, max_batch),
         on_invalid_record=_choice(raw, "on_invalid_record", "skip", INVALID_RECORD_POLICIES),
         max_concurrent_requests=_integer(raw, "max_concurrent_requests", 8, 1, 64),
         track_events_per_minute=_integer(raw, "track_events_per_minute", 15000, 0, 10_000_000),
         request_timeout_seconds=float(_integer(raw, "request_timeout_seconds", 30, 1, 600)),
         max_retries=_integer(raw, "max_retries", 6, 0, 20),
         dry_run=_boolean(raw, "dry_run", False),
+        api_key=_api_key(raw.get("api")) if mapping.api_type == "delete_users" else None,
     )
 
 
@@ -134,7 +141,22 @@ def _mapping(api: Any) -> MappingConfig:
     for name in OPTIONAL_COLUMNS[api_type]:
         columns[name] = _column(api, name, api_type, required=False)
     columns["property_columns"] = _property_columns(columns.get("property_columns"))
+    if api_type == "delete_users" and (columns["identity_column"] is None) == (columns["user_id_column"] is None):
+        raise ConfigError(
+            "api_type delete_users needs exactly one of api.identity_column or api.user_id_column: "
+            "the column naming the users to delete."
+        )
     return MappingConfig(api_type=api_type, **columns)
+
+
+def _api_key(api: Mapping[str, Any]) -> str:
+    value = api.get("api_key")
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(
+            "api.api_key is required for delete_users: generate one in Heap under Account > Manage > "
+            "Privacy & Security (the app_id must be your Main Production environment's)."
+        )
+    return value.strip()
 
 
 def _column(api: Mapping[str, Any], name: str, api_type: str, required: bool) -> str | None:

@@ -11,6 +11,7 @@ import logging
 import random
 import re
 import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,13 +26,25 @@ from destination_heap_analytics.pacing import Pacer
 
 logger = logging.getLogger("airbyte")
 
-# api_type -> (path, key of the item list in a bulk body; None: Heap has no bulk form)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    path: str
+    list_key: str | None  # the item list of the bulk body; None: Heap has no bulk form
+    bulk_only: bool = False  # Heap has no single form
+    app_id_in_body: bool = True  # the ingestion APIs authenticate by app_id in the body
+
+
 ENDPOINTS = {
-    "track": ("/api/track", "events"),
-    "add_user_properties": ("/api/add_user_properties", "users"),
-    "add_account_properties": ("/api/add_account_properties", "accounts"),
-    "identify": ("/api/v1/identify", None),
+    "track": Endpoint("/api/track", "events"),
+    "add_user_properties": Endpoint("/api/add_user_properties", "users"),
+    "add_account_properties": Endpoint("/api/add_account_properties", "accounts"),
+    "identify": Endpoint("/api/v1/identify", None),
+    "delete_users": Endpoint("/api/public/v0/user_deletion", "users", bulk_only=True, app_id_in_body=False),
 }
+AUTH_TOKEN_PATH = "/api/public/v0/auth_token"
+TOKEN_RENEWAL_SECONDS = 240.0  # Heap's tokens last 5 minutes: renew with a minute to spare
 DRY_RUN_SAMPLES = 3
 REJECTED_STATUSES = (400, 413, 422)  # the request's content is refused: split it to find the bad items
 CONFIG_STATUSES = (401, 403, 404, 405)  # wrong host, path or app: no retry can help
@@ -58,6 +71,52 @@ class HeapRejected(Exception):
         super().__init__(f"HTTP {status}: {reason}")
         self.status = status
         self.reason = reason
+
+
+class TokenUnavailable(Exception):
+    """No deletion token could be had this time (throttled, server error): worth retrying."""
+
+
+class DeletionAuth:
+    """Bearer tokens for the user deletion API: fetched with HTTP Basic (app_id, api_key), renewed before
+    they expire, shared by every sender thread. The api_key never leaves this object except to Heap."""
+
+    def __init__(self, config: HeapConfig, session: requests.Session, timeout: tuple[float, float]) -> None:
+        self._url = config.base_url + AUTH_TOKEN_PATH
+        self._credentials = (config.app_id, config.api_key or "")
+        self._session = session
+        self._timeout = timeout
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self._lock = threading.Lock()
+
+    def headers(self) -> dict[str, str]:
+        with self._lock:
+            if self._token is None or time.monotonic() >= self._renew_at:
+                self._token = self._fetch()
+                self._renew_at = time.monotonic() + TOKEN_RENEWAL_SECONDS
+            return {"Authorization": f"Bearer {self._token}"}
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._token = None
+
+    def _fetch(self) -> str:
+        response = self._session.post(self._url, auth=self._credentials, timeout=self._timeout)
+        if response.status_code in (401, 403):
+            raise DeliveryError(
+                f"Heap refused the api_key for app_id {self._credentials[0]} (HTTP {response.status_code}). "
+                "Check api.api_key, and that app_id is your Main Production environment's.",
+                transient=False,
+            )
+        if response.status_code == 429 or response.status_code >= 500:
+            raise TokenUnavailable(f"auth token: HTTP {response.status_code}")
+        try:
+            return str(response.json()["access_token"])
+        except (ValueError, KeyError, TypeError):
+            raise DeliveryError(
+                f"Heap's auth token answer (HTTP {response.status_code}) had no access_token.", transient=False
+            ) from None
 
 
 class DeliveryStopped(Exception):
@@ -100,18 +159,20 @@ class HeapClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update({"Content-Type": "application/json", "User-Agent": USER_AGENT})
+        needs_token = config.mapping.api_type == "delete_users" and not config.dry_run
+        self._auth = DeletionAuth(config, self.session, self._timeout) if needs_token else None
 
-    def post(self, path: str, body: bytes, identities: list[str | None]) -> None:
-        """Deliver one body; returns once Heap acknowledged it. Raises HeapRejected, DeliveryError."""
+    def post(self, path: str, body: bytes, identities: list[str | None]) -> requests.Response:
+        """Deliver one body; returns Heap's acknowledgement. Raises HeapRejected, DeliveryError."""
         url = self._base_url + path
         for attempt in range(self._max_retries + 1):
             if self._stop.is_set():
                 raise DeliveryStopped()
             if self._pacer:
                 self._pacer.wait_for(identities)
-            problem, retry_after = self._attempt(url, body, retried=attempt > 0)
-            if problem is None:
-                return
+            response, problem, retry_after = self._attempt(url, body, retried=attempt > 0)
+            if response is not None:
+                return response
             if attempt < self._max_retries:
                 self._stop.wait(_backoff(attempt, retry_after))
         raise DeliveryError(
@@ -121,29 +182,36 @@ class HeapClient:
             transient=True,
         )
 
-    def _attempt(self, url: str, body: bytes, retried: bool) -> tuple[str | None, float | None]:
-        """One request. Returns (None, None) on success, or (what went wrong, Retry-After) to retry."""
+    def _attempt(self, url: str, body: bytes, retried: bool) -> tuple[requests.Response | None, str, float | None]:
+        """One request: (Heap's acknowledgement, "", None), or (None, what went wrong, Retry-After) to retry."""
         try:
-            response = self.session.post(url, data=body, timeout=self._timeout)
+            headers = self._auth.headers() if self._auth else None
+            response = self.session.post(url, data=body, headers=headers, timeout=self._timeout)
         except requests.Timeout:
             self.counters.count("timeout", retried)
-            return "timed out", None
+            return None, "timed out", None
         except requests.ConnectionError as error:
             self.counters.count("connection_error", retried)
-            return f"connection failed ({type(error).__name__})", None
+            return None, f"connection failed ({type(error).__name__})", None
+        except TokenUnavailable as error:
+            self.counters.count("token_unavailable", retried)
+            return None, str(error), None
         status = response.status_code
         self.counters.count(str(status), retried)
         if 200 <= status < 300:
             if self._pacer:
                 self._pacer.accepted()
-            return None, None
+            return response, "", None
         if status in REJECTED_STATUSES:
             raise HeapRejected(status, _without_values(response.text))
+        if status == 401 and self._auth:  # the token expired early: fetch a new one and try again
+            self._auth.invalidate()
+            return None, "HTTP 401 (token renewed)", None
         if status == 429 or status >= 500:
             retry_after = _retry_after(response)
             if status == 429 and self._pacer:
                 self._pacer.throttled(retry_after)
-            return f"HTTP {status}", retry_after
+            return None, f"HTTP {status}", retry_after
         if status in CONFIG_STATUSES:
             raise DeliveryError(
                 f"Heap answered HTTP {status} at {url}. Check base_url (US: https://heapanalytics.com, "
@@ -189,9 +257,9 @@ class BatchSender:
     """Delivers batches concurrently with a bounded window: `submit` blocks while the window is full."""
 
     def __init__(self, config: HeapConfig, client: HeapClient, stop: threading.Event) -> None:
-        self._path, self._list_key = ENDPOINTS[config.mapping.api_type]
+        self._endpoint = ENDPOINTS[config.mapping.api_type]
         self._app_id = config.app_id
-        self._bulk = config.bulk and self._list_key is not None
+        self._bulk = self._endpoint.bulk_only or (config.bulk and self._endpoint.list_key is not None)
         self._dry_run = config.dry_run
         self._samples_left = DRY_RUN_SAMPLES if config.dry_run else 0
         self._client = client
@@ -243,21 +311,26 @@ class BatchSender:
         if self._samples_left > 0:
             self._samples_left -= 1
             body = self._body(batch.items[:2]) if self._bulk else self._body([batch.items[0]])
-            shape = orjson.dumps({**masked(body), "app_id": self._app_id}).decode()
-            logger.info(f"Dry run: Heap would receive at {self._path}: {shape}")
+            shape = masked(body) | ({"app_id": self._app_id} if self._endpoint.app_id_in_body else {})
+            logger.info(f"Dry run: Heap would receive at {self._endpoint.path}: {orjson.dumps(shape).decode()}")
         result.delivered = len(batch.items)
 
     def _body(self, items: list[HeapItem]) -> dict:
+        body = {"app_id": self._app_id} if self._endpoint.app_id_in_body else {}
         if self._bulk:
-            return {"app_id": self._app_id, self._list_key: [item.body for item in items]}
-        return {"app_id": self._app_id, **items[0].body}
+            body[self._endpoint.list_key] = [item.body for item in items]
+        else:
+            body.update(items[0].body)
+        return body
 
     def _deliver_bulk(self, items: list[HeapItem], result: BatchResult) -> None:
         """Send items in one request; if Heap refuses it, halve until each refused item stands alone."""
         body = orjson.dumps(self._body(items))
         try:
-            self._client.post(self._path, body, [item.identity for item in items])
+            response = self._client.post(self._endpoint.path, body, [item.identity for item in items])
             result.delivered += len(items)
+            if self._endpoint.bulk_only:
+                _log_deletion_request(response, len(items))
         except HeapRejected as rejection:
             if len(items) == 1:
                 result.rejected.append(rejection.reason)
@@ -270,11 +343,22 @@ class BatchSender:
     def _deliver_one(self, item: HeapItem, result: BatchResult) -> None:
         body = orjson.dumps(self._body([item]))
         try:
-            self._client.post(self._path, body, [item.identity])
+            self._client.post(self._endpoint.path, body, [item.identity])
             result.delivered += 1
         except HeapRejected as rejection:
             result.rejected.append(rejection.reason)
 
+
+
+def _log_deletion_request(response: requests.Response, users: int) -> None:
+    """Heap deletes asynchronously: the request id is what a user needs to follow the deletion up."""
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {}
+    request_id = answer.get("deletion_request_id", "(none given)") if isinstance(answer, dict) else "(none given)"
+    status = answer.get("status", "unknown") if isinstance(answer, dict) else "unknown"
+    logger.info(f"Heap accepted a deletion request for {users} users: deletion_request_id {request_id}, {status}")
 
 
 def masked(value: Any) -> Any:

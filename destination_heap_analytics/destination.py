@@ -68,7 +68,7 @@ class DestinationHeapAnalytics(Destination):
             heap_config = parse_config(config)
         except ConfigError as error:
             return AirbyteConnectionStatus(status=Status.FAILED, message=str(error))
-        problem = _unreachable(heap_config.base_url)
+        problem = _unreachable(heap_config.base_url) or _deletion_credentials_problem(heap_config)
         if problem:
             return AirbyteConnectionStatus(status=Status.FAILED, message=problem)
         logger.info(f"Heap answered at {heap_config.base_url}; the config is valid (nothing was sent to Heap).")
@@ -150,6 +150,24 @@ def _single_stream(catalog: ConfiguredAirbyteCatalog) -> str:
             "nothing already in Heap is removed."
         )
     return configured.stream.name
+
+
+def _deletion_credentials_problem(config: HeapConfig) -> str | None:
+    """For delete_users, fetching an auth token proves app_id and api_key without deleting anything."""
+    if config.mapping.api_type != "delete_users":
+        return None
+    import requests
+
+    from destination_heap_analytics.delivery import DeletionAuth, DeliveryError, TokenUnavailable
+
+    timeout = (CHECK_TIMEOUT_SECONDS, CHECK_TIMEOUT_SECONDS)
+    try:
+        DeletionAuth(config, requests.Session(), timeout).headers()
+    except DeliveryError as error:
+        return str(error)
+    except (TokenUnavailable, requests.RequestException) as error:
+        return f"Heap's auth token endpoint failed ({type(error).__name__}: {error}); try again later."
+    return None
 
 
 def _unreachable(base_url: str) -> str | None:

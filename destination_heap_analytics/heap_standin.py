@@ -16,6 +16,7 @@ It only ever binds loopback addresses and never opens outbound connections.
 from __future__ import annotations
 
 import argparse
+import base64
 import gzip
 import ipaddress
 import math
@@ -27,6 +28,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -407,11 +409,94 @@ def _bad_request(message: str) -> _Reply:
     return _Reply(400, message.encode())
 
 
+_DELETION_PREFIX = "/api/public/v0/"
+MAX_DELETION_USERS = 10_000
+
+
+class _Deletions:
+    """Heap's user deletion API: Basic-auth tokens that expire, deletion requests of up to 10,000 users."""
+
+    def __init__(self, api_key: str | None, token_ttl_seconds: float) -> None:
+        self.api_key = api_key  # None: any non-empty key is accepted
+        self.token_ttl = token_ttl_seconds
+        self.lock = threading.Lock()
+        self.clear()
+
+    def clear(self) -> None:
+        with self.lock:
+            self.tokens: dict[str, float] = {}  # token -> expiry (monotonic)
+            self.requests: dict[str, list[dict]] = {}  # deletion_request_id -> users
+            self.tokens_issued = 0
+
+    @property
+    def deleted_users(self) -> list[dict]:
+        with self.lock:
+            return [user for users in self.requests.values() for user in users]
+
+    def serve(self, method: str, path: str, authorization: str, raw: bytes) -> _Reply:
+        if path == _DELETION_PREFIX + "auth_token" and method == "POST":
+            return self._token(authorization)
+        if path == _DELETION_PREFIX + "user_deletion" and method == "POST":
+            return self._delete(authorization, raw)
+        if path.startswith(_DELETION_PREFIX + "deletion_status/") and method == "GET":
+            request_id = path.rsplit("/", 1)[1]
+            with self.lock:
+                known = request_id in self.requests
+            return _json_reply({"status": "complete"}) if known else _Reply(404, b"Not Found")
+        return _Reply(404, b"Not Found")
+
+    def _token(self, authorization: str) -> _Reply:
+        try:
+            scheme, encoded = authorization.split(" ", 1)
+            app_id, api_key = base64.b64decode(encoded).decode().split(":", 1)
+        except (ValueError, UnicodeDecodeError):
+            return _Reply(401, b"Unauthorized: HTTP Basic auth with app_id:api_key is required")
+        if scheme != "Basic" or not app_id.isdigit() or not api_key or (self.api_key not in (None, api_key)):
+            return _Reply(401, b"Unauthorized")
+        token = uuid.uuid4().hex
+        with self.lock:
+            self.tokens[token] = time.monotonic() + self.token_ttl
+            self.tokens_issued += 1
+        return _json_reply({"access_token": token})
+
+    def _delete(self, authorization: str, raw: bytes) -> _Reply:
+        token = authorization.removeprefix("Bearer ")
+        with self.lock:
+            expiry = self.tokens.get(token)
+        if not authorization.startswith("Bearer ") or expiry is None or expiry < time.monotonic():
+            return _Reply(401, b"Unauthorized: missing or expired token")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return _bad_request("postBody should be valid JSON")
+        if error := _deletion_body_error(body):
+            return _bad_request("postBody" + error)
+        request_id = str(uuid.uuid4())
+        with self.lock:
+            self.requests[request_id] = body["users"]
+        return _Reply(201, orjson.dumps({"deletion_request_id": request_id, "status": "pending"}), "application/json")
+
+
+def _deletion_body_error(body: Any) -> str | None:
+    if type(body) is not dict or set(body) != {"users"} or type(body["users"]) is not list:
+        return " should be an object with only a users list"
+    if not 0 < len(body["users"]) <= MAX_DELETION_USERS:
+        return f".users should hold 1..{MAX_DELETION_USERS} users"
+    for index, user in enumerate(body["users"]):
+        if type(user) is not dict or len(user) != 1 or not set(user) <= {"user_id", "identity"}:
+            return f".users[{index}] should have exactly one of user_id or identity"
+        error = _user_id_error(user["user_id"]) if "user_id" in user else _string_error(user, "identity", MAX_IDENTITY)
+        if error:
+            return f".users[{index}]{error}"
+    return None
+
+
 class _State:
     """Everything the stand-in knows; shared by the handler threads and survives stop()/start()."""
 
-    def __init__(self, latency_ms: float, limits: _Limits, keep_items: bool) -> None:
+    def __init__(self, latency_ms: float, limits: _Limits, keep_items: bool, deletions: _Deletions) -> None:
         self.lock = threading.Lock()
+        self.deletions = deletions
         self.latency_s = latency_ms / 1000.0
         self.keep_items = keep_items
         self.limits = limits
@@ -435,6 +520,7 @@ class _State:
             self.identities: dict[str, set] = {}
             self.account_ids: dict[str, set] = {}
             self.limits.clear()
+        self.deletions.clear()
 
     # -- request bookkeeping --
 
@@ -718,6 +804,8 @@ class _Handler(BaseHTTPRequestHandler):
         return self._serve_fault(fault) if fault else self._api_reply(state, path, body)
 
     def _api_reply(self, state: _State, path: str, body: bytes) -> _Reply:
+        if path.startswith(_DELETION_PREFIX):
+            return state.deletions.serve(self.command, path, self.headers.get("Authorization", ""), body)
         endpoint = _ENDPOINTS.get(path)
         if endpoint is None:
             return _Reply(404, b"Not Found")
@@ -808,6 +896,8 @@ class HeapStandin:
         track_events_per_minute: int = 0,
         enforce_identity_limits: bool = False,
         keep_items: bool = True,
+        api_key: str | None = None,  # for the deletion API; None: any non-empty key
+        token_ttl_seconds: float = 300.0,
     ) -> None:
         if not is_loopback(host):
             raise ValueError(f"the Heap stand-in only binds loopback addresses, not {host!r}")
@@ -815,7 +905,7 @@ class HeapStandin:
         self._family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         self._port = port
         limits = _Limits(track_events_per_minute, enforce_identity_limits)
-        self._state = _State(latency_ms, limits, keep_items)
+        self._state = _State(latency_ms, limits, keep_items, _Deletions(api_key, token_ttl_seconds))
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -897,6 +987,15 @@ class HeapStandin:
     @property
     def accounts(self) -> list[dict]:
         return self._snapshot(self._state.accounts)
+
+    @property
+    def deleted_users(self) -> list[dict]:
+        """Users named in accepted deletion requests ({user_id} or {identity}), in arrival order."""
+        return self._state.deletions.deleted_users
+
+    @property
+    def tokens_issued(self) -> int:
+        return self._state.deletions.tokens_issued
 
     @property
     def identifies(self) -> list[dict]:

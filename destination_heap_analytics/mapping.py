@@ -112,6 +112,7 @@ class Mapping:
             "add_user_properties": self._user,
             "add_account_properties": self._account,
             "identify": self._identify,
+            "delete_users": self._deletion,
         }
         self._build = builders[config.api_type]
 
@@ -165,6 +166,13 @@ class Mapping:
                 return timestamp
             item.body["timestamp"] = timestamp
         return item
+
+    def _deletion(self, record: dict[str, Any], emitted_at_ms: int) -> HeapItem | Rejection:
+        if self._user_id:
+            user_id = _heap_user_id(self._user_id, record)
+            return user_id if isinstance(user_id, Rejection) else HeapItem({"user_id": user_id}, None)
+        identity = _identifier(self._identity, record, "identity")
+        return identity if isinstance(identity, Rejection) else HeapItem({"identity": identity}, identity)
 
     def _with_properties(self, item: HeapItem, record: dict[str, Any]) -> HeapItem | Rejection:
         properties = self._collect_properties(record, item.notes)

@@ -120,3 +120,23 @@ def test_identify_and_dry_run():
     assert parsed.mapping.user_id_column == "u" and parsed.dry_run is True
     with pytest.raises(ConfigError, match="api.user_id_column is required for api_type identify"):
         parse_config(config(api={"api_type": "identify", "identity_column": "i"}))
+
+
+@pytest.mark.parametrize(
+    "api, message",
+    [
+        ({"api_type": "delete_users", "identity_column": "e"}, "api.api_key is required for delete_users"),
+        ({"api_type": "delete_users", "api_key": "k"}, "exactly one of api.identity_column or api.user_id_column"),
+        ({"api_type": "delete_users", "api_key": "k", "identity_column": "e", "user_id_column": "u"}, "exactly one"),
+    ],
+)
+def test_delete_users_config_errors(api, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(config(api=api))
+
+
+def test_delete_users_batches_up_to_ten_thousand_and_hides_the_key():
+    parsed = parse_config(config(api={"api_type": "delete_users", "api_key": "s3cret", "user_id_column": "u"}))
+    assert parsed.batch_size == 10_000 and parsed.api_key == "s3cret" and "s3cret" not in repr(parsed)
+    with pytest.raises(ConfigError, match="from 1 to 1000"):
+        parse_config(config(batch_size=10_000))

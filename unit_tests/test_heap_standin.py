@@ -645,3 +645,43 @@ def test_identify_is_stored(heap):
     body = {"app_id": "1", "user_id": "8765", "identity": "alice", "timestamp": "2017-03-10T22:21:56+00:00"}
     assert post(heap, IDENTIFY, body).status_code == 200
     assert heap.identifies == [body] and heap.stats()["identifies_stored"] == 1
+
+
+DELETION = "/api/public/v0/user_deletion"
+TOKEN = "/api/public/v0/auth_token"
+
+
+def test_deletion_needs_a_token_that_expires():
+    with HeapStandin(api_key="k3y", token_ttl_seconds=0.3) as heap:
+        assert requests.post(heap.url + TOKEN, auth=("11", "wrong"), timeout=5).status_code == 401
+        assert requests.post(heap.url + TOKEN, auth=("app", "k3y"), timeout=5).status_code == 401
+        token = requests.post(heap.url + TOKEN, auth=("11", "k3y"), timeout=5).json()["access_token"]
+        bearer = {"Authorization": f"Bearer {token}"}
+        users = {"users": [{"identity": "alice"}, {"user_id": "42"}]}
+        assert requests.post(heap.url + DELETION, json=users, timeout=5).status_code == 401
+        answer = requests.post(heap.url + DELETION, json=users, headers=bearer, timeout=5)
+        assert answer.status_code == 201 and answer.json()["status"] == "pending"
+        status = requests.get(f"{heap.url}/api/public/v0/deletion_status/{answer.json()['deletion_request_id']}",
+                              timeout=5)
+        assert status.status_code == 200
+        assert heap.deleted_users == users["users"]
+        time.sleep(0.35)
+        assert requests.post(heap.url + DELETION, json=users, headers=bearer, timeout=5).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"users": []}, "1..10000 users"),
+        ({"users": [{"identity": "a", "user_id": "1"}]}, "exactly one of user_id or identity"),
+        ({"users": [{"user_id": "x"}]}, "user_id should be a string holding an integer"),
+        ({"users": [{"identity": "a"}], "app_id": "1"}, "only a users list"),
+        ({"users": [{"identity": "a"}] * 10_001}, "1..10000 users"),
+    ],
+)
+def test_deletion_rules(body, message):
+    with HeapStandin() as heap:
+        token = requests.post(heap.url + TOKEN, auth=("11", "any"), timeout=5).json()["access_token"]
+        answer = requests.post(heap.url + DELETION, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        assert answer.status_code == 400 and message in answer.text
+        assert heap.deleted_users == []

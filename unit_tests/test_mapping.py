@@ -369,3 +369,17 @@ def test_identify_with_timestamp_and_missing_identity():
     item = mapped(identify(timestamp_column="time"), {"uid": "1", "who": "alice", "time": 1489184516})
     assert item.body == {"user_id": "1", "identity": "alice", "timestamp": "2017-03-10T22:21:56+00:00"}
     assert mapped(identify(), {"uid": "1"}) == Rejection("missing_identity", "who")
+
+
+@pytest.mark.parametrize(
+    "columns, record, expected",
+    [
+        ({"identity_column": "who"}, {"who": "alice"}, {"identity": "alice"}),
+        ({"user_id_column": "uid"}, {"uid": 77}, {"user_id": "77"}),
+        ({"identity_column": "who"}, {"who": ""}, Rejection("missing_identity", "who")),
+        ({"user_id_column": "uid"}, {"uid": "x"}, Rejection("invalid_user_id", "uid")),
+    ],
+)
+def test_delete_users_items(columns, record, expected):
+    result = mapped({"api_type": "delete_users", **columns}, record)
+    assert result == expected if isinstance(expected, Rejection) else result.body == expected

@@ -1,0 +1,291 @@
+"""write, the happy paths: what arrives in Heap, in which shape, and when STATE messages come out."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from destination_heap_analytics.heap_standin import Fault
+from integration_tests.conftest import (
+    HEX32,
+    TRACK_API,
+    USER_API,
+    StateWatcher,
+    catalog,
+    config,
+    interleave,
+    people,
+    person,
+    record,
+    records_of,
+    run_connector,
+    sample_catalog,
+    sample_config,
+    sample_messages,
+    state,
+    states_of,
+    stored,
+    without_app_id,
+)
+
+SAMPLE_KIND = {
+    "track": "track",
+    "add_user_properties": "user_properties",
+    "add_account_properties": "account_properties",
+}
+
+# The first record of sample_files/messages.jsonl, mapped by each sample config: the exact bodies Heap must hold.
+FIRST_SAMPLE_ITEM = {
+    "track": {
+        "identity": "jamie.tillman0@example.com",
+        "event": "Username-Password-Authentication",
+        "timestamp": "2022-10-21T00:09:54.622+00:00",
+        "properties": {"blocked": False, "created_at": "2022-10-21T04:09:54.622Z", "name": "Jamie Tillman"},
+    },
+    "add_user_properties": {
+        "identity": "auth0|815ff3c3-84fa-4f63-b959-ac2d11efc63c",
+        "properties": {"identities.provider": "auth0", "created_at": "2022-10-21T04:09:54.622Z", "nickname": "jamie0"},
+    },
+    "add_account_properties": {
+        "account_id": "815ff3c3-84fa-4f63-b959-ac2d11efc63c",
+        "properties": {"family_name": "Tillman", "email_verified": False, "blocked": False},
+    },
+}
+
+
+def expected_sample_item(api_type: str, data: dict) -> dict:
+    """The sample configs' mappings, written out independently of the connector's code."""
+    identity = data["identities"][0]
+    if api_type == "track":
+        return {
+            "identity": data["email"],
+            "event": identity["connection"],
+            "timestamp": data["updated_at"].replace("Z", "+00:00"),
+            "properties": {"blocked": data["blocked"], "created_at": data["created_at"], "name": data["name"]},
+        }
+    if api_type == "add_user_properties":
+        return {
+            "identity": data["user_id"],
+            "properties": {
+                "identities.provider": identity["provider"],
+                "created_at": data["created_at"],
+                "nickname": data["nickname"],
+            },
+        }
+    return {
+        "account_id": identity["user_id"],
+        "properties": {
+            "family_name": data["family_name"],
+            "email_verified": data["email_verified"],
+            "blocked": data["blocked"],
+        },
+    }
+
+
+SAMPLE_KEY = {
+    "track": lambda d: d["email"],
+    "add_user_properties": lambda d: d["user_id"],
+    "add_account_properties": lambda d: d["identities"][0]["user_id"],
+}
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "single"])
+@pytest.mark.parametrize("api_type", ["track", "add_user_properties", "add_account_properties"])
+def test_sample_records_arrive_mapped_exactly_with_states_in_order(heap, api_type, bulk):
+    """The sample files, as a user ships them (default pacing), through every API in bulk and single mode."""
+    heap.set_latency(20)  # so a STATE that left too early would be caught before its records land
+    messages = sample_messages()
+    cfg = sample_config(SAMPLE_KIND[api_type], heap, bulk=bulk, batch_size=3)
+    del cfg["track_events_per_minute"]  # the default (15000) pacing: small syncs must not be slowed by it
+    watcher = StateWatcher(heap, api_type, SAMPLE_KEY[api_type])
+    result = run_connector("write", cfg, sample_catalog(), messages, on_message=watcher.on_message)
+
+    assert result.returncode == 0, result.describe()
+    assert result.errors == []
+    assert result.states == states_of(messages)  # all 4, in input order, unchanged
+    watcher.assert_safe(messages)
+    summary = result.summary
+    assert (summary["outcome"], summary["read"], summary["sent"], summary["skipped"], summary["states"]) == (
+        "succeeded",
+        20,
+        20,
+        0,
+        4,
+    )
+    assert result.skipped == {}
+
+    items = [without_app_id(item) for item in stored(heap, api_type)]
+    assert len(items) == 20
+    if api_type == "track":
+        keys = [item.pop("idempotency_key") for item in items]
+        assert all(HEX32.match(key) for key in keys), keys[:3]
+        assert len(set(keys)) == 20
+    assert FIRST_SAMPLE_ITEM[api_type] in items
+    expected = [expected_sample_item(api_type, data) for data in records_of(messages)]
+    id_field = "account_id" if api_type == "add_account_properties" else "identity"
+    assert sorted(items, key=lambda i: i[id_field]) == sorted(expected, key=lambda i: i[id_field])
+
+    stats = heap.stats()
+    if bulk:
+        assert (stats["bulk_requests"], stats["single_requests"]) == (math.ceil(20 / 3), 0)
+    else:
+        assert (stats["bulk_requests"], stats["single_requests"]) == (0, 20)
+    assert stats["requests"] == summary["requests"]
+    assert stats["events_deduplicated"] == 0
+
+
+def test_states_wait_for_every_earlier_batch_even_when_later_batches_finish_first(heap):
+    """Batches finish out of order (the first ones are answered 503 and retried); each STATE must still wait
+    for every record before it, and states keep their input order."""
+    heap.set_latency(30)
+    heap.inject(Fault(status=503), Fault(status=503))
+    rows = people(400)
+    messages = interleave(rows, every=30)
+    cfg = config(heap, TRACK_API, batch_size=20, max_concurrent_requests=4)
+    watcher = StateWatcher(heap, "track", lambda d: d["email"])
+    result = run_connector("write", cfg, catalog(), messages, on_message=watcher.on_message)
+
+    assert result.returncode == 0, result.describe()
+    assert result.states == states_of(messages)
+    watcher.assert_safe(messages)
+    assert sorted(e["identity"] for e in heap.events) == sorted(r["email"] for r in rows)
+    stats = heap.stats()
+    assert stats["faults_served"] == 2 and stats["events_deduplicated"] == 0
+    summary = result.summary
+    assert (summary["sent"], summary["retries"]) == (400, 2)
+
+
+def test_replaying_the_same_input_adds_no_event_in_heap(heap):
+    """The idempotency key is a hash of the record: a second run of the same input is fully deduplicated."""
+    messages = interleave(people(60), every=25)
+    cfg = config(heap, TRACK_API, batch_size=25)
+    first = run_connector("write", cfg, catalog(), messages)
+    assert first.returncode == 0, first.describe()
+    events_after_first = heap.events
+    assert len(events_after_first) == 60
+    assert len({e["idempotency_key"] for e in events_after_first}) == 60
+
+    second = run_connector("write", cfg, catalog(), messages)
+    assert second.returncode == 0, second.describe()
+    assert second.states == states_of(messages)
+    assert heap.events == events_after_first
+    stats = heap.stats()
+    assert (stats["events_stored"], stats["events_deduplicated"]) == (60, 60)
+
+
+def test_a_sync_of_states_only_echoes_every_state_and_sends_nothing(heap):
+    messages = [state(1), state(2), state(3)]
+    result = run_connector("write", config(heap, TRACK_API), catalog(), messages)
+    assert result.returncode == 0, result.describe()
+    assert result.states == states_of(messages)
+    assert heap.stats()["requests"] == 0
+    summary = result.summary
+    assert (summary["read"], summary["sent"], summary["states"]) == (0, 0, 3)
+
+
+def test_star_properties_flatten_objects_join_arrays_and_fit_heap_rules(heap):
+    """property_columns "*" for user properties: nested objects become dotted keys, arrays ||-joined, nulls and
+    empty arrays left out, a property named id dropped (Heap refuses it), long text cut to 1023 characters,
+    integers past 2^53 sent as text. Adjustments are logged by property name only."""
+    data = {
+        "email": "secret-person-star@example.com",
+        "address": {"city": "Secret City Zeta", "geo": {"zip": 40210}},
+        "tags": ["secret-tag-alpha", "secret-tag-beta", 3, True],
+        "nothing": None,
+        "empty": [],
+        "id": 42,
+        "bio": "secret-bio-" + "x" * 2000,
+        "big": 2**60,
+        "ratio": 0.25,
+        "vip": False,
+    }
+    api = {"api_type": "add_user_properties", "identity_column": "email", "property_columns": "*"}
+    result = run_connector("write", config(heap, api), catalog(), [record(data), state(1)])
+    assert result.returncode == 0, result.describe()
+    assert [without_app_id(u) for u in heap.users] == [
+        {
+            "identity": "secret-person-star@example.com",
+            "properties": {
+                "email": "secret-person-star@example.com",
+                "address.city": "Secret City Zeta",
+                "address.geo.zip": 40210,
+                "tags": "secret-tag-alpha||secret-tag-beta||3||true",
+                "bio": ("secret-bio-" + "x" * 2000)[:1023],
+                "big": str(2**60),
+                "ratio": 0.25,
+                "vip": False,
+            },
+        }
+    ]
+    adjusted = [line for line in result.log_lines("WARN") if line.startswith("Property values adjusted")]
+    assert len(adjusted) == 1, result.describe()
+    assert "forbidden_property_name id: 1" in adjusted[0] and "truncated bio: 1" in adjusted[0]
+
+
+def test_timestamps_are_normalised_to_iso_8601_with_offset(heap):
+    """Epoch milliseconds, epoch seconds, ISO with an offset, naive ISO (taken as UTC), and no timestamp at all
+    (the record's emitted_at) all reach Heap as ISO 8601 with an offset."""
+    cases = [
+        (1666325394622, "2022-10-21T04:09:54.622+00:00"),
+        (1666325394, "2022-10-21T04:09:54+00:00"),
+        ("2022-10-21T06:09:54+02:00", "2022-10-21T06:09:54+02:00"),
+        ("2022-10-21T04:09:54", "2022-10-21T04:09:54+00:00"),
+        ("2022-10-21T04:09:54.5Z", "2022-10-21T04:09:54.500+00:00"),
+        (None, "2023-11-14T22:13:20+00:00"),  # emitted_at 1_700_000_000_000
+    ]
+    rows = [person(i, updated_at=value) for i, (value, _) in enumerate(cases)]
+    result = run_connector("write", config(heap, TRACK_API), catalog(), interleave(rows, every=10))
+    assert result.returncode == 0, result.describe()
+    by_identity = {e["identity"]: e["timestamp"] for e in heap.events}
+    assert by_identity == {row["email"]: expected for row, (_, expected) in zip(rows, cases, strict=True)}
+
+
+def test_overwrite_sync_mode_warns_that_heap_keeps_existing_data_and_appends(heap):
+    messages = interleave(people(5), every=5)
+    result = run_connector("write", config(heap, USER_API), catalog(destination_sync_mode="overwrite"), messages)
+    assert result.returncode == 0, result.describe()
+    assert any("overwrite" in line for line in result.log_lines("WARN")), result.describe()
+    assert len(heap.users) == 5
+    assert result.states == states_of(messages)
+
+
+def test_concurrent_requests_never_exceed_max_concurrent_requests(heap):
+    heap.set_latency(40)
+    rows = people(200)
+    cfg = config(heap, TRACK_API, batch_size=10, max_concurrent_requests=3)
+    result = run_connector("write", cfg, catalog(), interleave(rows, every=50))
+    assert result.returncode == 0, result.describe()
+    stats = heap.stats()
+    assert stats["max_in_flight"] == 3, stats  # used, and never more
+    assert stats["bulk_requests"] == 20
+    assert len({e["identity"] for e in heap.events}) == 200
+
+
+def test_lines_that_are_not_airbyte_messages_are_skipped_without_logging_their_content(heap):
+    junk = "this line holds secret-junk-value-991@example.com and is not JSON"
+    rows = people(4)
+    lines = [
+        '{"type": "RECORD", "record": {"stream": "users", "data": ' + json.dumps(rows[0]) + ', "emitted_at": 1}}',
+        junk,
+        '{"type": "RECORD", "record": {"stream": "users", "data": ' + json.dumps(rows[1]) + ', "emitted_at": 1}}',
+        '{"type": "STATE", "state": {"type": "STREAM", "stream": {"stream_descriptor": {"name": "users"}, '
+        '"stream_state": {"position": 1}}}}',
+        "",
+        '{"type": "RECORD", "record": {"stream": "users", "data": ' + json.dumps(rows[2]) + ', "emitted_at": 1}}',
+        '{"type": "RECORD", "record": {"stream": "users", "data": ' + json.dumps(rows[3]) + ', "emitted_at": 1}}',
+    ]
+    result = run_connector(
+        "write",
+        config(heap, TRACK_API),
+        catalog(),
+        [record(r) for r in rows],  # only used for the leak check
+        stdin_lines=lines,
+        private=[junk, "secret-junk-value-991@example.com"],
+    )
+    assert result.returncode == 0, result.describe()
+    assert len(heap.events) == 4
+    assert len(result.states) == 1
+    assert any("Input line 2 is not an Airbyte message" in line for line in result.log_lines("WARN"))
+
