@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +33,31 @@ OPTIONAL_COLUMNS = {
 }
 MAX_BATCH = {"delete_users": 10_000}  # Heap's bulk maximum per api_type; 1000 for the ingestion APIs
 INVALID_RECORD_POLICIES = ("skip", "fail")
+# Mappings for the tables Heap Connect exports (users, sessions, pageviews, one per event, user_migrations).
+# Heap's own user_id is internal to an environment: rows address users by identity (join users.identity
+# onto event and migration rows in the warehouse; rows without one are skipped as missing_identity).
+PRESETS: dict[str, dict[str, str]] = {
+    "heap_users": {
+        "api_type": "add_user_properties",
+        "identity_column": "identity",
+        "property_columns": "*",
+        "excluded_columns": "user_id,identity,last_modified",
+    },
+    "heap_events": {  # sessions, pageviews and per-event tables; the event is `type`, else the table's name
+        "api_type": "track",
+        "identity_column": "identity",
+        "event_column": "type",
+        "timestamp_column": "time",
+        "property_columns": "*",
+        "excluded_columns": "event_id,user_id,identity,time,type",
+    },
+    "heap_user_migrations": {
+        "api_type": "identify",
+        "user_id_column": "from_user_id",
+        "identity_column": "identity",
+        "timestamp_column": "time",
+    },
+}
 ALL_PROPERTIES = "*"
 
 
@@ -52,6 +77,8 @@ class MappingConfig:
     user_id_column: str | None = None
     # None: every field of the record ("*"); otherwise the columns in the order written.
     property_columns: tuple[str, ...] | None = ()
+    excluded_columns: frozenset[str] = frozenset()  # fields "*" leaves out
+    default_event: str | None = None  # the event name where the event column is empty
 
 
 @dataclass(frozen=True)
@@ -67,6 +94,7 @@ class HeapConfig:
     request_timeout_seconds: float = 30.0
     max_retries: int = 6
     dry_run: bool = False
+    preset: str | None = None
     api_key: str | None = field(default=None, repr=False)  # delete_users only; a secret, never logged
 
 
@@ -74,7 +102,8 @@ def parse_config(raw: Mapping[str, Any]) -> HeapConfig:
     """Validate a raw config (the JSON the user wrote) and return the typed config it describes."""
     if not isinstance(raw, Mapping):
         raise ConfigError("The config must be a JSON object.")
-    mapping = _mapping(raw.get("api"))
+    preset = _choice(raw, "preset", None, (None, *PRESETS))
+    mapping = _mapping(_with_preset(raw.get("api"), preset))
     max_batch = MAX_BATCH.get(mapping.api_type, 1000)
     return HeapConfig(
         app_id=_app_id(raw.get("app_id")),
@@ -88,8 +117,16 @@ def parse_config(raw: Mapping[str, Any]) -> HeapConfig:
         request_timeout_seconds=float(_integer(raw, "request_timeout_seconds", 30, 1, 600)),
         max_retries=_integer(raw, "max_retries", 6, 0, 20),
         dry_run=_boolean(raw, "dry_run", False),
+        preset=preset,
         api_key=_api_key(raw.get("api")) if mapping.api_type == "delete_users" else None,
     )
+
+
+def for_stream(config: HeapConfig, stream: str) -> HeapConfig:
+    """The config for loading one named stream: the heap_events preset names events after their table."""
+    if config.preset != "heap_events":
+        return config
+    return replace(config, mapping=replace(config.mapping, default_event=stream))
 
 
 def is_loopback_host(host: str) -> bool:
@@ -129,18 +166,40 @@ def _base_url(value: Any) -> str:
     return url
 
 
+def _with_preset(api: Any, preset: str | None) -> Any:
+    """The preset's mapping, with whatever the user wrote in api taking precedence."""
+    if preset is None:
+        return api
+    if api is not None and not isinstance(api, Mapping):
+        raise ConfigError("api must be an object (or left out when a preset is chosen).")
+    written = {key: value for key, value in (api or {}).items() if value not in (None, "")}
+    if written.get("api_type", PRESETS[preset]["api_type"]) != PRESETS[preset]["api_type"]:
+        raise ConfigError(
+            f"preset {preset} loads through api_type {PRESETS[preset]['api_type']}; "
+            f"remove api.api_type {written['api_type']!r} or the preset."
+        )
+    return PRESETS[preset] | written
+
+
 def _mapping(api: Any) -> MappingConfig:
     if not isinstance(api, Mapping):
         raise ConfigError(f"api is missing. Set api.api_type to one of: {', '.join(API_TYPES)}.")
     api_type = api.get("api_type")
     if api_type not in API_TYPES:
-        raise ConfigError(f"api.api_type is {api_type!r}; it must be one of: {', '.join(API_TYPES)}.")
+        raise ConfigError(
+            f"api.api_type is {api_type!r}; it must be one of: {', '.join(API_TYPES)} "
+            f"(or choose a preset: {', '.join(PRESETS)})."
+        )
     columns: dict[str, Any] = {}
     for name in REQUIRED_COLUMNS[api_type]:
         columns[name] = _column(api, name, api_type, required=True)
     for name in OPTIONAL_COLUMNS[api_type]:
         columns[name] = _column(api, name, api_type, required=False)
     columns["property_columns"] = _property_columns(columns.get("property_columns"))
+    excluded = api.get("excluded_columns") or ""
+    if not isinstance(excluded, str):
+        raise ConfigError("api.excluded_columns must be a comma-separated list of field names.")
+    columns["excluded_columns"] = frozenset(name.strip() for name in excluded.split(",") if name.strip())
     if api_type == "delete_users" and (columns["identity_column"] is None) == (columns["user_id_column"] is None):
         raise ConfigError(
             "api_type delete_users needs exactly one of api.identity_column or api.user_id_column: "
@@ -200,8 +259,9 @@ def _integer(raw: Mapping[str, Any], name: str, default: int, low: int, high: in
     return value
 
 
-def _choice(raw: Mapping[str, Any], name: str, default: str, choices: tuple[str, ...]) -> str:
+def _choice(raw: Mapping[str, Any], name: str, default: Any, choices: tuple[Any, ...]) -> Any:
     value = raw.get(name, default)
     if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}.")
+        names = ", ".join(str(choice) for choice in choices if choice is not None)
+        raise ConfigError(f"{name} must be one of {names}, got {value!r}.")
     return value

@@ -24,7 +24,7 @@ from airbyte_cdk.models import (
 from airbyte_cdk.utils.airbyte_secrets_utils import filter_secrets, get_secrets, update_secrets
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
-from destination_heap_analytics.config import ConfigError, HeapConfig, parse_config
+from destination_heap_analytics.config import ConfigError, HeapConfig, for_stream, parse_config
 
 logger = logging.getLogger("airbyte")
 
@@ -84,7 +84,7 @@ class DestinationHeapAnalytics(Destination):
 
         heap_config = _config_or_trace(config)
         stream = _single_stream(configured_catalog)
-        yield from SyncWriter(heap_config, stream).write(input_messages)
+        yield from SyncWriter(for_stream(heap_config, stream), stream).write(input_messages)
 
     def _parse_input_stream(self, input_stream: io.TextIOWrapper) -> Iterator[AirbyteMessage]:
         """Stdin lines -> Airbyte messages. Records skip the full model validation (the hot path);

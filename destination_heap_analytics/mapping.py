@@ -107,6 +107,8 @@ class Mapping:
         self._user_id = ColumnPath(config.user_id_column) if config.user_id_column else None
         self._properties = None if config.property_columns is None else [ColumnPath(c) for c in config.property_columns]
         self._forbid_id = config.api_type == "add_user_properties"
+        self._excluded = config.excluded_columns
+        self._default_event = config.default_event
         builders: dict[str, Callable[[dict[str, Any], int], HeapItem | Rejection]] = {
             "track": self._track,
             "add_user_properties": self._user,
@@ -126,7 +128,7 @@ class Mapping:
         identity = _identifier(self._identity, record, "identity")
         if isinstance(identity, Rejection):
             return identity
-        event = _event_name(self._event, record)
+        event = _event_name(self._event, record, self._default_event)
         if isinstance(event, Rejection):
             return event
         timestamp = _timestamp(self._timestamp, record, emitted_at_ms)
@@ -185,7 +187,10 @@ class Mapping:
         properties: dict[str, Any] = {}
         if self._properties is None:
             put = self._put
+            excluded = self._excluded
             for key, value in record.items():
+                if key in excluded:
+                    continue
                 # Most fields are short text, booleans or small numbers under ordinary names: take them as
                 # they are; everything else goes through the full rules in _put.
                 kind = value.__class__
@@ -288,8 +293,10 @@ def _heap_user_id(path: ColumnPath | None, record: dict[str, Any]) -> str | Reje
     return str(text)
 
 
-def _event_name(path: ColumnPath | None, record: dict[str, Any]) -> str | Rejection:
+def _event_name(path: ColumnPath | None, record: dict[str, Any], default: str | None) -> str | Rejection:
     value = path.resolve(record) if path else None
+    if value is None or value == "":
+        value = default
     column = path.column if path else None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         return Rejection("missing_event" if value is None else "invalid_event_type", column)

@@ -17,8 +17,11 @@ PROGRESS_INTERVAL_SECONDS = 15.0
 
 
 class SyncReport:
-    def __init__(self, counters: DeliveryCounters, progress_interval: float = PROGRESS_INTERVAL_SECONDS) -> None:
+    def __init__(
+        self, counters: DeliveryCounters, dry_run: bool = False, progress_interval: float = PROGRESS_INTERVAL_SECONDS
+    ) -> None:
         self.counters = counters
+        self._sent = "mapped and validated (dry run: nothing sent)" if dry_run else "sent and acknowledged by Heap"
         self.records_read = 0
         self.records_sent = 0  # acknowledged by Heap
         self.skipped: Counter[str] = Counter()  # reason -> records left out
@@ -52,7 +55,7 @@ class SyncReport:
         elapsed = max(now - self._started, 1e-9)
         counters = self.counters
         return (
-            f"{self.records_read} records read, {self.records_sent} sent and acknowledged by Heap, "
+            f"{self.records_read} records read, {self.records_sent} {self._sent}, "
             f"{sum(self.skipped.values())} skipped, {self.states_emitted} states emitted; "
             f"{counters.requests} requests ({counters.retries} retries, {counters.throttled} throttled), "
             f"{elapsed:.1f} s, {self.records_read / elapsed:.0f} records/s"

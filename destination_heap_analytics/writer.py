@@ -42,7 +42,7 @@ class SyncWriter:
         self._client = HeapClient(config, pacer, self._stop)
         self._sender = BatchSender(config, self._client, self._stop)
         self._ledger: StateLedger[AirbyteMessage] = StateLedger()
-        self.report = SyncReport(self._client.counters)
+        self.report = SyncReport(self._client.counters, config.dry_run)
         self._open: Batch | None = None
 
     def write(self, messages: Iterable[AirbyteMessage]) -> Iterator[AirbyteMessage]:
@@ -60,7 +60,7 @@ class SyncWriter:
             yield from self._release(self._sender.drain())
             if self._ledger.pending:
                 raise AssertionError("states left unreleased after every batch was acknowledged")
-            outcome = "succeeded (dry run: nothing was sent to Heap)" if self._config.dry_run else "succeeded"
+            outcome = "succeeded"
         except SyncTerminated:
             yield from self._release(self._sender.drain(timeout=TERMINATION_GRACE_SECONDS))
             outcome = "terminated"

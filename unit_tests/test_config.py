@@ -140,3 +140,10 @@ def test_delete_users_batches_up_to_ten_thousand_and_hides_the_key():
     assert parsed.batch_size == 10_000 and parsed.api_key == "s3cret" and "s3cret" not in repr(parsed)
     with pytest.raises(ConfigError, match="from 1 to 1000"):
         parse_config(config(batch_size=10_000))
+
+
+def test_preset_errors():
+    with pytest.raises(ConfigError, match="preset must be one of heap_users, heap_events, heap_user_migrations"):
+        parse_config({"app_id": "11", "preset": "heap_accounts"})
+    with pytest.raises(ConfigError, match="preset heap_users loads through api_type add_user_properties"):
+        parse_config({"app_id": "11", "preset": "heap_users", "api": {"api_type": "track"}})

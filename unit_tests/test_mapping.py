@@ -383,3 +383,52 @@ def test_identify_with_timestamp_and_missing_identity():
 def test_delete_users_items(columns, record, expected):
     result = mapped({"api_type": "delete_users", **columns}, record)
     assert result == expected if isinstance(expected, Rejection) else result.body == expected
+
+
+# Presets for Heap Connect's own tables.
+
+
+def preset_item(preset: str, row: dict, stream: str = "table", **api):
+    from destination_heap_analytics.config import for_stream, parse_config
+
+    config = for_stream(parse_config({"app_id": "11", "preset": preset, **({"api": api} if api else {})}), stream)
+    return Mapping(config.mapping).map(row, EMITTED_AT)
+
+
+def test_heap_users_preset():
+    row = {"user_id": 8093349209, "identity": "ann@example.com", "handle": "ann", "email": "ann@example.com",
+           "joindate": "2023-01-05T10:00:00Z", "last_modified": "2024-02-01T00:00:00Z", "plan": "pro"}
+    item = preset_item("heap_users", row)
+    assert item.body == {"identity": "ann@example.com", "properties": {
+        "handle": "ann", "email": "ann@example.com", "joindate": "2023-01-05T10:00:00Z", "plan": "pro"}}
+
+
+def test_heap_users_preset_skips_anonymous_users():
+    assert preset_item("heap_users", {"user_id": 1, "identity": None, "plan": "x"}) == Rejection(
+        "missing_identity", "identity")
+
+
+@pytest.mark.parametrize(
+    "row_type, stream, event",
+    [("click", "all_events", "click"), (None, "checkout_completed", "checkout_completed"),
+     (None, "pageviews", "pageviews")],
+)
+def test_heap_events_preset(row_type, stream, event):
+    row = {"event_id": 77, "user_id": 5, "session_id": 9, "time": "2024-03-01 12:00:00", "type": row_type,
+           "identity": "ann@example.com", "path": "/cart", "country": "NO", "utm_source": "mail"}
+    item = preset_item("heap_events", row, stream)
+    assert item.body["event"] == event
+    assert item.body["timestamp"] == "2024-03-01T12:00:00+00:00"
+    assert item.body["properties"] == {"session_id": 9, "path": "/cart", "country": "NO", "utm_source": "mail"}
+
+
+def test_heap_user_migrations_preset_identifies():
+    row = {"from_user_id": 123, "to_user_id": 456, "time": 1489184516, "identity": "ann@example.com"}
+    item = preset_item("heap_user_migrations", row)
+    assert item.body == {"user_id": "123", "identity": "ann@example.com", "timestamp": "2017-03-10T22:21:56+00:00"}
+
+
+def test_preset_columns_can_be_overridden():
+    item = preset_item("heap_users", {"email": "ann@example.com", "identity": None, "plan": "x"},
+                       identity_column="email")
+    assert item.body["identity"] == "ann@example.com"
