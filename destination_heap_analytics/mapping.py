@@ -186,26 +186,37 @@ class Mapping:
     def _collect_properties(self, record: dict[str, Any], notes: list[tuple[str, str]]) -> dict[str, Any]:
         properties: dict[str, Any] = {}
         if self._properties is None:
-            put = self._put
-            excluded = self._excluded
-            for key, value in record.items():
-                if key in excluded:
-                    continue
-                # Most fields are short text, booleans or small numbers under ordinary names: take them as
-                # they are; everything else goes through the full rules in _put.
-                kind = value.__class__
-                if (
-                    kind is bool
-                    or (kind is str and len(value) <= MAX_TEXT_LENGTH)
-                    or (kind is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER)
-                ) and 2 < len(key) <= MAX_TEXT_LENGTH:
-                    properties[key] = value
-                else:
-                    put(properties, key, value, notes)
+            self._put_fields(properties, "", record, notes)
         else:
             for path in self._properties:
                 self._put(properties, path.column, path.resolve(record), notes)
         return properties
+
+    def _put_fields(self, properties: dict[str, Any], prefix: str, fields: dict, notes: list[tuple[str, str]]) -> None:
+        """Every field of an object (`*`), nested objects under dotted keys. The hot path of most loads:
+        plain short text, booleans and ordinary numbers under ordinary names are taken as they are, and
+        only the rest goes through the full rules in _put."""
+        excluded = () if prefix else self._excluded
+        for key, value in fields.items():
+            if key in excluded:
+                continue
+            if prefix:
+                key = prefix + key
+            kind = value.__class__
+            if (
+                kind is str
+                and len(value) <= MAX_TEXT_LENGTH
+                or kind is bool
+                or kind is int
+                and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+                or kind is float
+                and value - value == 0.0  # finite: inf - inf and nan - nan are nan
+            ) and 2 < len(key) <= MAX_TEXT_LENGTH:
+                properties[key] = value
+            elif kind is dict:
+                self._put_fields(properties, key + ".", value, notes)
+            else:
+                self._put(properties, key, value, notes)
 
     def _put(self, properties: dict[str, Any], key: str, value: Any, notes: list[tuple[str, str]]) -> None:
         """Add one property in Heap's shape: objects flatten to dotted keys, arrays join, nulls stay out.
@@ -215,8 +226,7 @@ class Mapping:
             return
         kind = value.__class__
         if kind is dict:
-            for inner_key, inner_value in value.items():
-                self._put(properties, f"{key}.{inner_key}", inner_value, notes)
+            self._put_fields(properties, key + ".", value, notes)
             return
         length = len(key)
         if not length or length > MAX_TEXT_LENGTH:
