@@ -32,6 +32,9 @@ OPTIONAL_COLUMNS = {
     "delete_users": ("identity_column", "user_id_column"),
 }
 MAX_BATCH = {"delete_users": 10_000}  # Heap's bulk maximum per api_type; 1000 for the ingestion APIs
+BULK_FORM = {"identify": False, "delete_users": True}  # where Heap offers only one form, it is used
+# Single requests are small and spend their time waiting on the network: more of them in flight.
+DEFAULT_CONCURRENCY = {True: 8, False: 32}
 INVALID_RECORD_POLICIES = ("skip", "fail")
 # Mappings for the tables Heap Connect exports (users, sessions, pageviews, one per event, user_migrations).
 # Heap's own user_id is internal to an environment: rows address users by identity (join users.identity
@@ -86,7 +89,7 @@ class HeapConfig:
     app_id: str
     base_url: str
     mapping: MappingConfig
-    bulk: bool = True
+    bulk: bool = True  # resolved: always False for identify, always True for delete_users
     batch_size: int = 1000
     on_invalid_record: str = "skip"
     max_concurrent_requests: int = 8
@@ -105,14 +108,15 @@ def parse_config(raw: Mapping[str, Any]) -> HeapConfig:
     preset = _choice(raw, "preset", None, (None, *PRESETS))
     mapping = _mapping(_with_preset(raw.get("api"), preset))
     max_batch = MAX_BATCH.get(mapping.api_type, 1000)
+    bulk = BULK_FORM.get(mapping.api_type, _boolean(raw, "bulk", True))
     return HeapConfig(
         app_id=_app_id(raw.get("app_id")),
         base_url=_base_url(raw.get("base_url", US_BASE_URL)),
         mapping=mapping,
-        bulk=_boolean(raw, "bulk", True),
+        bulk=bulk,
         batch_size=_integer(raw, "batch_size", max_batch, 1, max_batch),
         on_invalid_record=_choice(raw, "on_invalid_record", "skip", INVALID_RECORD_POLICIES),
-        max_concurrent_requests=_integer(raw, "max_concurrent_requests", 8, 1, 64),
+        max_concurrent_requests=_integer(raw, "max_concurrent_requests", DEFAULT_CONCURRENCY[bulk], 1, 64),
         track_events_per_minute=_integer(raw, "track_events_per_minute", 15000, 0, 10_000_000),
         request_timeout_seconds=float(_integer(raw, "request_timeout_seconds", 30, 1, 600)),
         max_retries=_integer(raw, "max_retries", 6, 0, 20),

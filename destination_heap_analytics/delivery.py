@@ -32,8 +32,8 @@ logger = logging.getLogger("airbyte")
 class Endpoint:
     path: str
     list_key: str | None  # the item list of the bulk body; None: Heap has no bulk form
-    bulk_only: bool = False  # Heap has no single form
     app_id_in_body: bool = True  # the ingestion APIs authenticate by app_id in the body
+    answers_with_request_id: bool = False  # Heap's answer names an asynchronous request (user deletion)
 
 
 ENDPOINTS = {
@@ -41,7 +41,9 @@ ENDPOINTS = {
     "add_user_properties": Endpoint("/api/add_user_properties", "users"),
     "add_account_properties": Endpoint("/api/add_account_properties", "accounts"),
     "identify": Endpoint("/api/v1/identify", None),
-    "delete_users": Endpoint("/api/public/v0/user_deletion", "users", bulk_only=True, app_id_in_body=False),
+    "delete_users": Endpoint(
+        "/api/public/v0/user_deletion", "users", app_id_in_body=False, answers_with_request_id=True
+    ),
 }
 AUTH_TOKEN_PATH = "/api/public/v0/auth_token"
 TOKEN_RENEWAL_SECONDS = 240.0  # Heap's tokens last 5 minutes: renew with a minute to spare
@@ -259,7 +261,7 @@ class BatchSender:
     def __init__(self, config: HeapConfig, client: HeapClient, stop: threading.Event) -> None:
         self._endpoint = ENDPOINTS[config.mapping.api_type]
         self._app_id = config.app_id
-        self._bulk = self._endpoint.bulk_only or (config.bulk and self._endpoint.list_key is not None)
+        self._bulk = config.bulk
         self._dry_run = config.dry_run
         self._samples_left = DRY_RUN_SAMPLES if config.dry_run else 0
         self._client = client
@@ -329,7 +331,7 @@ class BatchSender:
         try:
             response = self._client.post(self._endpoint.path, body, [item.identity for item in items])
             result.delivered += len(items)
-            if self._endpoint.bulk_only:
+            if self._endpoint.answers_with_request_id:
                 _log_deletion_request(response, len(items))
         except HeapRejected as rejection:
             if len(items) == 1:

@@ -11,6 +11,7 @@ import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -334,11 +335,8 @@ def normalize_timestamp(value: Any) -> str | None:
         text = value.strip()
         number = _number(text)
         if number is None:
-            try:
-                parsed = pendulum.parse(text, tz="UTC")
-            except (ValueError, TypeError, OverflowError):
-                return None
-            return _iso(parsed) if isinstance(parsed, pendulum.DateTime) else None
+            parsed = _parse_time(text)
+            return _iso(parsed) if parsed is not None else None
         value = number
     if isinstance(value, (int, float)) and math.isfinite(value):
         seconds = value / 1000 if abs(value) >= EPOCH_MILLIS_THRESHOLD else value
@@ -349,7 +347,21 @@ def normalize_timestamp(value: Any) -> str | None:
     return None
 
 
-def _iso(moment: pendulum.DateTime) -> str:
+def _parse_time(text: str) -> datetime | None:
+    """The stdlib's ISO 8601 parser first (the common case, several times faster), pendulum for the rest."""
+    try:
+        parsed = datetime.fromisoformat(text)
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    except ValueError:
+        pass
+    try:
+        parsed = pendulum.parse(text, tz="UTC")
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return parsed if isinstance(parsed, pendulum.DateTime) else None
+
+
+def _iso(moment: datetime) -> str:
     """Heap's form, 2017-03-10T22:21:56+00:00, keeping milliseconds (or microseconds) only when present."""
     if not moment.microsecond:
         return moment.isoformat(timespec="seconds")

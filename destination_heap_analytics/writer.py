@@ -44,6 +44,8 @@ class SyncWriter:
         self._ledger: StateLedger[AirbyteMessage] = StateLedger()
         self.report = SyncReport(self._client.counters, config.dry_run)
         self._open: Batch | None = None
+        # In single mode every record is its own request: one record a batch lets them all run concurrently.
+        self._batch_size = config.batch_size if config.bulk else 1
 
     def write(self, messages: Iterable[AirbyteMessage]) -> Iterator[AirbyteMessage]:
         """Consume the input messages, yielding each STATE once everything before it is in Heap."""
@@ -89,7 +91,7 @@ class SyncWriter:
         if self._open is None:
             self._open = Batch(self._ledger.open_batch())
         self._open.items.append(mapped)
-        if len(self._open.items) >= self._config.batch_size:
+        if len(self._open.items) >= self._batch_size:
             self.process_batch()
 
     def process_batch(self) -> None:
