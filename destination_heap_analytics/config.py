@@ -10,7 +10,9 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit
+
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 US_BASE_URL = "https://heapanalytics.com"
 EU_BASE_URL = "https://c.eu.heap-api.com"
@@ -150,7 +152,7 @@ def _app_id(value: Any) -> str:
             "app_id is missing. Set it to your Heap environment ID, a number such as \"11\" "
             "(Heap: Account > Manage > Projects > Environment ID)."
         )
-    if not value.strip().isdigit():
+    if not (value.strip().isascii() and value.strip().isdigit()):
         raise ConfigError("app_id must be your Heap environment ID, digits only (for example \"11\").")
     return value.strip()
 
@@ -159,10 +161,16 @@ def _base_url(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"base_url must be a URL such as {US_BASE_URL} (US) or {EU_BASE_URL} (EU).")
     url = value.strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+    # Parsed the way requests (urllib3) will parse it when sending, so the host checked is the host used.
+    try:
+        parts = parse_url(url)
+    except LocationParseError:
+        parts = None
+    if parts is None or parts.scheme not in ("https", "http") or not parts.host:
         raise ConfigError(f"base_url {url!r} is not a URL; use {US_BASE_URL} (US) or {EU_BASE_URL} (EU).")
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+    if parts.auth or "\\" in url or parts.query or parts.fragment:
+        raise ConfigError(f"base_url must be a plain URL such as {US_BASE_URL}: no credentials, query or fragment.")
+    if parts.scheme == "http" and not is_loopback_host(parts.host.strip("[]")):
         raise ConfigError(
             f"base_url must use https (got {url!r}); plain http is only allowed for a local test server "
             "on a loopback address such as 127.0.0.1."

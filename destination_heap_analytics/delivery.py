@@ -56,6 +56,8 @@ MAX_RETRY_AFTER_SECONDS = 300.0
 CONNECT_TIMEOUT_SECONDS = 10.0
 USER_AGENT = "destination-heap-analytics/0.2.0"
 _QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
+_HEAP_ERROR = re.compile(r"^(?P<path>postBody[\w.\[\]]*)(?: (?P<rule>[^\n]*))?$")
+_POSITION = re.compile(r"\[\d+\]")
 
 
 class DeliveryError(Exception):
@@ -237,8 +239,16 @@ def _retry_after(response: requests.Response) -> float | None:
 
 
 def _without_values(text: str) -> str:
-    """Heap's error text, with anything quoted masked: it may echo a record's values."""
-    return _QUOTED.sub('"…"', text.strip())[:300] or "(no message)"
+    """Heap's 400 text, safe to log: the field path Heap names ("postBody.events[0].properties") with list
+    positions masked, and its rule only in Heap's schema form ("should be object"), quotes masked. Any other
+    wording may echo a record's values, so it is not kept."""
+    match = _HEAP_ERROR.match(text.strip())
+    if match is None:
+        return "refused (Heap's wording is not logged: it may quote record values)"
+    path, rule = _POSITION.sub("[n]", match["path"]), match["rule"] or ""
+    if rule.startswith("should "):
+        return f"{path} {_QUOTED.sub('…', rule)}"[:200]
+    return f"{path} refused (Heap's wording is not logged: it may quote record values)"
 
 
 @dataclass

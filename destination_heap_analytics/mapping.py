@@ -28,6 +28,9 @@ MAX_SAFE_INTEGER = 2**53 - 1  # past this a JSON number loses digits in Heap; su
 EPOCH_MILLIS_THRESHOLD = 100_000_000_000
 FORBIDDEN_USER_PROPERTY = "id"  # Heap refuses a user property named id, in any casing
 ARRAY_SEPARATOR = "||"  # how Heap itself stores arrays
+# Columns Airbyte tools add (PyAirbyte's cache: _airbyte_raw_id, _airbyte_extracted_at, _airbyte_meta). They
+# describe the copy, not the record: never properties, and never part of a record's identity (idempotency).
+AIRBYTE_COLUMN_PREFIX = "_airbyte_"
 
 
 @dataclass(slots=True)
@@ -193,13 +196,16 @@ class Mapping:
                 self._put(properties, path.column, path.resolve(record), notes)
         return properties
 
-    def _put_fields(self, properties: dict[str, Any], prefix: str, fields: dict, notes: list[tuple[str, str]]) -> None:
+    def _put_fields(
+        self, properties: dict[str, Any], prefix: str, fields: dict, notes: list[tuple[str, str]], column: str = ""
+    ) -> None:
         """Every field of an object (`*`), nested objects under dotted keys. The hot path of most loads:
         plain short text, booleans and ordinary numbers under ordinary names are taken as they are, and
-        only the rest goes through the full rules in _put."""
+        only the rest goes through the full rules in _put. Notes name the top-level column (`column`):
+        keys inside a nested object may be data (a map keyed by email, say), and logs never show data."""
         excluded = () if prefix else self._excluded
         for key, value in fields.items():
-            if key in excluded:
+            if key in excluded or (not prefix and key.startswith(AIRBYTE_COLUMN_PREFIX)):
                 continue
             if prefix:
                 key = prefix + key
@@ -215,11 +221,13 @@ class Mapping:
             ) and 2 < len(key) <= MAX_TEXT_LENGTH:
                 properties[key] = value
             elif kind is dict:
-                self._put_fields(properties, key + ".", value, notes)
+                self._put_fields(properties, key + ".", value, notes, column or key + ".*")
             else:
-                self._put(properties, key, value, notes)
+                self._put(properties, key, value, notes, column)
 
-    def _put(self, properties: dict[str, Any], key: str, value: Any, notes: list[tuple[str, str]]) -> None:
+    def _put(
+        self, properties: dict[str, Any], key: str, value: Any, notes: list[tuple[str, str]], column: str = ""
+    ) -> None:
         """Add one property in Heap's shape: objects flatten to dotted keys, arrays join, nulls stay out.
 
         Runs for every field of every record, hence exact-type checks before the general conversion."""
@@ -227,14 +235,15 @@ class Mapping:
             return
         kind = value.__class__
         if kind is dict:
-            self._put_fields(properties, key + ".", value, notes)
+            self._put_fields(properties, key + ".", value, notes, column or key + ".*")
             return
+        name = column or key  # what notes call this property
         length = len(key)
         if not length or length > MAX_TEXT_LENGTH:
-            notes.append(("invalid_property_name", key[:40]))
+            notes.append(("invalid_property_name", name[:40]))
             return
         if length == 2 and self._forbid_id and key.lower() == FORBIDDEN_USER_PROPERTY:
-            notes.append(("forbidden_property_name", key))
+            notes.append(("forbidden_property_name", name))
             return
         if kind is not str and kind is not bool and kind is not float and kind is not int:
             value = property_value(value)
@@ -243,10 +252,10 @@ class Mapping:
         elif kind is float and not math.isfinite(value):
             value = None
         if value is None:
-            notes.append(("unsupported_value", key))
+            notes.append(("unsupported_value", name))
         elif isinstance(value, str) and len(value) > MAX_TEXT_LENGTH:
             properties[key] = value[:MAX_TEXT_LENGTH]
-            notes.append(("truncated", key))
+            notes.append(("truncated", name))
         else:
             properties[key] = value
 
@@ -333,7 +342,7 @@ def normalize_timestamp(value: Any) -> str | None:
         return None
     if isinstance(value, str):
         text = value.strip()
-        number = _number(text)
+        number = None if len(text) == 8 else _number(text)  # 20221021 is an ISO 8601 date, not 1970
         if number is None:
             parsed = _parse_time(text)
             return _iso(parsed) if parsed is not None else None
@@ -381,5 +390,7 @@ def _number(text: str) -> float | int | None:
 
 def idempotency_key(record: dict[str, Any]) -> str:
     """The same record always gets the same key, so Heap keeps one event however often it is replayed."""
+    if any(key.startswith(AIRBYTE_COLUMN_PREFIX) for key in record):
+        record = {key: value for key, value in record.items() if not key.startswith(AIRBYTE_COLUMN_PREFIX)}
     canonical = orjson.dumps(record, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()

@@ -11,7 +11,7 @@ import signal
 import threading
 from collections.abc import Iterable, Iterator
 
-from airbyte_cdk.models import AirbyteMessage, AirbyteRecordMessage, FailureType, Type
+from airbyte_cdk.models import AirbyteMessage, AirbyteRecordMessage, AirbyteStateStats, FailureType, Type
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from destination_heap_analytics.config import HeapConfig
@@ -44,6 +44,7 @@ class SyncWriter:
         self._ledger: StateLedger[AirbyteMessage] = StateLedger()
         self.report = SyncReport(self._client.counters, config.dry_run)
         self._open: Batch | None = None
+        self._read_at_last_state = 0
         # In single mode every record is its own request: one record a batch lets them all run concurrently.
         self._batch_size = config.batch_size if config.bulk else 1
 
@@ -56,6 +57,7 @@ class SyncWriter:
                 if message.type == Type.RECORD:
                     self.process_record(message.record)
                 elif message.type == Type.STATE:
+                    self._count_records_behind(message)
                     self._ledger.state_received(message)
                     yield from self._release(self._sender.collect())
             self._submit_open_batch()
@@ -99,6 +101,13 @@ class SyncWriter:
         batch, self._open = self._open, None
         self._acknowledge(self._sender.submit(batch))
         self.report.maybe_log_progress()
+
+    def _count_records_behind(self, state: AirbyteMessage) -> None:
+        """destinationStats.recordCount: the records since the previous STATE, each in Heap or counted as
+        skipped by the time this state is emitted. Airbyte and PyAirbyte report it as committed."""
+        behind = self.report.records_read - self._read_at_last_state
+        self._read_at_last_state = self.report.records_read
+        state.state.destinationStats = AirbyteStateStats(recordCount=float(behind))
 
     def _submit_open_batch(self) -> None:
         if self._open is not None:

@@ -149,6 +149,10 @@ def records_of(messages: Iterable[dict]) -> list[dict]:
     return [m["record"]["data"] for m in messages if m["type"] == "RECORD"]
 
 
+def without_destination_stats(state: dict) -> dict:
+    return {key: value for key, value in state.items() if key != "destinationStats"}
+
+
 def states_of(messages: Iterable[dict]) -> list[dict]:
     return [m["state"] for m in messages if m["type"] == "STATE"]
 
@@ -220,6 +224,9 @@ class OutboundRecorder:
             https_proxy=self.url,
             NO_PROXY=no_proxy,
             no_proxy=no_proxy,
+            # Each line reaches the pipe when printed, so a test sees a STATE at the moment it is emitted
+            # (a block-buffered stdout would only delay states, weakening the state-safety checks).
+            PYTHONUNBUFFERED="1",
         )
         return env
 
@@ -255,12 +262,19 @@ class Result:
     messages: list[dict]
     stdout: str
     stderr: str
-    duration: float
+    lines: list[str]  # the stdout lines, one per message
+    duration: float  # from start to exit, seconds
+    ended_at: float  # time.monotonic() when the process had exited
     input_messages: list[dict] = field(default_factory=list)
 
     @property
     def states(self) -> list[dict]:
-        return [m["state"] for m in self.messages if m["type"] == "STATE"]
+        """The emitted states as the source sent them: without the destinationStats the connector adds."""
+        return [without_destination_stats(m["state"]) for m in self.messages if m["type"] == "STATE"]
+
+    @property
+    def destination_record_counts(self) -> list[float]:
+        return [m["state"]["destinationStats"]["recordCount"] for m in self.messages if m["type"] == "STATE"]
 
     @property
     def logs(self) -> list[dict]:
@@ -330,7 +344,7 @@ def _private_values(messages: Iterable[dict]) -> set[str]:
 
 def assert_no_leaks(result: Result, private: Iterable[str]) -> None:
     """No record value in stderr or in any stdout line except STATE messages (which carry the source's cursor)."""
-    lines = [line for line, m in zip(result.stdout.splitlines(), result.messages, strict=True) if m["type"] != "STATE"]
+    lines = [line for line, m in zip(result.lines, result.messages, strict=True) if m["type"] != "STATE"]
     text = "\n".join(lines) + "\n" + result.stderr
     leaked = sorted(value for value in private if value in text)
     assert not leaked, f"record values leaked into the connector's output: {leaked[:5]}\n{result.describe()}"
@@ -357,6 +371,7 @@ def run_connector(
     timeout: float = 60.0,
     *,
     stdin_lines: Iterable[str] | None = None,
+    pauses: dict[int, float] | None = None,
     on_message: Callable[[dict], None] | None = None,
     on_start: Callable[[subprocess.Popen], None] | None = None,
     env: dict[str, str] | None = None,
@@ -367,7 +382,8 @@ def run_connector(
     """Run `destination-heap-analytics <command>` with config/catalog files and `messages` on stdin.
 
     Each stdout line is parsed (and must be an Airbyte message) as it arrives; `on_message` sees it at that
-    moment, so a test can compare what the stand-in holds when a STATE leaves the connector.
+    moment, so a test can compare what the stand-in holds when a STATE leaves the connector. `pauses` maps an
+    input line index to seconds to wait after writing that line (to let the connector catch up there).
     """
     messages = list(messages)
     lines = [json.dumps(m) for m in messages] if stdin_lines is None else list(stdin_lines)
@@ -396,6 +412,7 @@ def run_connector(
             bufsize=1,
         )
         timed_out = threading.Event()
+        exited = threading.Event()
 
         def kill() -> None:
             timed_out.set()
@@ -406,8 +423,12 @@ def run_connector(
 
         def feed() -> None:
             try:
-                for line in lines:
+                for index, line in enumerate(lines):
                     process.stdin.write(line + "\n")
+                    if pauses and index in pauses:
+                        process.stdin.flush()
+                        if exited.wait(pauses[index]):
+                            break
                 process.stdin.close()
             except (BrokenPipeError, OSError, ValueError):
                 pass  # the connector stopped reading (it failed, or was terminated): that is its right
@@ -432,7 +453,9 @@ def run_connector(
                 if on_message is not None:
                     on_message(message)
             returncode = process.wait()
+            ended = time.monotonic()
         finally:
+            exited.set()
             timer.cancel()
             if process.poll() is None:
                 process.kill()
@@ -443,8 +466,10 @@ def run_connector(
         returncode=returncode,
         messages=parsed,
         stdout="\n".join(stdout_lines),
+        lines=stdout_lines,
         stderr="".join(stderr_chunks),
-        duration=time.monotonic() - started,
+        duration=ended - started,
+        ended_at=ended,
         input_messages=messages,
     )
     if timed_out.is_set():
@@ -475,7 +500,7 @@ class StateWatcher:
 
     def on_message(self, message: dict) -> None:
         if message["type"] == "STATE":
-            self.snapshots.append((message["state"], self.held()))
+            self.snapshots.append((without_destination_stats(message["state"]), self.held()))
 
     def assert_safe(self, input_messages: list[dict], valid: Callable[[dict], bool] = lambda m: True) -> None:
         """Every emitted STATE: each valid record before it in the input was in the stand-in when it left;

@@ -46,7 +46,7 @@ def test_spec_prints_exactly_one_spec_message():
     assert [m["type"] for m in result.messages] == ["SPEC"]
     spec = result.messages[0]["spec"]
     schema = spec["connectionSpecification"]
-    assert set(schema["required"]) >= {"app_id", "api"}
+    assert "app_id" in schema["required"]
     assert {"app_id", "base_url", "api"} <= set(schema["properties"])
     assert "append" in spec["supported_destination_sync_modes"]
     assert result.stderr == ""
@@ -149,13 +149,6 @@ def test_check_reports_an_unreadable_config_file(tmp_path):
     assert result.statuses and result.statuses[0]["status"] == "FAILED", result.describe()
 
 
-@pytest.mark.xfail(
-    reason="BUG: config._app_id validates with str.isdigit(), which accepts non-ASCII digits such as the "
-    "full-width '１１' an IME produces; Heap (and the spec's own pattern ^[0-9]+$) only take ASCII digits, "
-    "so check says SUCCEEDED and every write request is refused, each record counted as rejected_by_heap "
-    "while the sync still 'succeeds' with exit code 0.",
-    strict=True,
-)
 def test_check_rejects_an_app_id_in_full_width_digits(heap):
     result = run_connector("check", config(heap, TRACK_API, app_id="１１"))
     assert result.statuses[0]["status"] == "FAILED", result.describe()
@@ -163,12 +156,6 @@ def test_check_rejects_an_app_id_in_full_width_digits(heap):
 
 
 PROXY_SMUGGLED_BASE_URL = "http://example.com\\@127.0.0.1"
-SMUGGLE_REASON = (
-    "BUG: config._base_url decides 'loopback' with urllib.parse.urlsplit, which reads "
-    "http://example.com\\@127.0.0.1 as host 127.0.0.1, while requests/urllib3 send the request to example.com "
-    "(path /%5C@127.0.0.1/...). The plain-http-only-for-loopback rule is bypassed: check reports SUCCEEDED and "
-    "write posts the records unencrypted to a public host."
-)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +177,6 @@ def routed_recorder():
     recorder.close()
 
 
-@pytest.mark.xfail(reason=SMUGGLE_REASON, strict=True, raises=AssertionError)
 def test_check_never_contacts_a_public_host_over_plain_http(routed_recorder):
     """A public host hidden behind a backslash must be refused; no request may reach it."""
     recorder, env = routed_recorder
@@ -203,7 +189,6 @@ def test_check_never_contacts_a_public_host_over_plain_http(routed_recorder):
     assert "https" in result.statuses[0]["message"]
 
 
-@pytest.mark.xfail(reason=SMUGGLE_REASON, strict=True, raises=AssertionError)
 def test_write_never_posts_records_to_a_public_host_over_plain_http(routed_recorder):
     recorder, env = routed_recorder
     recorder.clear()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 
 import pytest
 
-from destination_heap_analytics.heap_standin import Fault
 from integration_tests.conftest import (
     HEX32,
     TRACK_API,
@@ -105,6 +106,7 @@ def test_sample_records_arrive_mapped_exactly_with_states_in_order(heap, api_typ
     assert result.returncode == 0, result.describe()
     assert result.errors == []
     assert result.states == states_of(messages)  # all 4, in input order, unchanged
+    assert result.destination_record_counts == [5.0, 5.0, 5.0, 5.0]  # the records each state covers
     watcher.assert_safe(messages)
     summary = result.summary
     assert (summary["outcome"], summary["read"], summary["sent"], summary["skipped"], summary["states"]) == (
@@ -137,24 +139,36 @@ def test_sample_records_arrive_mapped_exactly_with_states_in_order(heap, api_typ
 
 
 def test_states_wait_for_every_earlier_batch_even_when_later_batches_finish_first(heap):
-    """Batches finish out of order (the first ones are answered 503 and retried); each STATE must still wait
-    for every record before it, and states keep their input order."""
-    heap.set_latency(30)
-    heap.inject(Fault(status=503), Fault(status=503))
+    """Heap takes 1.5 s over batch 2 (records 21-40, holding record 30, the last before STATE 1) while batch 1
+    and later batches are acknowledged at once, and the input pauses after STATE 2 so the connector sees
+    batch 1 acknowledged first. STATE 1 must still wait for batch 2; every STATE for every record before it;
+    states keep their input order."""
     rows = people(400)
+    slow_identity = rows[29]["email"]
+    slowed = threading.Event()
+
+    def slow_once(item: dict) -> None:
+        if item["identity"] == slow_identity and not slowed.is_set():
+            slowed.set()
+            time.sleep(1.5)  # accepted, but late
+        return None
+
+    heap.reject_when(slow_once)
     messages = interleave(rows, every=30)
+    state_2_line = [i for i, m in enumerate(messages) if m["type"] == "STATE"][1]
     cfg = config(heap, TRACK_API, batch_size=20, max_concurrent_requests=4)
     watcher = StateWatcher(heap, "track", lambda d: d["email"])
-    result = run_connector("write", cfg, catalog(), messages, on_message=watcher.on_message)
+    result = run_connector(
+        "write", cfg, catalog(), messages, on_message=watcher.on_message, pauses={state_2_line - 1: 0.4}
+    )
 
     assert result.returncode == 0, result.describe()
+    assert slowed.is_set()
     assert result.states == states_of(messages)
     watcher.assert_safe(messages)
     assert sorted(e["identity"] for e in heap.events) == sorted(r["email"] for r in rows)
-    stats = heap.stats()
-    assert stats["faults_served"] == 2 and stats["events_deduplicated"] == 0
-    summary = result.summary
-    assert (summary["sent"], summary["retries"]) == (400, 2)
+    assert heap.stats()["events_deduplicated"] == 0
+    assert result.summary["sent"] == 400
 
 
 def test_replaying_the_same_input_adds_no_event_in_heap(heap):
@@ -258,7 +272,7 @@ def test_concurrent_requests_never_exceed_max_concurrent_requests(heap):
     result = run_connector("write", cfg, catalog(), interleave(rows, every=50))
     assert result.returncode == 0, result.describe()
     stats = heap.stats()
-    assert stats["max_in_flight"] == 3, stats  # used, and never more
+    assert 2 <= stats["max_in_flight"] <= 3, stats  # concurrency is used, and never exceeds the setting
     assert stats["bulk_requests"] == 20
     assert len({e["identity"] for e in heap.events}) == 200
 

@@ -432,3 +432,22 @@ def test_preset_columns_can_be_overridden():
     item = preset_item("heap_users", {"email": "ann@example.com", "identity": None, "plan": "x"},
                        identity_column="email")
     assert item.body["identity"] == "ann@example.com"
+
+
+def test_notes_inside_nested_objects_name_the_column_not_the_keys():
+    record = {"who": "u", "votes": {"ann@example.com": "x" * 2000, "bob@example.com": None}}
+    item = mapped(users(None), record)
+    assert item.body["properties"]["votes.ann@example.com"] == "x" * 1023
+    assert item.notes == [("truncated", "votes.*")]
+
+
+def test_an_eight_digit_timestamp_is_a_basic_iso_date():
+    assert normalize_timestamp("20221021") == "2022-10-21T00:00:00+00:00"
+
+
+def test_columns_airbyte_adds_are_neither_properties_nor_identity():
+    record = {"who": "u", "what": "e", "plan": "pro"}
+    copied = {**record, "_airbyte_raw_id": "r-1", "_airbyte_extracted_at": "2024-01-01T00:00:00", "_airbyte_meta": {}}
+    original, cached = mapped(track(property_columns=None), record), mapped(track(property_columns=None), copied)
+    assert cached.body["properties"] == {"who": "u", "what": "e", "plan": "pro"}
+    assert cached.body["idempotency_key"] == original.body["idempotency_key"]
