@@ -174,6 +174,8 @@ class HeapClient:
                 raise DeliveryStopped()
             if self._pacer:
                 self._pacer.wait_for(identities)
+                if self._stop.is_set():
+                    raise DeliveryStopped()
             response, problem, retry_after = self._attempt(url, body, retried=attempt > 0)
             if response is not None:
                 return response
@@ -282,21 +284,20 @@ class BatchSender:
 
     def submit(self, batch: Batch) -> list[BatchResult]:
         """Queue a batch; returns the results of batches that finished meanwhile (waits if the window is full)."""
-        finished = self.collect(block=len(self._in_flight) >= self._window)
+        finished = self.collect(timeout=None if len(self._in_flight) >= self._window else 0)
         self._in_flight.add(self._pool.submit(self._deliver, batch))
         return finished
 
-    def collect(self, block: bool = False) -> list[BatchResult]:
-        """Results of finished batches; with block, waits for at least one."""
+    def collect(self, timeout: float | None = 0) -> list[BatchResult]:
+        """Results of finished batches, waiting up to `timeout` seconds (None: forever) for at least one."""
         if not self._in_flight:
             return []
-        done, self._in_flight = wait(self._in_flight, timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        done, self._in_flight = wait(self._in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
         return [future.result() for future in done]
 
-    def drain(self, timeout: float | None = None) -> list[BatchResult]:
-        """Results of every batch in flight, waiting for them (at most `timeout` seconds)."""
-        done, self._in_flight = wait(self._in_flight, timeout=timeout)
-        return [future.result() for future in done]
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
 
     def close(self) -> None:
         """Stop: abandon queued batches, let running requests end (bounded by their timeout)."""

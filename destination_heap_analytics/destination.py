@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import io
 import logging
+import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -39,8 +40,11 @@ class DestinationHeapAnalytics(Destination):
     check_config_against_spec = False
 
     def run(self, args: list[str]) -> None:
-        """As the CDK's run, but a failure we raised on purpose (bad config, Heap unreachable, SIGTERM) ends
-        with its TRACE message alone: it already says what to do, and a traceback in the log only buries it."""
+        """As the CDK's run, with two differences. Each message leaves as its own line at once (a STATE held
+        in a pipe buffer is a STATE the platform does not have). And a failure raised on purpose (bad
+        config, Heap unreachable, SIGTERM) ends with its TRACE message alone, which says what to do, and an
+        immediate exit: a request still hanging in a sender thread must not hold the process open."""
+        sys.stdout.reconfigure(line_buffering=True)
         try:
             super().run(args)
         except AirbyteTracedException as failure:
@@ -48,7 +52,17 @@ class DestinationHeapAnalytics(Destination):
             trace = failure.as_airbyte_message()
             trace.trace.error.stack_trace = None
             print(filter_secrets(orjson.dumps(AirbyteMessageSerializer.dump(trace)).decode()), flush=True)
-            sys.exit(1)
+            logging.shutdown()  # flushes the CDK's buffered log handler
+            os._exit(1)
+
+    @staticmethod
+    def read_config(config_path: str) -> dict[str, Any]:
+        try:
+            return Destination.read_config(config_path)
+        except (OSError, ValueError) as error:
+            raise AirbyteTracedException(
+                message=f"Cannot read the config file: {error}", failure_type=FailureType.config_error
+            ) from None
 
     def run_cmd(self, parsed_args: Any) -> Iterable[AirbyteMessage]:
         if parsed_args.command != "check":
@@ -56,8 +70,8 @@ class DestinationHeapAnalytics(Destination):
             return
         try:
             config = self.read_config(config_path=parsed_args.config)
-        except (OSError, ValueError) as error:
-            status = AirbyteConnectionStatus(status=Status.FAILED, message=f"Cannot read the config file: {error}")
+        except AirbyteTracedException as error:
+            status = AirbyteConnectionStatus(status=Status.FAILED, message=error.message)
         else:
             update_secrets(get_secrets(self.spec(logger).connectionSpecification, config))
             status = self.check(logger, config)
@@ -84,11 +98,11 @@ class DestinationHeapAnalytics(Destination):
         from destination_heap_analytics.writer import SyncWriter  # only write needs the delivery stack
 
         heap_config = _config_or_trace(config)
-        stream = _single_stream(configured_catalog)
+        stream, namespace = _single_stream(configured_catalog)
         # What was loaded so far lives for the whole sync. Frozen, the garbage collector stops re-scanning
         # those ~100k objects while millions of short-lived records pass: measured 20% less CPU a record.
         gc.freeze()
-        yield from SyncWriter(for_stream(heap_config, stream), stream).write(input_messages)
+        yield from SyncWriter(for_stream(heap_config, stream), stream, namespace).write(input_messages)
 
     def _parse_input_stream(self, input_stream: io.TextIOWrapper) -> Iterator[AirbyteMessage]:
         """Stdin lines -> Airbyte messages. Lines are read as bytes (orjson decodes and checks UTF-8 itself,
@@ -139,7 +153,7 @@ def _config_or_trace(config: Mapping[str, Any]) -> HeapConfig:
         raise AirbyteTracedException(message=str(error), failure_type=FailureType.config_error) from None
 
 
-def _single_stream(catalog: ConfiguredAirbyteCatalog) -> str:
+def _single_stream(catalog: ConfiguredAirbyteCatalog) -> tuple[str, str | None]:
     """Each sync loads one stream into Heap; several would need several mappings."""
     streams = catalog.streams
     if len(streams) != 1:
@@ -155,7 +169,7 @@ def _single_stream(catalog: ConfiguredAirbyteCatalog) -> str:
             "Sync mode overwrite: Heap cannot delete data, so records are added as with append; "
             "nothing already in Heap is removed."
         )
-    return configured.stream.name
+    return configured.stream.name, configured.stream.namespace
 
 
 def _deletion_credentials_problem(config: HeapConfig) -> str | None:

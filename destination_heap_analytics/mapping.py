@@ -126,7 +126,10 @@ class Mapping:
         """One record (the Airbyte record's `data`) and its `emitted_at` -> a Heap item or a Rejection."""
         if not isinstance(record, dict):
             return Rejection("record_not_an_object")
-        return self._build(record, emitted_at_ms)
+        try:
+            return self._build(record, emitted_at_ms)
+        except (RecursionError, orjson.JSONEncodeError):  # nesting past what Python or orjson can walk
+            return Rejection("too_deeply_nested")
 
     def _track(self, record: dict[str, Any], emitted_at_ms: int) -> HeapItem | Rejection:
         identity = _identifier(self._identity, record, "identity")

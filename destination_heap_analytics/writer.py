@@ -7,15 +7,24 @@ The StateLedger alone decides when a STATE may leave.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+import time
 from collections.abc import Iterable, Iterator
 
 from airbyte_cdk.models import AirbyteMessage, AirbyteRecordMessage, AirbyteStateStats, FailureType, Type
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from destination_heap_analytics.config import HeapConfig
-from destination_heap_analytics.delivery import Batch, BatchResult, BatchSender, DeliveryError, HeapClient
+from destination_heap_analytics.delivery import (
+    Batch,
+    BatchResult,
+    BatchSender,
+    DeliveryError,
+    DeliveryStopped,
+    HeapClient,
+)
 from destination_heap_analytics.mapping import Mapping, Rejection
 from destination_heap_analytics.pacing import Pacer
 from destination_heap_analytics.report import SyncReport
@@ -26,18 +35,16 @@ logger = logging.getLogger("airbyte")
 TERMINATION_GRACE_SECONDS = 10.0  # after SIGTERM, how long requests in flight may still finish
 
 
-class SyncTerminated(Exception):
-    """SIGTERM arrived: stop taking input, keep what Heap acknowledged, exit non-zero."""
-
-
 class SyncWriter:
-    def __init__(self, config: HeapConfig, stream: str) -> None:
+    def __init__(self, config: HeapConfig, stream: str, namespace: str | None = None) -> None:
         self._config = config
         self._stream = stream
+        self._namespace = namespace or None
         self._mapping = Mapping(config.mapping)
         self._stop = threading.Event()
+        mapping = config.mapping
         pacer = Pacer.for_api(
-            config.mapping.api_type, config.bulk, config.track_events_per_minute, config.batch_size
+            mapping.api_type, config.bulk, config.track_events_per_minute, config.batch_size, self._stop.wait
         )
         self._client = HeapClient(config, pacer, self._stop)
         self._sender = BatchSender(config, self._client, self._stop)
@@ -45,43 +52,63 @@ class SyncWriter:
         self.report = SyncReport(self._client.counters, config.dry_run)
         self._open: Batch | None = None
         self._read_at_last_state = 0
+        self._terminated_at: float | None = None  # when SIGTERM arrived
         # In single mode every record is its own request: one record a batch lets them all run concurrently.
         self._batch_size = config.batch_size if config.bulk else 1
 
     def write(self, messages: Iterable[AirbyteMessage]) -> Iterator[AirbyteMessage]:
         """Consume the input messages, yielding each STATE once everything before it is in Heap."""
-        previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+        previous_handler = signal.signal(signal.SIGTERM, self._terminate)
         outcome = "failed"
         try:
             for message in messages:
+                if self._terminated_at is not None:
+                    break
                 if message.type == Type.RECORD:
                     self.process_record(message.record)
                 elif message.type == Type.STATE:
                     self._count_records_behind(message)
                     self._ledger.state_received(message)
                     yield from self._release(self._sender.collect())
-            self._submit_open_batch()
-            yield from self._release(self._sender.drain())
-            if self._ledger.pending:
-                raise AssertionError("states left unreleased after every batch was acknowledged")
-            outcome = "succeeded"
-        except SyncTerminated:
-            yield from self._release(self._sender.drain(timeout=TERMINATION_GRACE_SECONDS))
-            outcome = "terminated"
-            raise AirbyteTracedException(
-                message="The sync was terminated (SIGTERM) before all records were loaded; "
-                "states were emitted up to the last record Heap acknowledged. Run it again to resume.",
-                failure_type=FailureType.transient_error,
-            ) from None
+            if self._terminated_at is None:
+                self._submit_open_batch()
+            yield from self._finish()
+            outcome = "terminated" if self._terminated_at is not None else "succeeded"
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
             self._sender.close()
             self.report.log_summary(outcome)
+        if self._terminated_at is not None:
+            raise AirbyteTracedException(
+                message="The sync was terminated (SIGTERM) before all records were loaded; "
+                "states were emitted up to the last record Heap acknowledged. Run it again to resume.",
+                failure_type=FailureType.transient_error,
+            )
+        if self._ledger.pending:
+            raise AssertionError("states left unreleased after every batch was acknowledged")
+
+    def _finish(self) -> Iterator[AirbyteMessage]:
+        """Wait for the batches in flight, releasing states as they are acknowledged; after SIGTERM, only
+        for the grace period."""
+        while self._sender.in_flight:
+            yield from self._release(self._sender.collect(timeout=0.25))
+            if self._terminated_at is not None and time.monotonic() - self._terminated_at > TERMINATION_GRACE_SECONDS:
+                return
+
+    def _terminate(self, signum: int, frame: object) -> None:
+        """SIGTERM: no new input, no new attempts. Only flags are set here, so that whatever the main thread
+        was doing (parsing, printing a STATE) completes; stdin is swapped for /dev/null so that a read
+        blocked on a stalled source returns at once, as end of input."""
+        self._terminated_at = time.monotonic()
+        self._stop.set()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
 
     def process_record(self, record: AirbyteRecordMessage) -> None:
         """Map one record into the open batch, or count it as skipped; a full batch goes out."""
         self.report.records_read += 1
-        if record.stream != self._stream:
+        if record.stream != self._stream or (record.namespace or None) != self._namespace:
             self._skip(Rejection("stream_not_in_catalog"))
             return
         mapped = self._mapping.map(record.data, record.emitted_at)
@@ -116,6 +143,8 @@ class SyncWriter:
     def _acknowledge(self, results: list[BatchResult]) -> None:
         failure = None
         for result in results:
+            if isinstance(result.failure, DeliveryStopped):
+                continue  # abandoned because the sync is stopping: never acknowledged, nothing to report
             if result.failure is not None:
                 failure = failure or result.failure
                 continue
@@ -151,5 +180,3 @@ class SyncWriter:
         )
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise SyncTerminated()

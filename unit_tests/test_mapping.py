@@ -451,3 +451,12 @@ def test_columns_airbyte_adds_are_neither_properties_nor_identity():
     original, cached = mapped(track(property_columns=None), record), mapped(track(property_columns=None), copied)
     assert cached.body["properties"] == {"who": "u", "what": "e", "plan": "pro"}
     assert cached.body["idempotency_key"] == original.body["idempotency_key"]
+
+
+def test_records_nested_too_deep_to_walk_are_rejected_not_crashing():
+    deep: dict = {"leaf": 1}
+    for _ in range(600):
+        deep = {"d": deep}
+    assert mapped(track(property_columns=("who",)), {"who": "u", "what": "e", "deep": deep}) == Rejection(
+        "too_deeply_nested"
+    )
