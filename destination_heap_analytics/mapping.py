@@ -91,7 +91,12 @@ def _walk(value: Any, segments: tuple[str | int, ...]) -> Any:
             if isinstance(segment, int):
                 value = value[segment] if segment < len(value) else None
             else:  # a field of a list of objects: the first element that has it (identities.connection)
-                return next((v for v in (_walk(e, segments[position:]) for e in value) if v is not None), None)
+                rest = segments[position:]
+                for element in value:
+                    found = _walk(element, rest)
+                    if found is not None:
+                        return found
+                return None
         else:
             return None
         if value is None:
@@ -345,7 +350,9 @@ def normalize_timestamp(value: Any) -> str | None:
         return None
     if isinstance(value, str):
         text = value.strip()
-        number = None if len(text) == 8 else _number(text)  # 20221021 is an ISO 8601 date, not 1970
+        # 20221021 is an ISO 8601 date, not 1970; "2022-..." is no number: no need to try it as one
+        looks_like_date = len(text) == 8 or (len(text) > 4 and text[4] == "-")
+        number = None if looks_like_date else _number(text)
         if number is None:
             parsed = _parse_time(text)
             return _iso(parsed) if parsed is not None else None
@@ -393,7 +400,7 @@ def _number(text: str) -> float | int | None:
 
 def idempotency_key(record: dict[str, Any]) -> str:
     """The same record always gets the same key, so Heap keeps one event however often it is replayed."""
-    if any(key.startswith(AIRBYTE_COLUMN_PREFIX) for key in record):
+    if "_airbyte_raw_id" in record or "_airbyte_extracted_at" in record:  # a copy Airbyte wrote
         record = {key: value for key, value in record.items() if not key.startswith(AIRBYTE_COLUMN_PREFIX)}
     canonical = orjson.dumps(record, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()

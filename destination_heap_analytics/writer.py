@@ -18,6 +18,7 @@ from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from destination_heap_analytics.config import HeapConfig
 from destination_heap_analytics.delivery import (
+    STOP_CHECK_SECONDS,
     Batch,
     BatchResult,
     BatchSender,
@@ -91,7 +92,7 @@ class SyncWriter:
         """Wait for the batches in flight, releasing states as they are acknowledged; after SIGTERM, only
         for the grace period."""
         while self._sender.in_flight:
-            yield from self._release(self._sender.collect(timeout=0.25))
+            yield from self._release(self._sender.collect(timeout=STOP_CHECK_SECONDS))
             if self._terminated_at is not None and time.monotonic() - self._terminated_at > TERMINATION_GRACE_SECONDS:
                 return
 

@@ -58,11 +58,10 @@ def _locked() -> Iterator[dict]:
                 document = {"session": None, "figures": {}}
             before = json.dumps(document, sort_keys=True)
             yield document
-            after = json.dumps(document, sort_keys=True, indent=1)
             if json.dumps(document, sort_keys=True) != before:
                 handle.seek(0)
                 handle.truncate()
-                handle.write(after)
+                handle.write(json.dumps(document, sort_keys=True, indent=1))
                 handle.flush()
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

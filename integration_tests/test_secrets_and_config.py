@@ -1,0 +1,583 @@
+"""Config errors, refused hosts, and what must never appear in the connector's output.
+
+- A bad config fails `check` with a FAILED status that says what to fix, and fails `write` with a TRACE
+  (failure_type config_error), a non-zero exit and no traceback anywhere, before anything is sent.
+- A plain-http base_url off the loopback interface is refused in check and write; no request leaves: every
+  run goes through a recording proxy on 127.0.0.1 that fails the test if it hears anything.
+- Record values never appear in any output (STATE messages excepted: they are the source's own cursor).
+- A catalog with two streams is a config_error that names both; nothing is sent.
+- Every spec field marked airbyte_secret (none yet) is scanned for in every output, automatically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from destination_heap_analytics.heap_standin import HeapStandin
+from integration_tests import reliability
+
+CONNECTOR = str(Path(sys.executable).parent / "destination-heap-analytics")
+STREAM = "events"
+TRACEBACK = "Traceback (most recent call last)"
+CREDENTIAL_WORDS = ("key", "secret", "token", "password", "credential")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A recording proxy: any request the connector makes to a non-loopback host lands here, never on the network
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.server.seen.append((self.command, self.path, self.headers.get("Host")))  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(b"{}")
+        self.close_connection = True
+
+    do_GET = do_POST = do_PUT = do_HEAD = do_CONNECT = _answer
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+        self.server.daemon_threads = True
+        self.server.seen = []  # type: ignore[attr-defined]
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    @property
+    def seen(self) -> list[tuple[str, str, str | None]]:
+        return list(self.server.seen)  # type: ignore[attr-defined]
+
+    def env(self) -> dict[str, str]:
+        url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        proxies = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+        env = {key: value for key, value in os.environ.items() if key.lower() not in proxies}
+        loopback = "127.0.0.1,localhost,::1"
+        env.update(HTTP_PROXY=url, HTTPS_PROXY=url, http_proxy=url, https_proxy=url)
+        env.update(NO_PROXY=loopback, no_proxy=loopback)
+        return env
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Running the connector
+
+
+@dataclass
+class Result:
+    code: int
+    messages: list[dict]
+    stdout: str
+    stderr: str
+
+    @property
+    def statuses(self) -> list[dict]:
+        return [m["connectionStatus"] for m in self.messages if m["type"] == "CONNECTION_STATUS"]
+
+    @property
+    def errors(self) -> list[dict]:
+        return [m["trace"]["error"] for m in self.messages if m["type"] == "TRACE" and m["trace"]["type"] == "ERROR"]
+
+    def output_without_states(self) -> str:
+        lines = [line for line, m in zip(self.stdout.splitlines(), self.messages, strict=True) if m["type"] != "STATE"]
+        return "\n".join(lines) + "\n" + self.stderr
+
+    def describe(self) -> str:
+        return f"exit {self.code}\n{self.stdout[-4000:]}\nstderr:\n{self.stderr[-2000:]}"
+
+
+def run(
+    directory: Path,
+    command: str,
+    config: Any,
+    env: dict[str, str],
+    catalog: dict | None = None,
+    stdin: str = "",
+    raw_config: str | None = None,
+) -> Result:
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path = directory / "config.json"
+    config_path.write_text(raw_config if raw_config is not None else json.dumps(config))
+    args = [CONNECTOR, command, "--config", str(config_path)]
+    if command == "write":
+        catalog_path = directory / "catalog.json"
+        catalog_path.write_text(json.dumps(catalog or catalog_of(STREAM)))
+        args += ["--catalog", str(catalog_path)]
+    done = subprocess.run(args, input=stdin.encode(), capture_output=True, timeout=120, env=env, cwd=directory)
+    stdout = done.stdout.decode("utf-8", errors="replace")
+    messages = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    stdout = "\n".join(line for line in stdout.splitlines() if line.strip())
+    return Result(done.returncode, messages, stdout, done.stderr.decode("utf-8", errors="replace"))
+
+
+def catalog_of(*names: str) -> dict:
+    def entry(name: str) -> dict:
+        stream = {"name": name, "json_schema": {"type": "object"}, "supported_sync_modes": ["incremental"]}
+        return {"stream": stream, "sync_mode": "incremental", "destination_sync_mode": "append"}
+
+    return {"streams": [entry(name) for name in names]}
+
+
+def record_line(data: Any, stream: str = STREAM) -> str:
+    return json.dumps({"type": "RECORD", "record": {"stream": stream, "data": data, "emitted_at": 1_700_000_000_000}})
+
+
+def state_line(last: int) -> str:
+    stream = {"stream_descriptor": {"name": STREAM}, "stream_state": {"last": last}}
+    return json.dumps({"type": "STATE", "state": {"type": "STREAM", "stream": stream}})
+
+
+def valid_config(base_url: str, **overrides: Any) -> dict:
+    api = {"api_type": "track", "identity_column": "user", "event_column": "event", "property_columns": "*"}
+    config = {"app_id": "11", "base_url": base_url, "api": api, "track_events_per_minute": 0, "max_retries": 1}
+    return {**config, **overrides}
+
+
+SECRET_RECORDS = [
+    {"user": f"SECRET-CFG-USER-{i}", "event": "SECRET-CFG-EVENT", "note": f"SECRET-CFG-NOTE-{i}"} for i in range(3)
+]
+SECRET_INPUT = "".join(record_line(r) + "\n" for r in SECRET_RECORDS) + state_line(2) + "\n"
+
+
+def assert_no_traceback(result: Result) -> None:
+    assert TRACEBACK not in result.stdout and TRACEBACK not in result.stderr, result.describe()
+    for error in result.errors:
+        assert not error.get("stack_trace"), f"TRACE carries a stack trace: {error.get('stack_trace', '')[:300]}"
+
+
+def assert_no_record_values(result: Result, records: list[dict] = SECRET_RECORDS) -> None:
+    output = result.output_without_states()
+    leaked = sorted({v for r in records for v in r.values() if isinstance(v, str) and v in output})
+    assert not leaked, f"record values in the connector's output: {leaked[:5]}\n{result.describe()}"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Config errors: check says what to fix, write fails with config_error, nothing is sent
+
+
+def _without(mapping: dict, *path: str) -> dict:
+    copy = json.loads(json.dumps(mapping))
+    target = copy
+    for key in path[:-1]:
+        target = target[key]
+    del target[path[-1]]
+    return copy
+
+
+def _with(mapping: dict, path: tuple[str, ...], value: Any) -> dict:
+    copy = json.loads(json.dumps(mapping))
+    target = copy
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return copy
+
+
+def _config_cases(base_url: str) -> dict[str, tuple[dict, tuple[str, ...]]]:
+    good = valid_config(base_url)
+    return {
+        "app_id_not_digits": (_with(good, ("app_id",), "eleven"), ("app_id", "digits")),
+        "api_type_unknown": (_with(good, ("api", "api_type"), "teleport"), ("api.api_type", "track")),
+        "event_column_missing": (_without(good, "api", "event_column"), ("api.event_column", "required")),
+        "batch_size_too_big": (_with(good, ("batch_size",), 5000), ("batch_size", "1 to 1000")),
+        "on_invalid_record_unknown": (_with(good, ("on_invalid_record",), "explode"), ("on_invalid_record", "skip")),
+        "base_url_plain_http_remote": (_with(good, ("base_url",), "http://heapanalytics.com"), ("https",)),
+        "base_url_plain_http_private_ip": (_with(good, ("base_url",), "http://10.1.2.3:8080"), ("https",)),
+        "base_url_plain_http_loopback_lookalike": (_with(good, ("base_url",), "http://127.0.0.1.nip.io"), ("https",)),
+    }
+
+
+CASE_IDS = list(_config_cases("http://127.0.0.1:1"))
+UNREADABLE = {"config_not_an_object": "[]", "config_not_json": "{not json"}
+
+
+@dataclass
+class ConfigRuns:
+    check: dict[str, Result]
+    write: dict[str, Result]
+    heap_requests: int
+    recorder_seen: list
+
+
+@pytest.fixture(scope="module")
+def config_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConfigRuns]:
+    """Every bad config through check and write, a few at a time (each run starts a Python process)."""
+    heap = HeapStandin().start()
+    recorder = Recorder()
+    root = tmp_path_factory.mktemp("config-errors")
+    cases = _config_cases(heap.url)
+    jobs = {}
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for name, (config, _) in cases.items():
+            for command in ("check", "write"):
+                jobs[(command, name)] = pool.submit(
+                    run, root / f"{command}-{name}", command, config, recorder.env(), stdin=SECRET_INPUT
+                )
+        for name, raw in UNREADABLE.items():
+            for command in ("check", "write"):
+                jobs[(command, name)] = pool.submit(
+                    run, root / f"{command}-{name}", command, None, recorder.env(), stdin=SECRET_INPUT, raw_config=raw
+                )
+        results = {key: job.result() for key, job in jobs.items()}
+    reliability.record("config_errors_tried", len(jobs))
+    try:
+        yield ConfigRuns(
+            check={name: r for (command, name), r in results.items() if command == "check"},
+            write={name: r for (command, name), r in results.items() if command == "write"},
+            heap_requests=heap.stats()["requests"],
+            recorder_seen=recorder.seen,
+        )
+    finally:
+        heap.stop()
+        recorder.close()
+
+
+@pytest.mark.parametrize("case", CASE_IDS)
+def test_check_fails_with_a_message_saying_what_to_fix(case: str, config_runs: ConfigRuns) -> None:
+    result = config_runs.check[case]
+    _, words = _config_cases("http://127.0.0.1:1")[case]
+    assert len(result.statuses) == 1, result.describe()
+    status = result.statuses[0]
+    assert status["status"] == "FAILED", result.describe()
+    for word in words:
+        assert word in status["message"], f"{word!r} not in {status['message']!r}"
+    assert_no_traceback(result)
+    assert not config_runs.recorder_seen, f"traffic left loopback: {config_runs.recorder_seen[:3]}"
+
+
+@pytest.mark.parametrize("case", CASE_IDS)
+def test_write_fails_with_config_error_before_sending_anything(case: str, config_runs: ConfigRuns) -> None:
+    result = config_runs.write[case]
+    _, words = _config_cases("http://127.0.0.1:1")[case]
+    assert result.code != 0, result.describe()
+    assert result.errors, f"no TRACE error\n{result.describe()}"
+    error = result.errors[-1]
+    assert error["failure_type"] == "config_error", result.describe()
+    for word in words:
+        assert word in error["message"], f"{word!r} not in {error['message']!r}"
+    assert not [m for m in result.messages if m["type"] == "STATE"], "a STATE after a config error"
+    assert_no_traceback(result)
+    assert_no_record_values(result)
+    assert config_runs.heap_requests == 0, "a request reached Heap although every config was invalid"
+    assert not config_runs.recorder_seen, f"traffic left loopback: {config_runs.recorder_seen[:3]}"
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+def test_check_reports_an_unreadable_config_file(case: str, config_runs: ConfigRuns) -> None:
+    result = config_runs.check[case]
+    assert [s["status"] for s in result.statuses] == ["FAILED"], result.describe()
+    assert "config" in result.statuses[0]["message"].lower()
+    assert_no_traceback(result)
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+def test_write_reports_an_unreadable_config_file_as_config_error(case: str, config_runs: ConfigRuns) -> None:
+    result = config_runs.write[case]
+    assert result.code != 0
+    assert result.errors and result.errors[-1]["failure_type"] == "config_error", result.describe()
+    assert_no_traceback(result)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Plain http must not leave the loopback interface, however the URL is spelled
+
+
+URL_TRICKS = {
+    "backslash_before_at": "http://heap-exfil.invalid\\@127.0.0.1:{port}",
+    "backslash_after_loopback": "http://127.0.0.1:{port}\\@heap-exfil.invalid",
+    "userinfo_port": "http://heap-exfil.invalid:80@127.0.0.1:{port}",
+    "fragment_at": "http://heap-exfil.invalid#@127.0.0.1:{port}",
+    "newline_userinfo": "http://heap-exfil.invalid\n@127.0.0.1:{port}",
+}
+
+
+@pytest.mark.parametrize("trick", list(URL_TRICKS))
+def test_a_url_parser_trick_cannot_send_plain_http_off_loopback(trick: str, tmp_path: Path) -> None:
+    """The host the config validation checks must be the host requests connects to: a differential between
+    URL parsers (urlsplit vs urllib3) must not let plain http reach a remote host."""
+    heap = HeapStandin().start()
+    recorder = Recorder()
+    try:
+        config = valid_config(URL_TRICKS[trick].format(port=heap.port))
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            check = pool.submit(run, tmp_path / "check", "check", config, recorder.env())
+            write = pool.submit(run, tmp_path / "write", "write", config, recorder.env(), stdin=SECRET_INPUT)
+            check, write = check.result(), write.result()
+        reliability.record("hostile_inputs_tried")
+        seen = recorder.seen
+        assert not seen, f"plain-http requests for a non-loopback host (caught by the local proxy): {seen[:3]}"
+        for result in (check, write):
+            assert_no_traceback(result)
+            assert_no_record_values(result)
+        if check.statuses[0]["status"] == "FAILED":  # refused: write must refuse it too, before sending anything
+            assert write.errors and write.errors[-1]["failure_type"] == "config_error", write.describe()
+            assert heap.stats()["requests"] == 0
+    finally:
+        recorder.close()
+        heap.stop()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Record values never appear in the output
+
+
+def test_record_values_never_appear_in_any_output(tmp_path: Path) -> None:
+    token = uuid.uuid4().hex[:10]
+    heap = HeapStandin().start()
+    recorder = Recorder()
+
+    def refuse(item: dict) -> str | None:
+        value = item.get("properties", {}).get("refuse_me")
+        if value is None:
+            return None
+        return f'postBody.events[0].properties.refuse_me has value "{value}" (also \'{value}\') which is refused'
+
+    heap.reject_when(refuse)
+    try:
+        good = [
+            {"user": f"LEAK-{token}-user-{i}", "event": f"LEAK-{token}-event", "plan": f"LEAK-{token}-plan-{i}"}
+            for i in range(5)
+        ]
+        invalid = [
+            {"user": f"LEAK-{token}-long-" + "u" * 300, "event": "x"},  # identity_too_long
+            {"user": f"LEAK-{token}-ts-user", "event": "x", "at": f"LEAK-{token}-not-a-time"},  # invalid_timestamp
+            {"user": f"LEAK-{token}-ev-user", "event": f"LEAK-{token}-" + "e" * 1100},  # event_too_long
+            {"user": f"LEAK-{token}-refused", "event": "x", "refuse_me": f"LEAK-{token}-refused-value"},
+            {"user": f"LEAK-{token}-trunc", "event": "x", "essay": f"LEAK-{token}-essay-" + "z" * 2000},
+        ]
+        other_stream = {"user": f"LEAK-{token}-other", "event": f"LEAK-{token}-other-event"}
+        stdin = "".join(record_line(r) + "\n" for r in good + invalid)
+        stdin += record_line(other_stream, stream="other") + "\n"
+        stdin += record_line([f"LEAK-{token}-list"]) + "\n" + state_line(0) + "\n"
+        config = valid_config(heap.url, api={
+            "api_type": "track", "identity_column": "user", "event_column": "event", "timestamp_column": "at",
+            "property_columns": "*",
+        })
+        skip = run(tmp_path / "skip", "write", config, recorder.env(), stdin=stdin)
+        fail = run(
+            tmp_path / "fail",
+            "write",
+            {**config, "on_invalid_record": "fail"},
+            recorder.env(),
+            stdin=record_line(good[0]) + "\n" + record_line(invalid[1]) + "\n",
+        )
+        check = run(tmp_path / "check", "check", config, recorder.env())
+        reliability.record("hostile_inputs_tried", len(invalid) + 2)
+        assert skip.code == 0, skip.describe()
+        assert fail.code != 0 and fail.errors, fail.describe()
+        assert "invalid_timestamp" in fail.errors[-1]["message"], fail.describe()
+        assert check.statuses[0]["status"] == "SUCCEEDED", check.describe()
+        for result in (skip, fail, check):
+            assert f"LEAK-{token}" not in result.output_without_states(), result.describe()
+            assert_no_traceback(result)
+        assert len(heap.events) == len(good) + 1  # the good ones, and the one with a truncated essay
+        assert not recorder.seen
+    finally:
+        recorder.close()
+        heap.stop()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One stream per connection
+
+
+def test_two_stream_catalog_is_a_config_error_naming_both(tmp_path: Path) -> None:
+    heap = HeapStandin().start()
+    recorder = Recorder()
+    try:
+        stdin = record_line({"user": "SECRET-TWO-A", "event": "e"}, stream="alpha_stream") + "\n"
+        stdin += record_line({"user": "SECRET-TWO-B", "event": "e"}, stream="beta_stream") + "\n"
+        catalog = catalog_of("alpha_stream", "beta_stream")
+        result = run(tmp_path, "write", valid_config(heap.url), recorder.env(), catalog=catalog, stdin=stdin)
+        assert result.code != 0, result.describe()
+        error = result.errors[-1]
+        assert error["failure_type"] == "config_error"
+        assert "alpha_stream" in error["message"] and "beta_stream" in error["message"], error["message"]
+        assert_no_traceback(result)
+        assert "SECRET-TWO" not in result.output_without_states()
+        assert heap.stats()["requests"] == 0 and not recorder.seen
+    finally:
+        recorder.close()
+        heap.stop()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Secret fields of the spec: scanned for everywhere, as soon as the spec has any
+
+
+def _secret_paths(schema: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Paths of every property marked airbyte_secret, through nested objects and oneOf/anyOf/allOf."""
+    found: list[tuple[str, ...]] = []
+    if not isinstance(schema, dict):
+        return found
+    for name, sub in (schema.get("properties") or {}).items():
+        if isinstance(sub, dict) and sub.get("airbyte_secret"):
+            found.append((*prefix, name))
+        found += _secret_paths(sub, (*prefix, name))
+    for keyword in ("oneOf", "anyOf", "allOf"):
+        for option in schema.get(keyword) or []:
+            found += _secret_paths(option, prefix)
+    return sorted(set(found))
+
+
+def _all_paths(schema: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths: list[tuple[str, ...]] = []
+    if not isinstance(schema, dict):
+        return paths
+    for name, sub in (schema.get("properties") or {}).items():
+        paths.append((*prefix, name))
+        paths += _all_paths(sub, (*prefix, name))
+    for keyword in ("oneOf", "anyOf", "allOf"):
+        for option in schema.get(keyword) or []:
+            paths += _all_paths(option, prefix)
+    return sorted(set(paths))
+
+
+def _spec_schema() -> dict:
+    from destination_heap_analytics.destination import DestinationHeapAnalytics
+
+    return DestinationHeapAnalytics().spec(logging.getLogger("spec-for-tests")).connectionSpecification
+
+
+SECRET_FIELDS = _secret_paths(_spec_schema())
+
+
+def test_spec_secret_fields_are_the_ones_the_installed_connector_declares(tmp_path: Path) -> None:
+    done = subprocess.run([CONNECTOR, "spec"], capture_output=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    specs = [json.loads(line) for line in done.stdout.decode().splitlines() if line.strip()]
+    schema = next(m["spec"]["connectionSpecification"] for m in specs if m["type"] == "SPEC")
+    assert _secret_paths(schema) == SECRET_FIELDS, "the parametrisation below must follow the installed spec"
+    for path in _all_paths(schema):
+        if any(word in path[-1].lower() for word in CREDENTIAL_WORDS) and not path[-1].endswith("_column"):
+            assert path in SECRET_FIELDS, f"spec field {'.'.join(path)} looks like a credential: mark it airbyte_secret"
+    for path in SECRET_FIELDS:
+        assert path[-1] not in ("app_id", "base_url"), path
+
+
+def _option_declaring(schema: dict, path: tuple[str, ...]) -> dict | None:
+    """The oneOf/anyOf option of the object at path[:-1] whose properties include path[-1] (None if not in one)."""
+    node = schema
+    for key in path[:-1]:
+        node = (node.get("properties") or {}).get(key) or {}
+    for keyword in ("oneOf", "anyOf"):
+        for option in node.get(keyword) or []:
+            if path[-1] in (option.get("properties") or {}):
+                return option
+    return None
+
+
+def _config_using(base_url: str, path: tuple[str, ...], secret: str) -> dict:
+    """A config in which the secret is really used: under a oneOf, the option that declares it, with its
+    required fields (and its first column field) filled from the spec's const, default or first example."""
+    config = valid_config(base_url)
+    option = _option_declaring(_spec_schema(), path)
+    if option is not None:
+        filled: dict[str, Any] = {}
+        properties = option.get("properties") or {}
+        wanted = list(option.get("required") or [])
+        wanted += [name for name in properties if name.endswith("_column")][:1]
+        for name in wanted:
+            spec = properties.get(name) or {}
+            value = spec.get("const", spec.get("default", (spec.get("examples") or ["email"])[0]))
+            filled[name] = value
+        target = config
+        for key in path[:-2]:
+            target = target.setdefault(key, {})
+        target[path[-2]] = filled
+    target = config
+    for key in path[:-1]:  # a secret under an object the base config lacks gets that object
+        target = target.setdefault(key, {})
+    target[path[-1]] = secret
+    return config
+
+
+def _secret_scan(tmp_path: Path, path: tuple[str, ...]) -> None:
+    """The value of a credential field never appears in check, write, or a failing check or write's output,
+    whether Heap takes the credential or refuses it."""
+    secret = f"CRED-{uuid.uuid4().hex}"
+    accepting = HeapStandin().start()
+    refusing = HeapStandin(api_key=f"OTHER-{uuid.uuid4().hex}").start()
+    recorder = Recorder()
+    records = [
+        {"email": f"SECRET-SCAN-{i}@example.com", "user_id": str(1000 + i), "user": f"SECRET-SCAN-{i}",
+         "event": "SECRET-SCAN-EVENT", "event_name": "SECRET-SCAN-EVENT", "account_id": f"acct-{i}",
+         "updated_at": "2024-01-01T00:00:00Z", "time": "2024-01-01T00:00:00Z"}
+        for i in range(3)
+    ]
+    stdin = "".join(record_line(r) + "\n" for r in records) + state_line(2) + "\n"
+    try:
+        good, bad_key = _config_using(accepting.url, path, secret), _config_using(refusing.url, path, secret)
+        jobs = {
+            "check": ("check", good, ""),
+            "check, credential refused": ("check", bad_key, ""),
+            "check, bad config": ("check", {**good, "batch_size": 0}, ""),
+            "write": ("write", good, stdin),
+            "write, credential refused": ("write", bad_key, stdin),
+            "write, bad config": ("write", {**good, "app_id": "x"}, stdin),
+        }
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            futures = {
+                name: pool.submit(run, tmp_path / f"run-{n}", command, config, recorder.env(), stdin=text)
+                for n, (name, (command, config, text)) in enumerate(jobs.items())
+            }
+            runs = {name: future.result() for name, future in futures.items()}
+        reliability.record("secret_scans", len(runs))
+        for name, result in runs.items():
+            assert secret not in result.stdout and secret not in result.stderr, f"{name}:\n{result.describe()}"
+            assert_no_traceback(result)
+        assert runs["check"].statuses[0]["status"] == "SUCCEEDED", runs["check"].describe()
+        assert runs["check, bad config"].statuses[0]["status"] == "FAILED"
+        if _option_declaring(_spec_schema(), path) is not None:  # the credential is in use: Heap's refusal shows
+            refused = runs["check, credential refused"]
+            assert refused.statuses[0]["status"] == "FAILED", refused.describe()
+        assert runs["write"].code == 0, runs["write"].describe()
+        assert runs["write, bad config"].code != 0
+        for heap in (accepting, refusing):
+            assert secret not in json.dumps(heap.events + heap.users + heap.accounts), "a credential sent as data"
+        assert not recorder.seen
+    finally:
+        recorder.close()
+        accepting.stop()
+        refusing.stop()
+
+
+@pytest.mark.parametrize("path", SECRET_FIELDS, ids=[".".join(p) for p in SECRET_FIELDS])
+def test_secret_field_value_never_appears_in_any_output(path: tuple[str, ...], tmp_path: Path) -> None:
+    _secret_scan(tmp_path, path)
+
+
+def test_undeclared_api_key_in_the_config_is_never_echoed(tmp_path: Path) -> None:
+    """heap-api.md: the deletion API's api_key is a secret. Until the spec declares it, a config may still carry it
+    (additionalProperties is true); it must not surface anywhere either."""
+    started = time.monotonic()
+    _secret_scan(tmp_path, ("api_key",))
+    assert time.monotonic() - started < 60
