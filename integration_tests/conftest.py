@@ -34,6 +34,7 @@ import pytest
 from airbyte_cdk.models import AirbyteMessageSerializer
 
 from destination_heap_analytics.heap_standin import HeapStandin
+from integration_tests import reliability
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = PROJECT_ROOT / "sample_files"
@@ -559,3 +560,12 @@ def heap():
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _GUARD is not None:
         _GUARD.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """What the adversarial tests put the connector through, as the README's reliability section quotes it."""
+    lines = reliability.summary_lines()
+    if lines:
+        terminalreporter.section("reliability")
+        for line in lines:
+            terminalreporter.write_line(line)
