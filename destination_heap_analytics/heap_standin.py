@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import base64
 import gzip
-import ipaddress
 import math
 import signal
 import socket
@@ -38,6 +37,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple, Self
 
 import orjson
+
+from destination_heap_analytics.config import is_loopback_host
 
 MAX_BULK_ITEMS = 1000
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -876,15 +877,6 @@ def _control(state: _State, method: str, path: str, raw: bytes) -> _Reply:
 # Public API
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class HeapStandin:
     """A Heap stand-in serving on a loopback port from a daemon thread. See the module docstring."""
 
@@ -899,7 +891,7 @@ class HeapStandin:
         api_key: str | None = None,  # for the deletion API; None: any non-empty key
         token_ttl_seconds: float = 300.0,
     ) -> None:
-        if not is_loopback(host):
+        if not is_loopback_host(host):
             raise ValueError(f"the Heap stand-in only binds loopback addresses, not {host!r}")
         self._host = "127.0.0.1" if host == "localhost" else host
         self._family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
@@ -1026,7 +1018,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--enforce-identity-limits", action="store_true", help="per-identity rate limits")
     parser.add_argument("--summary-only", action="store_true", help="keep counts only, not the items")
     args = parser.parse_args(argv)
-    if not is_loopback(args.host):
+    if not is_loopback_host(args.host):
         parser.error(f"refusing to bind {args.host!r}: the Heap stand-in only binds loopback addresses")
     return args
 
