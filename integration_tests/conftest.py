@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -85,10 +85,10 @@ def record(data: Any, stream: str = STREAM, emitted_at: int = 1_700_000_000_000)
     return {"type": "RECORD", "record": {"stream": stream, "data": data, "emitted_at": emitted_at}}
 
 
-def state(n: int, stream: str = STREAM) -> dict:
+def state(n: int, stream: str = STREAM, cursor: str = "position") -> dict:
     return {
         "type": "STATE",
-        "state": {"type": "STREAM", "stream": {"stream_descriptor": {"name": stream}, "stream_state": {"position": n}}},
+        "state": {"type": "STREAM", "stream": {"stream_descriptor": {"name": stream}, "stream_state": {cursor: n}}},
     }
 
 
@@ -107,14 +107,18 @@ def interleave(rows: Iterable[dict], every: int, stream: str = STREAM, final_sta
     return messages
 
 
-def catalog(*streams: str, destination_sync_mode: str = "append") -> dict:
+def catalog(
+    *streams: str,
+    destination_sync_mode: str = "append",
+    supported_sync_modes: Sequence[str] = ("full_refresh", "incremental"),
+) -> dict:
     return {
         "streams": [
             {
                 "stream": {
                     "name": name,
                     "json_schema": {"type": "object"},
-                    "supported_sync_modes": ["full_refresh", "incremental"],
+                    "supported_sync_modes": list(supported_sync_modes),
                 },
                 "sync_mode": "incremental",
                 "destination_sync_mode": destination_sync_mode,
@@ -124,9 +128,11 @@ def catalog(*streams: str, destination_sync_mode: str = "append") -> dict:
     }
 
 
-def config(heap: HeapStandin, api: dict, **overrides: Any) -> dict:
-    """A config for the stand-in; pacing off unless a test asks for it, so tests stay fast."""
-    return {"app_id": APP_ID, "base_url": heap.url, "api": dict(api), "track_events_per_minute": 0, **overrides}
+def config(heap: HeapStandin | str, api: dict, **overrides: Any) -> dict:
+    """A config for the stand-in (or for a base_url given as text); pacing off unless a test asks for it, so tests
+    stay fast."""
+    base_url = heap if isinstance(heap, str) else heap.url
+    return {"app_id": APP_ID, "base_url": base_url, "api": dict(api), "track_events_per_minute": 0, **overrides}
 
 
 def sample_config(kind: str, heap: HeapStandin, **overrides: Any) -> dict:
@@ -216,24 +222,28 @@ class OutboundRecorder:
 
     def env(self, no_proxy: str = "127.0.0.1,localhost") -> dict[str, str]:
         """Environment that sends every request of the subprocess to this recorder, except to `no_proxy` hosts."""
-        proxy_names = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-        env = {k: v for k, v in os.environ.items() if k.lower() not in proxy_names}
-        env.update(
-            HTTP_PROXY=self.url,
-            HTTPS_PROXY=self.url,
-            http_proxy=self.url,
-            https_proxy=self.url,
-            NO_PROXY=no_proxy,
-            no_proxy=no_proxy,
-            # Each line reaches the pipe when printed, so a test sees a STATE at the moment it is emitted
-            # (a block-buffered stdout would only delay states, weakening the state-safety checks).
-            PYTHONUNBUFFERED="1",
-        )
-        return env
+        return loopback_env(self.url, no_proxy)
 
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def loopback_env(proxy: str | None = None, no_proxy: str = "127.0.0.1,localhost") -> dict[str, str]:
+    """This process's environment for a connector subprocess: the caller's proxy settings removed, `no_proxy`
+    hosts reached directly and, when `proxy` is given, every other host sent to that (local) proxy."""
+    proxy_names = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    env = {k: v for k, v in os.environ.items() if k.lower() not in proxy_names}
+    if proxy is not None:
+        env.update(HTTP_PROXY=proxy, HTTPS_PROXY=proxy, http_proxy=proxy, https_proxy=proxy)
+    env.update(
+        NO_PROXY=no_proxy,
+        no_proxy=no_proxy,
+        # Each line reaches the pipe when printed, so a test sees a STATE at the moment it is emitted
+        # (a block-buffered stdout would only delay states, weakening the state-safety checks).
+        PYTHONUNBUFFERED="1",
+    )
+    return env
 
 
 _GUARD: OutboundRecorder | None = None
@@ -321,6 +331,15 @@ class Result:
             f"exit code {self.returncode}\n--- stdout ---\n{self.stdout[-6000:]}\n"
             f"--- stderr ---\n{self.stderr[-3000:]}"
         )
+
+
+def assert_check_failed(result: Any, words: Iterable[str]) -> None:
+    """`result` (of `check`, by any runner) holds one CONNECTION_STATUS: FAILED, its message naming every word."""
+    assert len(result.statuses) == 1, result.describe()
+    status = result.statuses[0]
+    assert status["status"] == "FAILED", result.describe()
+    for word in words:
+        assert word in status["message"], f"{word!r} missing from: {status['message']!r}"
 
 
 def _private_values(messages: Iterable[dict]) -> set[str]:

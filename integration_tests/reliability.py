@@ -32,7 +32,9 @@ HEADLINE_KINDS = (
 
 
 def figures_path() -> Path:
-    return Path(os.environ.get(ENV_VAR) or Path(tempfile.gettempdir()) / DEFAULT_NAME)
+    # One file a pytest process by default, so that two test runs on one machine never mix their figures.
+    default = Path(tempfile.gettempdir()) / f"{DEFAULT_NAME.removesuffix('.json')}-{os.getpid()}.json"
+    return Path(os.environ.get(ENV_VAR) or default)
 
 
 def _session() -> str:

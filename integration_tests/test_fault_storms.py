@@ -12,28 +12,34 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from destination_heap_analytics.heap_standin import Fault, HeapStandin
 from integration_tests import reliability
+from integration_tests.adversarial import (
+    STREAM,
+    Result,
+    assert_loaded_once,
+    assert_no_record_values,
+    event_config,
+    event_indices,
+    events_catalog,
+    lines,
+    run_command,
+    state_message,
+)
+from integration_tests.conftest import record, records_of
 
-CONNECTOR = str(Path(sys.executable).parent / "destination-heap-analytics")
-STREAM = "events"
 RECORDS = 2000
 STATE_EVERY = 250
-SKIPPED_PREFIX = "Records skipped, by reason: "
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -47,69 +53,15 @@ def _data(i: int, **extra: object) -> dict:
 def _messages(rows: list[dict]) -> list[dict]:
     messages: list[dict] = []
     for row in rows:
-        messages.append({"type": "RECORD", "record": {"stream": STREAM, "data": row, "emitted_at": 1_700_000_000_000}})
+        messages.append(record(row, STREAM))
         if (row["i"] + 1) % STATE_EVERY == 0 or row is rows[-1]:
-            stream = {"stream_descriptor": {"name": STREAM}, "stream_state": {"last": row["i"]}}
-            messages.append({"type": "STATE", "state": {"type": "STREAM", "stream": stream}})
+            messages.append(state_message(row["i"]))
     return messages
 
 
 def _config(heap: HeapStandin, **overrides: object) -> dict:
-    return {
-        "app_id": "11",
-        "base_url": heap.url,
-        "api": {"api_type": "track", "identity_column": "user", "event_column": "event", "property_columns": "i"},
-        "batch_size": 100,
-        "max_concurrent_requests": 4,
-        "track_events_per_minute": 0,
-        "request_timeout_seconds": 1,
-        "max_retries": 10,
-        **overrides,
-    }
-
-
-def _catalog() -> dict:
-    stream = {"name": STREAM, "json_schema": {"type": "object"}, "supported_sync_modes": ["incremental"]}
-    return {"streams": [{"stream": stream, "sync_mode": "incremental", "destination_sync_mode": "append"}]}
-
-
-def _env() -> dict[str, str]:
-    proxies = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-    env = {key: value for key, value in os.environ.items() if key.lower() not in proxies}
-    env.update(PYTHONUNBUFFERED="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
-    return env
-
-
-@dataclass
-class Result:
-    code: int
-    messages: list[dict]
-    stdout: str
-    stderr: str
-    seconds: float
-
-    @property
-    def states(self) -> list[int]:
-        return [m["state"]["stream"]["stream_state"]["last"] for m in self.messages if m["type"] == "STATE"]
-
-    @property
-    def errors(self) -> list[dict]:
-        return [m["trace"]["error"] for m in self.messages if m["type"] == "TRACE" and m["trace"]["type"] == "ERROR"]
-
-    def logs(self, level: str | None = None) -> list[str]:
-        return [m["log"]["message"] for m in self.messages if m["type"] == "LOG" and level in (None, m["log"]["level"])]
-
-    def skipped(self) -> dict[str, int]:
-        lines = [line[len(SKIPPED_PREFIX) :] for line in self.logs("WARN") if line.startswith(SKIPPED_PREFIX)]
-        counts: dict[str, int] = {}
-        for listing in lines:
-            for part in listing.split(", "):
-                reason, _, count = part.rpartition(": ")
-                counts[reason] = counts.get(reason, 0) + int(count)
-        return counts
-
-    def describe(self) -> str:
-        return f"exit {self.code} after {self.seconds:.1f} s\n{self.stdout[-4000:]}\nstderr:\n{self.stderr[-2000:]}"
+    tuning = {"batch_size": 100, "max_concurrent_requests": 4, "request_timeout_seconds": 1, "max_retries": 10}
+    return event_config(heap, {"property_columns": "i"}, **{**tuning, **overrides})
 
 
 def run_write(
@@ -120,62 +72,16 @@ def run_write(
     timeout: float = 120.0,
 ) -> Result:
     """Run the installed connector's write with `messages` as stdin (from a file); `during` runs meanwhile."""
-    config_path, catalog_path, input_path = tmp_path / "config.json", tmp_path / "catalog.json", tmp_path / "in.jsonl"
-    config_path.write_text(json.dumps(config))
-    catalog_path.write_text(json.dumps(_catalog()))
-    input_path.write_text("".join(json.dumps(m) + "\n" for m in messages))
-    started = time.monotonic()
-    with open(input_path, "rb") as stdin:
-        process = subprocess.Popen(
-            [CONNECTOR, "write", "--config", str(config_path), "--catalog", str(catalog_path)],
-            stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=_env(),
-        )
-    outputs: dict[str, bytes] = {}
-    reader = threading.Thread(target=lambda: outputs.update(zip(("out", "err"), process.communicate(), strict=True)))
-    reader.start()
-    try:
-        if during is not None:
-            during(process)
-        reader.join(timeout)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        reader.join(10)
-    seconds = time.monotonic() - started
-    stdout = outputs.get("out", b"").decode(errors="replace")
-    parsed = [json.loads(line) for line in stdout.splitlines() if line.strip()]
-    result = Result(process.returncode, parsed, stdout, outputs.get("err", b"").decode(errors="replace"), seconds)
-    assert seconds < timeout, f"the connector did not finish within {timeout} s\n{result.describe()}"
-    output = "\n".join(line for line in stdout.splitlines() if '"type":"STATE"' not in line) + result.stderr
-    leaked = [m["record"]["data"]["note"] for m in messages if m["type"] == "RECORD"]
-    leaked = [note for note in leaked if note in output]
-    assert not leaked, f"record values in the connector's output: {leaked[:3]}"
+    stdin = lines(*map(json.dumps, messages))
+    catalog = events_catalog()
+    result = run_command(tmp_path, "write", config, catalog=catalog, stdin=stdin, during=during, timeout=timeout)
+    assert_no_record_values(result, records_of(messages), keys=("note",))
     return result
-
-
-def _indices(heap: HeapStandin) -> Counter:
-    return Counter(event["properties"]["i"] for event in heap.events)
-
-
-def assert_everything_once(heap: HeapStandin, expected: set[int]) -> None:
-    held = _indices(heap)
-    lost = len(expected - set(held))
-    doubled = sum(count - 1 for count in held.values() if count > 1)
-    reliability.record("records_lost", lost)
-    reliability.record("records_doubled", doubled)
-    assert lost == 0, f"{lost} records never reached Heap: {sorted(expected - set(held))[:10]}"
-    assert doubled == 0, f"{doubled} records were stored twice"
-    assert set(held) == expected, f"unexpected records in Heap: {sorted(set(held) - expected)[:10]}"
-    assert heap.stats()["events_stored"] == len(expected)
-    reliability.record("records_loaded", len(expected))
 
 
 def assert_states_covered(result: Result, heap: HeapStandin, first: int = 0) -> None:
     """No STATE claims a record the stand-in does not hold."""
-    held = set(_indices(heap))
+    held = set(event_indices(heap))
     assert result.states == sorted(set(result.states)), f"states repeated or out of order: {result.states}"
     for last in result.states:
         missing = [i for i in range(first, last + 1) if i not in held]
@@ -192,12 +98,10 @@ def when(condition: Callable[[], bool], process: subprocess.Popen, timeout: floa
 
 
 @pytest.fixture
-def standin():
-    heap = HeapStandin(latency_ms=2).start()
-    try:
-        yield heap
-    finally:
-        heap.stop()
+def standin(heap: HeapStandin) -> HeapStandin:
+    """conftest's stand-in, answering each request 2 ms late."""
+    heap.set_latency(2)
+    return heap
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -235,10 +139,10 @@ def test_storm_loses_nothing_doubles_nothing(storm: str, standin: HeapStandin, t
     assert result.states[-1] == RECORDS - 1
     assert standin.stats()["faults_served"] == len(faults), "not every injected fault was met"
     assert result.seconds < 60, f"the storm took {result.seconds:.0f} s"
-    summary = next(line for line in result.logs("INFO") if line.startswith("Sync summary"))
+    summary = result.summary_line()
     retries = re.search(r"\((\d+) retries", summary)
     assert retries and int(retries[1]) > 0, f"the connector reports no retries after a storm: {summary}"
-    assert_everything_once(standin, set(range(RECORDS)))
+    assert_loaded_once(standin, set(range(RECORDS)))
     assert_states_covered(result, standin)
 
 
@@ -267,7 +171,7 @@ def test_server_gone_for_two_seconds_then_back(with_faults: bool, standin: HeapS
     assert result.code == 0, result.describe()
     assert result.states[-1] == RECORDS - 1
     assert result.seconds < 90, f"took {result.seconds:.0f} s"
-    assert_everything_once(standin, set(range(RECORDS)))
+    assert_loaded_once(standin, set(range(RECORDS)))
     assert_states_covered(result, standin)
 
 
@@ -295,7 +199,7 @@ def test_retry_after_is_honoured(standin: HeapStandin, tmp_path: Path) -> None:
     assert answered and first_accepted
     waited = first_accepted[0] - answered[0]
     assert waited >= 1.4, f"retried {waited:.2f} s after a 429 that asked for 1.5 s"
-    assert_everything_once(standin, set(range(200)))
+    assert_loaded_once(standin, set(range(200)))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -343,7 +247,7 @@ def test_retries_exhausted_fail_clearly_and_resume_completes(kind: str, standin:
     rerun = run_write(tmp_path, config, _messages(rows[resume_from:]))
     assert rerun.code == 0, rerun.describe()
     assert rerun.states[-1] == RECORDS - 1
-    assert_everything_once(standin, set(range(RECORDS)))
+    assert_loaded_once(standin, set(range(RECORDS)))
 
 
 def _drain_faults(heap: HeapStandin) -> None:
@@ -385,7 +289,7 @@ def test_bulk_rejection_isolates_bad_items_at_bounded_cost(
     assert result.code == 0, result.describe()
     assert result.states[-1] == 999
     good = set(range(1000)) - set(BAD)
-    assert_everything_once(standin, good)
+    assert_loaded_once(standin, good)
     skipped = result.skipped()
     assert list(skipped.values()) == [len(BAD)], result.describe()
     reason = next(iter(skipped))

@@ -10,142 +10,28 @@ explained. Never a crash, never a silent drop, never a record value in the outpu
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from destination_heap_analytics.heap_standin import HeapStandin
 from integration_tests import reliability
-
-CONNECTOR = str(Path(sys.executable).parent / "destination-heap-analytics")
-STREAM = "events"
-SKIPPED_PREFIX = "Records skipped, by reason: "
-NOT_A_MESSAGE = re.compile(r"Input line (\d+) is not an Airbyte message")
-TRACEBACK = "Traceback (most recent call last)"
-
+from integration_tests.adversarial import Result, event_config, events_catalog, lines, run_command
+from integration_tests.adversarial import record_line as rec
+from integration_tests.adversarial import state_line as state
 
 # ------------------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def rec(data: object, stream: str = STREAM, emitted_at: int = 1_700_000_000_000, ascii_only: bool = True) -> str:
-    record = {"stream": stream, "data": data, "emitted_at": emitted_at}
-    return json.dumps({"type": "RECORD", "record": record}, ensure_ascii=ascii_only)
-
-
-def state(last: int) -> str:
-    stream = {"stream_descriptor": {"name": STREAM}, "stream_state": {"last": last}}
-    return json.dumps({"type": "STATE", "state": {"type": "STREAM", "stream": stream}})
 
 
 def event(i: int, **extra: object) -> dict:
     return {"user": f"hostile-user-{i}", "event": "Hostile Probe", "i": i, **extra}
 
 
-@dataclass
-class Result:
-    code: int
-    messages: list[dict]
-    stdout: str
-    stderr: str
-    seconds: float
-
-    @property
-    def states(self) -> list[int]:
-        return [m["state"]["stream"]["stream_state"]["last"] for m in self.messages if m["type"] == "STATE"]
-
-    @property
-    def errors(self) -> list[dict]:
-        return [m["trace"]["error"] for m in self.messages if m["type"] == "TRACE" and m["trace"]["type"] == "ERROR"]
-
-    def logs(self, level: str | None = None) -> list[str]:
-        return [m["log"]["message"] for m in self.messages if m["type"] == "LOG" and level in (None, m["log"]["level"])]
-
-    def skipped(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for line in self.logs("WARN"):
-            if line.startswith(SKIPPED_PREFIX):
-                for part in line[len(SKIPPED_PREFIX) :].split(", "):
-                    reason, _, count = part.rpartition(": ")
-                    counts[reason] = counts.get(reason, 0) + int(count)
-        return counts
-
-    def summary(self) -> dict[str, int]:
-        line = next((text for text in self.logs("INFO") if text.startswith("Sync summary")), None)
-        assert line, f"no Sync summary line\n{self.describe()}"
-        figures = re.search(r"(\d+) records read, (\d+) sent and acknowledged by Heap, (\d+) skipped", line)
-        assert figures, line
-        return dict(zip(("read", "sent", "skipped"), map(int, figures.groups()), strict=True))
-
-    def unparsable_lines(self) -> list[int]:
-        return [int(m[1]) for text in self.logs("WARN") if (m := NOT_A_MESSAGE.match(text))]
-
-    def assert_clean(self, *secrets: str) -> None:
-        """Exit 0, no TRACE, no traceback, stdout all Airbyte messages, none of `secrets` in any output."""
-        assert self.code == 0, self.describe()
-        assert not self.errors, self.describe()
-        assert TRACEBACK not in self.stdout and TRACEBACK not in self.stderr, self.describe()
-        output = self.stdout + self.stderr
-        leaked = [secret for secret in secrets if secret in output]
-        assert not leaked, f"input content leaked into the output: {leaked[:3]}"
-
-    def describe(self) -> str:
-        return f"exit {self.code} after {self.seconds:.1f} s\n{self.stdout[-5000:]}\nstderr:\n{self.stderr[-2000:]}"
-
-
-def _env() -> dict[str, str]:
-    proxies = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-    env = {key: value for key, value in os.environ.items() if key.lower() not in proxies}
-    env.update(NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
-    return env
-
-
 def run_write(tmp_path: Path, heap: HeapStandin, stdin: bytes, timeout: float = 120.0, **api: str) -> Result:
-    api = {"api_type": "track", "identity_column": "user", "event_column": "event", "property_columns": "*", **api}
-    config = {"app_id": "11", "base_url": heap.url, "api": api, "track_events_per_minute": 0, "max_retries": 2}
-    stream = {"name": STREAM, "json_schema": {"type": "object"}, "supported_sync_modes": ["incremental"]}
-    catalog = {"streams": [{"stream": stream, "sync_mode": "incremental", "destination_sync_mode": "append"}]}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    (tmp_path / "catalog.json").write_text(json.dumps(catalog))
-    (tmp_path / "input.bin").write_bytes(stdin)
-    started = time.monotonic()
-    args = ["--config", str(tmp_path / "config.json"), "--catalog", str(tmp_path / "catalog.json")]
-    with open(tmp_path / "input.bin", "rb") as handle:
-        done = subprocess.run(
-            [CONNECTOR, "write", *args],
-            stdin=handle,
-            capture_output=True,
-            timeout=timeout,
-            env=_env(),
-        )
-    stdout = done.stdout.decode("utf-8", errors="replace")
-    messages = []
-    for line in stdout.splitlines():
-        if line.strip():
-            message = json.loads(line)  # every stdout line must be an Airbyte message
-            assert isinstance(message, dict) and "type" in message, line[:200]
-            messages.append(message)
-    stderr = done.stderr.decode("utf-8", errors="replace")
-    return Result(done.returncode, messages, stdout, stderr, time.monotonic() - started)
-
-
-def lines(*items: str | bytes) -> bytes:
-    return b"".join((item if isinstance(item, bytes) else item.encode()) + b"\n" for item in items)
-
-
-@pytest.fixture
-def standin():
-    heap = HeapStandin().start()
-    try:
-        yield heap
-    finally:
-        heap.stop()
+    config = event_config(heap, api, max_retries=2)
+    return run_command(tmp_path, "write", config, catalog=events_catalog(), stdin=stdin, timeout=timeout)
 
 
 def by_index(heap: HeapStandin) -> dict[int, dict]:
@@ -179,7 +65,7 @@ UNICODE = {
 }
 
 
-def test_hostile_lines_are_skipped_by_line_number_and_the_sync_succeeds(standin: HeapStandin, tmp_path: Path) -> None:
+def test_hostile_lines_are_skipped_by_line_number_and_the_sync_succeeds(heap: HeapStandin, tmp_path: Path) -> None:
     good = [event(i, secret=f"SECRET-GOOD-{i}") for i in range(5)]
     stream = [
         state(-1),  # line 1: a STATE before any record
@@ -205,7 +91,7 @@ def test_hostile_lines_are_skipped_by_line_number_and_the_sync_succeeds(standin:
         *(f"SECRET-GARBAGE-FLOOD-{n}" for n in range(2000)),  # a flood of junk: the log must stay short
     ]
     reliability.record("hostile_inputs_tried", len(GARBAGE) + 2 + 3 + 5 + 1 + 2000 + 1)
-    result = run_write(tmp_path, standin, lines(*stream))
+    result = run_write(tmp_path, heap, lines(*stream))
     secrets = re.findall(r"SECRET-[A-Za-z0-9-]+", "\n".join(GARBAGE))
     secrets += ["SECRET-GARBAGE-FLOOD-7", "SECRET-OTHER-STREAM-1", "SECRET-LIST", "SECRET-STRING-DATA"]
     secrets += ["SECRET-GOOD-0", "SECRET-UNI", "xxxxxxxxxxxxxxxx"]
@@ -221,31 +107,31 @@ def test_hostile_lines_are_skipped_by_line_number_and_the_sync_succeeds(standin:
     assert result.skipped() == {"stream_not_in_catalog": 3, "record_not_an_object": 5}, result.describe()
     assert result.summary() == {"read": 13, "sent": 5, "skipped": 8}
 
-    held = by_index(standin)
+    held = by_index(heap)
     assert sorted(held) == [0, 1, 2, 3, 4], sorted(held)
     unicode_event = held[2]
     assert unicode_event["identity"] == UNICODE["user"] and unicode_event["event"] == UNICODE["event"]
     for key in ("rtl", "combining", "family", "separators", "astral"):
         assert unicode_event["properties"][key] == UNICODE[key], key
-    assert standin.stats()["events_stored"] == 5
+    assert heap.stats()["events_stored"] == 5
 
 
-def test_empty_input_is_a_successful_summarised_sync(standin: HeapStandin, tmp_path: Path) -> None:
+def test_empty_input_is_a_successful_summarised_sync(heap: HeapStandin, tmp_path: Path) -> None:
     for stdin in (b"", b"\n\n   \n\t\n"):
         reliability.record("hostile_inputs_tried")
-        result = run_write(tmp_path, standin, stdin)
+        result = run_write(tmp_path, heap, stdin)
         result.assert_clean()
         assert result.states == []
         assert result.summary() == {"read": 0, "sent": 0, "skipped": 0}
-    assert standin.stats()["requests"] == 0
+    assert heap.stats()["requests"] == 0
 
 
-def test_state_only_input_emits_every_state(standin: HeapStandin, tmp_path: Path) -> None:
+def test_state_only_input_emits_every_state(heap: HeapStandin, tmp_path: Path) -> None:
     reliability.record("hostile_inputs_tried")
-    result = run_write(tmp_path, standin, lines(state(-1), state(-1), state(0)))
+    result = run_write(tmp_path, heap, lines(state(-1), state(-1), state(0)))
     result.assert_clean()
     assert result.states == [-1, -1, 0]
-    assert standin.stats()["requests"] == 0
+    assert heap.stats()["requests"] == 0
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -255,7 +141,7 @@ def test_state_only_input_emits_every_state(standin: HeapStandin, tmp_path: Path
 MB50 = 50 * 1024 * 1024
 
 
-def test_50mb_records_have_a_defined_outcome(standin: HeapStandin, tmp_path: Path) -> None:
+def test_50mb_records_have_a_defined_outcome(heap: HeapStandin, tmp_path: Path) -> None:
     """Outcome observed: a 50 MB value is delivered cut to 1023 characters (counted as adjusted); a record of
     50,000 properties (50 MB) is delivered whole (the stand-in, like Heap, has no published size limit below
     64 MB); a 50 MB identity or event name is skipped by reason. Nothing crashes; every record is accounted."""
@@ -270,12 +156,12 @@ def test_50mb_records_have_a_defined_outcome(standin: HeapStandin, tmp_path: Pat
         state(5),
     ]
     reliability.record("hostile_inputs_tried", 4)
-    result = run_write(tmp_path, standin, lines(*stream), timeout=180)
+    result = run_write(tmp_path, heap, lines(*stream), timeout=180)
     result.assert_clean("BBBBBBBBBBBBBBBBBBBBBBBB", "UUUUUUUUUUUUUUUUUUUUUUUUUU", "EEEEEEEEEEEEEEEEEEEEEEEE")
     assert result.states == [5]
     assert result.skipped() == {"identity_too_long (column user)": 1, "event_too_long (column event)": 1}
     assert result.summary() == {"read": 6, "sent": 4, "skipped": 2}
-    held = by_index(standin)
+    held = by_index(heap)
     assert sorted(held) == [0, 1, 2, 5]
     assert held[1]["properties"]["blob"] == "B" * 1023
     assert any("truncated blob" in text for text in result.logs("WARN")), result.describe()
@@ -290,15 +176,15 @@ def test_50mb_records_have_a_defined_outcome(standin: HeapStandin, tmp_path: Pat
         2000,  # deeper than orjson.loads allows: the line is reported as not an Airbyte message
     ],
 )
-def test_deeply_nested_data_has_a_defined_outcome(depth: int, standin: HeapStandin, tmp_path: Path) -> None:
+def test_deeply_nested_data_has_a_defined_outcome(depth: int, heap: HeapStandin, tmp_path: Path) -> None:
     nested = '{"n": ' * depth + '{"leaf": "SECRET-DEEP-LEAF"}' + "}" * depth  # json.dumps itself stops at ~1000
     line = '{"type":"RECORD","record":{"stream":"events","emitted_at":1,"data":'
     line += json.dumps(event(1, deep="x"))[:-1] + ', "nest": ' + nested + "}}}"
     reliability.record("hostile_inputs_tried")
-    result = run_write(tmp_path, standin, lines(rec(event(0)), line, rec(event(2)), state(2)))
+    result = run_write(tmp_path, heap, lines(rec(event(0)), line, rec(event(2)), state(2)))
     result.assert_clean("SECRET-DEEP-LEAF")
     assert result.states == [2]
-    held = by_index(standin)
+    held = by_index(heap)
     assert {0, 2} <= set(held)
     accounted = 1 in held or sum(result.skipped().values()) == 1 or result.unparsable_lines() == [2]
     assert accounted, f"the depth-{depth} record vanished without a word\n{result.describe()}"
@@ -308,17 +194,17 @@ IN_RANGE = [2**53, 2**53 + 1, -(2**53) - 1, 2**63 - 1, -(2**63), 2**64 - 1]
 BEYOND_64_BITS = [2**64, -(2**63) - 1, 10**30, -(10**40)]
 
 
-def _big_integer_run(values: list[int], standin: HeapStandin, tmp_path: Path) -> dict:
+def _big_integer_run(values: list[int], heap: HeapStandin, tmp_path: Path) -> dict:
     data = event(0, **{f"n{k}": value for k, value in enumerate(values)})
     reliability.record("hostile_inputs_tried", len(values))
-    result = run_write(tmp_path, standin, lines(rec(data), state(0)))
+    result = run_write(tmp_path, heap, lines(rec(data), state(0)))
     result.assert_clean()
     assert result.states == [0]
-    return by_index(standin)[0]["properties"]
+    return by_index(heap)[0]["properties"]
 
 
-def test_integers_past_2_53_are_sent_as_exact_text(standin: HeapStandin, tmp_path: Path) -> None:
-    properties = _big_integer_run(IN_RANGE, standin, tmp_path)
+def test_integers_past_2_53_are_sent_as_exact_text(heap: HeapStandin, tmp_path: Path) -> None:
+    properties = _big_integer_run(IN_RANGE, heap, tmp_path)
     for k, value in enumerate(IN_RANGE):
         expected = str(value) if abs(value) > 2**53 - 1 else value
         assert properties[f"n{k}"] == expected, (value, properties[f"n{k}"])
@@ -330,23 +216,23 @@ def test_integers_past_2_53_are_sent_as_exact_text(standin: HeapStandin, tmp_pat
     "send them as text",
     strict=True,
 )
-def test_integers_beyond_64_bits_are_sent_as_exact_text(standin: HeapStandin, tmp_path: Path) -> None:
-    properties = _big_integer_run(BEYOND_64_BITS, standin, tmp_path)
+def test_integers_beyond_64_bits_are_sent_as_exact_text(heap: HeapStandin, tmp_path: Path) -> None:
+    properties = _big_integer_run(BEYOND_64_BITS, heap, tmp_path)
     for k, value in enumerate(BEYOND_64_BITS):
         assert properties[f"n{k}"] == str(value), (value, properties[f"n{k}"])
 
 
-def test_invalid_utf8_lines_are_skipped_by_line_number(standin: HeapStandin, tmp_path: Path) -> None:
+def test_invalid_utf8_lines_are_skipped_by_line_number(heap: HeapStandin, tmp_path: Path) -> None:
     bad = [
         rec(event(10, user="SECRET-UTF8-A")).encode().replace(b"SECRET-UTF8-A", b"SECRET-UTF8-A\xff\xfe"),
         b"\xc0\xaf overlong SECRET-UTF8-B",
         rec(event(11)).encode()[:-3] + b"\xe2\x82",  # cut inside a multi-byte character
     ]
     reliability.record("hostile_inputs_tried", len(bad))
-    result = run_write(tmp_path, standin, lines(rec(event(0)), *bad, rec(event(1)), state(1)))
+    result = run_write(tmp_path, heap, lines(rec(event(0)), *bad, rec(event(1)), state(1)))
     result.assert_clean("SECRET-UTF8-A", "SECRET-UTF8-B")
     assert result.states == [1]
-    held, reported = by_index(standin), set(result.unparsable_lines())
+    held, reported = by_index(heap), set(result.unparsable_lines())
     assert {0, 1} <= set(held)
     # Line 2 is a record with two bad bytes in a value: reported and skipped, or delivered with U+FFFD.
     assert 2 in reported or 10 in held, result.describe()

@@ -14,11 +14,9 @@ Python block-buffers a piped stdout, which only delays states, making the check 
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -30,9 +28,17 @@ import pytest
 
 from destination_heap_analytics.heap_standin import Fault, HeapStandin
 from integration_tests import reliability
+from integration_tests.adversarial import (
+    EMITTED_AT,
+    assert_loaded_once,
+    event_config,
+    events_catalog,
+    record_line,
+    state_line,
+    write_inputs,
+)
+from integration_tests.conftest import CONNECTOR, loopback_env
 
-CONNECTOR = str(Path(sys.executable).parent / "destination-heap-analytics")
-STREAM = "events"
 TOTAL = 50_000
 STATE_EVERY = 500
 SEED = 20240531
@@ -53,13 +59,7 @@ class Load:
 
 def _record_line(i: int) -> str:
     data = {"user": f"kill-user-{i % 1000:04d}", "event": "Kill Resume Probe", "i": i, "salt": f"s{i * 7919 % 100003}"}
-    record = {"stream": STREAM, "data": data, "emitted_at": 1_700_000_000_000 + i}
-    return json.dumps({"type": "RECORD", "record": record})
-
-
-def _state_line(last: int) -> str:
-    stream = {"stream_descriptor": {"name": STREAM}, "stream_state": {"last": last}}
-    return json.dumps({"type": "STATE", "state": {"type": "STREAM", "stream": stream}})
+    return record_line(data, emitted_at=EMITTED_AT + i)
 
 
 @pytest.fixture(scope="module")
@@ -71,45 +71,18 @@ def load(tmp_path_factory: pytest.TempPathFactory) -> Load:
         for i in range(TOTAL):
             chunk = (_record_line(i) + "\n").encode()
             if i % STATE_EVERY == STATE_EVERY - 1:
-                chunk += (_state_line(i) + "\n").encode()
+                chunk += (state_line(i) + "\n").encode()
                 offsets[i] = position + len(chunk)
             handle.write(chunk)
             position += len(chunk)
     return Load(path, offsets)
 
 
-def _write_config(directory: Path, heap: HeapStandin, **overrides: object) -> tuple[Path, Path]:
-    config = {
-        "app_id": "11",
-        "base_url": heap.url,
-        "api": {"api_type": "track", "identity_column": "user", "event_column": "event", "property_columns": "i"},
-        "batch_size": 200,
-        "max_concurrent_requests": 3,
-        "track_events_per_minute": 0,
-        "request_timeout_seconds": 2,
-        "max_retries": 10,
-        **overrides,
-    }
-    catalog = {
-        "streams": [
-            {
-                "stream": {"name": STREAM, "json_schema": {"type": "object"}, "supported_sync_modes": ["incremental"]},
-                "sync_mode": "incremental",
-                "destination_sync_mode": "append",
-            }
-        ]
-    }
-    config_path, catalog_path = directory / "config.json", directory / "catalog.json"
-    config_path.write_text(json.dumps(config))
-    catalog_path.write_text(json.dumps(catalog))
-    return config_path, catalog_path
-
-
-def _env() -> dict[str, str]:
-    proxies = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-    env = {key: value for key, value in os.environ.items() if key.lower() not in proxies}
-    env.update(PYTHONUNBUFFERED="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
-    return env
+def _write_config(directory: Path, heap: HeapStandin, **overrides: object) -> list[str]:
+    """config.json and catalog.json in `directory`; the connector arguments naming them."""
+    tuning = {"batch_size": 200, "max_concurrent_requests": 3, "request_timeout_seconds": 2, "max_retries": 10}
+    config = event_config(heap, {"property_columns": "i"}, **{**tuning, **overrides})
+    return write_inputs(directory, config, events_catalog())
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -130,15 +103,16 @@ class Run:
     threads: list[threading.Thread] = field(default_factory=list)
 
     @classmethod
-    def start(cls, load: Load, offset: int, heap: HeapStandin, config: Path, catalog: Path) -> Run:
+    def start(cls, load: Load, offset: int, heap: HeapStandin, inputs: list[str]) -> Run:
+        """`write` with the arguments naming the config and catalog, reading `load` from `offset` on."""
         with open(load.path, "rb") as stdin:
             stdin.seek(offset)
             process = subprocess.Popen(
-                [CONNECTOR, "write", "--config", str(config), "--catalog", str(catalog)],
+                [CONNECTOR, "write", *inputs],
                 stdin=stdin,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env=_env(),
+                env=loopback_env(),
             )
         run = cls(process, heap)
         run.threads = [
@@ -255,20 +229,10 @@ def _check_states(runs: list[Run], heap: HeapStandin) -> None:
 
 
 def _check_final(heap: HeapStandin) -> None:
-    events = heap.events
-    stats = heap.stats()
-    indices = Counter(event["properties"]["i"] for event in events)
-    keys = Counter(event["idempotency_key"] for event in events)
-    lost = TOTAL - len(set(indices) & set(range(TOTAL)))
-    doubled = sum(count - 1 for count in indices.values() if count > 1)
-    reliability.record("records_lost", lost)
-    reliability.record("records_doubled", doubled)
-    assert lost == 0, f"{lost} records never reached Heap"
-    assert doubled == 0, f"{doubled} records are in Heap more than once"
-    assert stats["events_stored"] == TOTAL == len(events)
+    assert_loaded_once(heap, set(range(TOTAL)))
+    keys = Counter(event["idempotency_key"] for event in heap.events)
     assert len(keys) == TOTAL, "two stored events share an idempotency key"
-    reliability.record("records_loaded", TOTAL)
-    reliability.record("replays_absorbed_by_idempotency", stats["events_deduplicated"])
+    reliability.record("replays_absorbed_by_idempotency", heap.stats()["events_deduplicated"])
 
 
 def _resume_point(run: Run, load: Load, offset: int) -> int:
@@ -284,12 +248,12 @@ def test_sigkill_at_random_points_then_resume_loads_everything_once(load: Load, 
     rng = random.Random(SEED)
     heap = HeapStandin(latency_ms=5).start()
     try:
-        config, catalog = _write_config(tmp_path, heap)
+        inputs = _write_config(tmp_path, heap)
         runs: list[Run] = []
         offset, kills, began = 0, 0, time.monotonic()
         while kills < MIN_KILL_POINTS:
             _maybe_inject(heap, rng)
-            run = Run.start(load, offset, heap, config, catalog)
+            run = Run.start(load, offset, heap, inputs)
             runs.append(run)
             point = _cut(run, rng)
             if run.process.poll() is None:
@@ -308,7 +272,7 @@ def test_sigkill_at_random_points_then_resume_loads_everything_once(load: Load, 
             print(f"SIGKILL {kills} {point}: states {run.states[:1]}..{run.states[-1:]}, {held} events in Heap")
         assert kills >= MIN_KILL_POINTS, f"only {kills} kill points landed before the load completed"
 
-        final = Run.start(load, offset, heap, config, catalog)
+        final = Run.start(load, offset, heap, inputs)
         runs.append(final)
         assert final.finish(90) == 0, final.describe()
         assert final.states and final.states[-1] == TOTAL - 1, final.describe()
@@ -326,14 +290,14 @@ def test_sigterm_drains_emits_only_acknowledged_states_and_resume_completes(load
     rng = random.Random(SEED + 1)
     heap = HeapStandin(latency_ms=5).start()
     try:
-        config, catalog = _write_config(tmp_path, heap)
+        inputs = _write_config(tmp_path, heap)
         runs: list[Run] = []
         offset, terminated = 0, 0
         failure_types: Counter = Counter()
         completed = False
         while terminated < SIGTERM_POINTS:
             _maybe_inject(heap, rng)
-            run = Run.start(load, offset, heap, config, catalog)
+            run = Run.start(load, offset, heap, inputs)
             runs.append(run)
             # A SIGTERM must find the connector writing (before that, Python's default action applies):
             # wait for a STATE or a request, then cut at a random point. Not right after a STATE line: where
@@ -369,7 +333,7 @@ def test_sigterm_drains_emits_only_acknowledged_states_and_resume_completes(load
         assert failure_types["transient_error"] >= 1, f"no SIGTERM ended as the README says: {dict(failure_types)}"
 
         if not completed:
-            final = Run.start(load, offset, heap, config, catalog)
+            final = Run.start(load, offset, heap, inputs)
             runs.append(final)
             assert final.finish(90) == 0, final.describe()
             assert final.states[-1] == TOTAL - 1
@@ -382,15 +346,13 @@ def test_sigterm_drains_emits_only_acknowledged_states_and_resume_completes(load
 def test_sigterm_exits_within_grace_even_when_a_request_hangs(tmp_path: Path) -> None:
     heap = HeapStandin().start()
     try:
-        config, catalog = _write_config(
-            tmp_path, heap, request_timeout_seconds=30, max_concurrent_requests=2, batch_size=100
-        )
-        lines = [_record_line(i) for i in range(1000)] + [_state_line(999)]
+        inputs = _write_config(tmp_path, heap, request_timeout_seconds=30, max_concurrent_requests=2, batch_size=100)
+        lines = [_record_line(i) for i in range(1000)] + [state_line(999)]
         path = tmp_path / "messages.jsonl"
         path.write_text("\n".join(lines) + "\n")
         heap.inject(Fault(hang_seconds=18), Fault(hang_seconds=18))
         reliability.record("faults_injected_hang", 2)
-        run = Run.start(Load(path, {}), 0, heap, config, catalog)
+        run = Run.start(Load(path, {}), 0, heap, inputs)
         assert run.wait_until(lambda: heap.stats()["in_flight"] >= 2, timeout=30), run.describe()
         signalled = time.monotonic()
         run.process.send_signal(signal.SIGTERM)
@@ -410,12 +372,12 @@ def test_sigterm_while_states_stream_out_keeps_the_protocol(tmp_path: Path) -> N
     path = tmp_path / "dense.jsonl"
     with open(path, "w") as handle:
         for i in range(20_000):
-            handle.write(_record_line(i) + "\n" + _state_line(i) + "\n")
+            handle.write(_record_line(i) + "\n" + state_line(i) + "\n")
     heap = HeapStandin().start()
     try:
-        config, catalog = _write_config(tmp_path, heap, batch_size=100, max_concurrent_requests=4)
+        inputs = _write_config(tmp_path, heap, batch_size=100, max_concurrent_requests=4)
         for attempt in range(16):  # the race is won about a third of the time; 16 misses in a row: ~0.3 %
-            run = Run.start(Load(path, {}), 0, heap, config, catalog)
+            run = Run.start(Load(path, {}), 0, heap, inputs)
             assert run.wait_until(lambda r=run: len(r.states) >= 50), run.describe()
             run.process.send_signal(signal.SIGTERM)
             code = run.finish(60)

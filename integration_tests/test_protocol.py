@@ -15,6 +15,7 @@ from integration_tests.conftest import (
     TRACK_API,
     USER_API,
     OutboundRecorder,
+    assert_check_failed,
     catalog,
     config,
     interleave,
@@ -124,11 +125,7 @@ def test_check_fails_with_a_message_saying_what_to_fix(heap, name):
     change, words = BAD_CONFIGS[name]
     result = run_connector("check", change(config(heap, TRACK_API)))
     assert result.returncode == 0, result.describe()
-    assert len(result.statuses) == 1, result.describe()
-    status = result.statuses[0]
-    assert status["status"] == "FAILED", result.describe()
-    for word in words:
-        assert word in status["message"], f"{word!r} missing from: {status['message']}"
+    assert_check_failed(result, words)
     # Validation fails before any traffic: nothing at the stand-in, nothing at the outbound guard (which
     # run_connector asserts), so http://example.com was never contacted.
     assert_nothing_sent(heap)

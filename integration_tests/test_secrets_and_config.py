@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -30,88 +26,34 @@ import pytest
 
 from destination_heap_analytics.heap_standin import HeapStandin
 from integration_tests import reliability
+from integration_tests.adversarial import (
+    Result,
+    assert_no_record_values,
+    assert_no_traceback,
+    event_config,
+    events_catalog,
+    record_line,
+    run_command,
+    state_line,
+)
+from integration_tests.conftest import CONNECTOR, OutboundRecorder, assert_check_failed
 
-CONNECTOR = str(Path(sys.executable).parent / "destination-heap-analytics")
-STREAM = "events"
-TRACEBACK = "Traceback (most recent call last)"
 CREDENTIAL_WORDS = ("key", "secret", "token", "password", "credential")
+LOOPBACK = "127.0.0.1,localhost,::1"
 
 
 # ------------------------------------------------------------------------------------------------------------
-# A recording proxy: any request the connector makes to a non-loopback host lands here, never on the network
+# A recording proxy: any request the connector makes to a non-loopback host lands there, never on the network.
+# Each test has its own (runs go in parallel here, while conftest's shared guard is cleared by every run).
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        self.server.seen.append((self.command, self.path, self.headers.get("Host")))  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(b"{}")
-        self.close_connection = True
-
-    do_GET = do_POST = do_PUT = do_HEAD = do_CONNECT = _answer
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-        self.server.daemon_threads = True
-        self.server.seen = []  # type: ignore[attr-defined]
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    @property
-    def seen(self) -> list[tuple[str, str, str | None]]:
-        return list(self.server.seen)  # type: ignore[attr-defined]
-
-    def env(self) -> dict[str, str]:
-        url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        proxies = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-        env = {key: value for key, value in os.environ.items() if key.lower() not in proxies}
-        loopback = "127.0.0.1,localhost,::1"
-        env.update(HTTP_PROXY=url, HTTPS_PROXY=url, http_proxy=url, https_proxy=url)
-        env.update(NO_PROXY=loopback, no_proxy=loopback)
-        return env
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def _recorder() -> OutboundRecorder:
+    """A recording proxy that answers 200; its env() with LOOPBACK sends every non-loopback request to it."""
+    return OutboundRecorder(answer=200)
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Running the connector
-
-
-@dataclass
-class Result:
-    code: int
-    messages: list[dict]
-    stdout: str
-    stderr: str
-
-    @property
-    def statuses(self) -> list[dict]:
-        return [m["connectionStatus"] for m in self.messages if m["type"] == "CONNECTION_STATUS"]
-
-    @property
-    def errors(self) -> list[dict]:
-        return [m["trace"]["error"] for m in self.messages if m["type"] == "TRACE" and m["trace"]["type"] == "ERROR"]
-
-    def output_without_states(self) -> str:
-        lines = [line for line, m in zip(self.stdout.splitlines(), self.messages, strict=True) if m["type"] != "STATE"]
-        return "\n".join(lines) + "\n" + self.stderr
-
-    def describe(self) -> str:
-        return f"exit {self.code}\n{self.stdout[-4000:]}\nstderr:\n{self.stderr[-2000:]}"
 
 
 def run(
@@ -123,60 +65,23 @@ def run(
     stdin: str = "",
     raw_config: str | None = None,
 ) -> Result:
-    directory.mkdir(parents=True, exist_ok=True)
-    config_path = directory / "config.json"
-    config_path.write_text(raw_config if raw_config is not None else json.dumps(config))
-    args = [CONNECTOR, command, "--config", str(config_path)]
+    """`command` with the config (or `raw_config` as the config file's text) and, for write, the catalog."""
     if command == "write":
-        catalog_path = directory / "catalog.json"
-        catalog_path.write_text(json.dumps(catalog or catalog_of(STREAM)))
-        args += ["--catalog", str(catalog_path)]
-    done = subprocess.run(args, input=stdin.encode(), capture_output=True, timeout=120, env=env, cwd=directory)
-    stdout = done.stdout.decode("utf-8", errors="replace")
-    messages = [json.loads(line) for line in stdout.splitlines() if line.strip()]
-    stdout = "\n".join(line for line in stdout.splitlines() if line.strip())
-    return Result(done.returncode, messages, stdout, done.stderr.decode("utf-8", errors="replace"))
-
-
-def catalog_of(*names: str) -> dict:
-    def entry(name: str) -> dict:
-        stream = {"name": name, "json_schema": {"type": "object"}, "supported_sync_modes": ["incremental"]}
-        return {"stream": stream, "sync_mode": "incremental", "destination_sync_mode": "append"}
-
-    return {"streams": [entry(name) for name in names]}
-
-
-def record_line(data: Any, stream: str = STREAM) -> str:
-    return json.dumps({"type": "RECORD", "record": {"stream": stream, "data": data, "emitted_at": 1_700_000_000_000}})
-
-
-def state_line(last: int) -> str:
-    stream = {"stream_descriptor": {"name": STREAM}, "stream_state": {"last": last}}
-    return json.dumps({"type": "STATE", "state": {"type": "STREAM", "stream": stream}})
+        catalog = catalog or events_catalog()
+    else:
+        catalog = None
+    config = raw_config if raw_config is not None else config
+    return run_command(directory, command, config, catalog=catalog, stdin=stdin, env=env)
 
 
 def valid_config(base_url: str, **overrides: Any) -> dict:
-    api = {"api_type": "track", "identity_column": "user", "event_column": "event", "property_columns": "*"}
-    config = {"app_id": "11", "base_url": base_url, "api": api, "track_events_per_minute": 0, "max_retries": 1}
-    return {**config, **overrides}
+    return event_config(base_url, **{"max_retries": 1, **overrides})
 
 
 SECRET_RECORDS = [
     {"user": f"SECRET-CFG-USER-{i}", "event": "SECRET-CFG-EVENT", "note": f"SECRET-CFG-NOTE-{i}"} for i in range(3)
 ]
 SECRET_INPUT = "".join(record_line(r) + "\n" for r in SECRET_RECORDS) + state_line(2) + "\n"
-
-
-def assert_no_traceback(result: Result) -> None:
-    assert TRACEBACK not in result.stdout and TRACEBACK not in result.stderr, result.describe()
-    for error in result.errors:
-        assert not error.get("stack_trace"), f"TRACE carries a stack trace: {error.get('stack_trace', '')[:300]}"
-
-
-def assert_no_record_values(result: Result, records: list[dict] = SECRET_RECORDS) -> None:
-    output = result.output_without_states()
-    leaked = sorted({v for r in records for v in r.values() if isinstance(v, str) and v in output})
-    assert not leaked, f"record values in the connector's output: {leaked[:5]}\n{result.describe()}"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -231,20 +136,21 @@ class ConfigRuns:
 def config_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConfigRuns]:
     """Every bad config through check and write, a few at a time (each run starts a Python process)."""
     heap = HeapStandin().start()
-    recorder = Recorder()
+    recorder = _recorder()
     root = tmp_path_factory.mktemp("config-errors")
     cases = _config_cases(heap.url)
+    env = recorder.env(LOOPBACK)
     jobs = {}
     with ThreadPoolExecutor(max_workers=3) as pool:
         for name, (config, _) in cases.items():
             for command in ("check", "write"):
                 jobs[(command, name)] = pool.submit(
-                    run, root / f"{command}-{name}", command, config, recorder.env(), stdin=SECRET_INPUT
+                    run, root / f"{command}-{name}", command, config, env, stdin=SECRET_INPUT
                 )
         for name, raw in UNREADABLE.items():
             for command in ("check", "write"):
                 jobs[(command, name)] = pool.submit(
-                    run, root / f"{command}-{name}", command, None, recorder.env(), stdin=SECRET_INPUT, raw_config=raw
+                    run, root / f"{command}-{name}", command, None, env, stdin=SECRET_INPUT, raw_config=raw
                 )
         results = {key: job.result() for key, job in jobs.items()}
     reliability.record("config_errors_tried", len(jobs))
@@ -264,11 +170,7 @@ def config_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConfigRuns
 def test_check_fails_with_a_message_saying_what_to_fix(case: str, config_runs: ConfigRuns) -> None:
     result = config_runs.check[case]
     _, words = _config_cases("http://127.0.0.1:1")[case]
-    assert len(result.statuses) == 1, result.describe()
-    status = result.statuses[0]
-    assert status["status"] == "FAILED", result.describe()
-    for word in words:
-        assert word in status["message"], f"{word!r} not in {status['message']!r}"
+    assert_check_failed(result, words)
     assert_no_traceback(result)
     assert not config_runs.recorder_seen, f"traffic left loopback: {config_runs.recorder_seen[:3]}"
 
@@ -285,7 +187,7 @@ def test_write_fails_with_config_error_before_sending_anything(case: str, config
         assert word in error["message"], f"{word!r} not in {error['message']!r}"
     assert not [m for m in result.messages if m["type"] == "STATE"], "a STATE after a config error"
     assert_no_traceback(result)
-    assert_no_record_values(result)
+    assert_no_record_values(result, SECRET_RECORDS)
     assert config_runs.heap_requests == 0, "a request reached Heap although every config was invalid"
     assert not config_runs.recorder_seen, f"traffic left loopback: {config_runs.recorder_seen[:3]}"
 
@@ -324,19 +226,19 @@ def test_a_url_parser_trick_cannot_send_plain_http_off_loopback(trick: str, tmp_
     """The host the config validation checks must be the host requests connects to: a differential between
     URL parsers (urlsplit vs urllib3) must not let plain http reach a remote host."""
     heap = HeapStandin().start()
-    recorder = Recorder()
+    recorder = _recorder()
     try:
         config = valid_config(URL_TRICKS[trick].format(port=heap.port))
         with ThreadPoolExecutor(max_workers=2) as pool:
-            check = pool.submit(run, tmp_path / "check", "check", config, recorder.env())
-            write = pool.submit(run, tmp_path / "write", "write", config, recorder.env(), stdin=SECRET_INPUT)
+            check = pool.submit(run, tmp_path / "check", "check", config, recorder.env(LOOPBACK))
+            write = pool.submit(run, tmp_path / "write", "write", config, recorder.env(LOOPBACK), stdin=SECRET_INPUT)
             check, write = check.result(), write.result()
         reliability.record("hostile_inputs_tried")
         seen = recorder.seen
         assert not seen, f"plain-http requests for a non-loopback host (caught by the local proxy): {seen[:3]}"
         for result in (check, write):
             assert_no_traceback(result)
-            assert_no_record_values(result)
+            assert_no_record_values(result, SECRET_RECORDS)
         if check.statuses[0]["status"] == "FAILED":  # refused: write must refuse it too, before sending anything
             assert write.errors and write.errors[-1]["failure_type"] == "config_error", write.describe()
             assert heap.stats()["requests"] == 0
@@ -352,7 +254,7 @@ def test_a_url_parser_trick_cannot_send_plain_http_off_loopback(trick: str, tmp_
 def test_record_values_never_appear_in_any_output(tmp_path: Path) -> None:
     token = uuid.uuid4().hex[:10]
     heap = HeapStandin().start()
-    recorder = Recorder()
+    recorder = _recorder()
 
     def refuse(item: dict) -> str | None:
         value = item.get("properties", {}).get("refuse_me")
@@ -381,15 +283,15 @@ def test_record_values_never_appear_in_any_output(tmp_path: Path) -> None:
             "api_type": "track", "identity_column": "user", "event_column": "event", "timestamp_column": "at",
             "property_columns": "*",
         })
-        skip = run(tmp_path / "skip", "write", config, recorder.env(), stdin=stdin)
+        skip = run(tmp_path / "skip", "write", config, recorder.env(LOOPBACK), stdin=stdin)
         fail = run(
             tmp_path / "fail",
             "write",
             {**config, "on_invalid_record": "fail"},
-            recorder.env(),
+            recorder.env(LOOPBACK),
             stdin=record_line(good[0]) + "\n" + record_line(invalid[1]) + "\n",
         )
-        check = run(tmp_path / "check", "check", config, recorder.env())
+        check = run(tmp_path / "check", "check", config, recorder.env(LOOPBACK))
         reliability.record("hostile_inputs_tried", len(invalid) + 2)
         assert skip.code == 0, skip.describe()
         assert fail.code != 0 and fail.errors, fail.describe()
@@ -411,12 +313,12 @@ def test_record_values_never_appear_in_any_output(tmp_path: Path) -> None:
 
 def test_two_stream_catalog_is_a_config_error_naming_both(tmp_path: Path) -> None:
     heap = HeapStandin().start()
-    recorder = Recorder()
+    recorder = _recorder()
     try:
         stdin = record_line({"user": "SECRET-TWO-A", "event": "e"}, stream="alpha_stream") + "\n"
         stdin += record_line({"user": "SECRET-TWO-B", "event": "e"}, stream="beta_stream") + "\n"
-        catalog = catalog_of("alpha_stream", "beta_stream")
-        result = run(tmp_path, "write", valid_config(heap.url), recorder.env(), catalog=catalog, stdin=stdin)
+        catalog = events_catalog("alpha_stream", "beta_stream")
+        result = run(tmp_path, "write", valid_config(heap.url), recorder.env(LOOPBACK), catalog=catalog, stdin=stdin)
         assert result.code != 0, result.describe()
         error = result.errors[-1]
         assert error["failure_type"] == "config_error"
@@ -433,32 +335,25 @@ def test_two_stream_catalog_is_a_config_error_naming_both(tmp_path: Path) -> Non
 # Secret fields of the spec: scanned for everywhere, as soon as the spec has any
 
 
-def _secret_paths(schema: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    """Paths of every property marked airbyte_secret, through nested objects and oneOf/anyOf/allOf."""
+def _all_paths(schema: Any, prefix: tuple[str, ...] = (), secret_only: bool = False) -> list[tuple[str, ...]]:
+    """Paths of every property (only those marked airbyte_secret, with `secret_only`), through nested objects and
+    oneOf/anyOf/allOf."""
     found: list[tuple[str, ...]] = []
     if not isinstance(schema, dict):
         return found
     for name, sub in (schema.get("properties") or {}).items():
-        if isinstance(sub, dict) and sub.get("airbyte_secret"):
+        if not secret_only or (isinstance(sub, dict) and sub.get("airbyte_secret")):
             found.append((*prefix, name))
-        found += _secret_paths(sub, (*prefix, name))
+        found += _all_paths(sub, (*prefix, name), secret_only)
     for keyword in ("oneOf", "anyOf", "allOf"):
         for option in schema.get(keyword) or []:
-            found += _secret_paths(option, prefix)
+            found += _all_paths(option, prefix, secret_only)
     return sorted(set(found))
 
 
-def _all_paths(schema: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    paths: list[tuple[str, ...]] = []
-    if not isinstance(schema, dict):
-        return paths
-    for name, sub in (schema.get("properties") or {}).items():
-        paths.append((*prefix, name))
-        paths += _all_paths(sub, (*prefix, name))
-    for keyword in ("oneOf", "anyOf", "allOf"):
-        for option in schema.get(keyword) or []:
-            paths += _all_paths(option, prefix)
-    return sorted(set(paths))
+def _secret_paths(schema: Any) -> list[tuple[str, ...]]:
+    """Paths of every property marked airbyte_secret."""
+    return _all_paths(schema, secret_only=True)
 
 
 def _spec_schema() -> dict:
@@ -526,7 +421,7 @@ def _secret_scan(tmp_path: Path, path: tuple[str, ...]) -> None:
     secret = f"CRED-{uuid.uuid4().hex}"
     accepting = HeapStandin().start()
     refusing = HeapStandin(api_key=f"OTHER-{uuid.uuid4().hex}").start()
-    recorder = Recorder()
+    recorder = _recorder()
     records = [
         {"email": f"SECRET-SCAN-{i}@example.com", "user_id": str(1000 + i), "user": f"SECRET-SCAN-{i}",
          "event": "SECRET-SCAN-EVENT", "event_name": "SECRET-SCAN-EVENT", "account_id": f"acct-{i}",
@@ -546,7 +441,7 @@ def _secret_scan(tmp_path: Path, path: tuple[str, ...]) -> None:
         }
         with ThreadPoolExecutor(max_workers=3) as pool:
             futures = {
-                name: pool.submit(run, tmp_path / f"run-{n}", command, config, recorder.env(), stdin=text)
+                name: pool.submit(run, tmp_path / f"run-{n}", command, config, recorder.env(LOOPBACK), stdin=text)
                 for n, (name, (command, config, text)) in enumerate(jobs.items())
             }
             runs = {name: future.result() for name, future in futures.items()}
