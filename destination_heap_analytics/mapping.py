@@ -211,9 +211,14 @@ class Mapping:
         plain short text, booleans and ordinary numbers under ordinary names are taken as they are, and
         only the rest goes through the full rules in _put. Notes name the top-level column (`column`):
         keys inside a nested object may be data (a map keyed by email, say), and logs never show data."""
-        excluded = () if prefix else self._excluded
+        if prefix:
+            excluded: frozenset[str] | tuple = ()
+        elif _is_airbyte_copy(fields):
+            excluded = self._excluded | {key for key in fields if key.startswith(AIRBYTE_COLUMN_PREFIX)}
+        else:
+            excluded = self._excluded
         for key, value in fields.items():
-            if key in excluded or (not prefix and key.startswith(AIRBYTE_COLUMN_PREFIX)):
+            if key in excluded:
                 continue
             if prefix:
                 key = prefix + key
@@ -398,9 +403,14 @@ def _number(text: str) -> float | int | None:
         return None
 
 
+def _is_airbyte_copy(record: dict[str, Any]) -> bool:
+    """A row an Airbyte tool wrote (PyAirbyte's cache): two lookups, not a scan of every key."""
+    return "_airbyte_raw_id" in record or "_airbyte_extracted_at" in record
+
+
 def idempotency_key(record: dict[str, Any]) -> str:
     """The same record always gets the same key, so Heap keeps one event however often it is replayed."""
-    if "_airbyte_raw_id" in record or "_airbyte_extracted_at" in record:  # a copy Airbyte wrote
+    if _is_airbyte_copy(record):
         record = {key: value for key, value in record.items() if not key.startswith(AIRBYTE_COLUMN_PREFIX)}
     canonical = orjson.dumps(record, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()

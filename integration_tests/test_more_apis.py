@@ -1,0 +1,149 @@
+"""identify, delete_users, presets for Heap's own tables, and dry run: end to end through the console script."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from destination_heap_analytics.heap_standin import HeapStandin
+from integration_tests.conftest import (
+    catalog,
+    config,
+    interleave,
+    people,
+    record,
+    run_connector,
+    state,
+    states_of,
+)
+
+IDENTIFY_API = {"api_type": "identify", "user_id_column": "visits", "identity_column": "email",
+                "timestamp_column": "updated_at"}
+
+
+def test_identify_sends_one_request_per_record_even_when_bulk_is_asked(heap):
+    rows = people(12)
+    messages = interleave(rows, every=5)
+    result = run_connector("write", config(heap, IDENTIFY_API, bulk=True), catalog(), messages)
+    assert result.returncode == 0, result.describe()
+    assert result.states == states_of(messages)
+    held = sorted(heap.identifies, key=lambda item: int(item["user_id"]))
+    assert [(item["user_id"], item["identity"]) for item in held] == [(str(r["visits"]), r["email"]) for r in rows]
+    assert held[3]["timestamp"] == "2023-03-04T10:03:03+00:00"
+    assert heap.stats()["requests"] == 12
+
+
+def test_identify_counts_records_without_a_valid_user_id(heap):
+    rows = [*people(3), {"email": "secret-anon@example.com", "visits": "not-a-number"}]
+    result = run_connector("write", config(heap, IDENTIFY_API), catalog(), interleave(rows, every=10))
+    assert result.returncode == 0, result.describe()
+    assert result.skipped == {"invalid_user_id (column visits)": 1}
+    assert len(heap.identifies) == 3
+
+
+def deletion_api(**columns) -> dict:
+    return {"api_type": "delete_users", "api_key": "s3cret-deletion-key", **columns}
+
+
+def test_delete_users_by_identity_in_requests_of_up_to_ten_thousand():
+    with HeapStandin(api_key="s3cret-deletion-key") as heap:
+        rows = people(10_050)
+        messages = interleave(rows, every=4000)
+        result = run_connector(
+            "write", config(heap, deletion_api(identity_column="email")), catalog(), messages, timeout=120
+        )
+        assert result.returncode == 0, result.describe()
+        assert result.states == states_of(messages)
+        assert sorted(user["identity"] for user in heap.deleted_users) == sorted(r["email"] for r in rows)
+        accepted = [line for line in result.log_lines("INFO") if "deletion_request_id" in line]
+        assert len(accepted) == 2  # 10,000 + 50 users
+        assert heap.tokens_issued == 1  # one token serves the whole (short) sync
+        assert "s3cret-deletion-key" not in result.stdout + result.stderr
+
+
+def test_delete_users_renews_an_expired_token():
+    with HeapStandin(api_key="k", token_ttl_seconds=0.5, latency_ms=300) as heap:
+        api = {"api_type": "delete_users", "api_key": "k", "user_id_column": "visits"}
+        rows = people(6)
+        result = run_connector("write", config(heap, api, batch_size=2, max_concurrent_requests=1), catalog(),
+                               interleave(rows, every=2))
+        assert result.returncode == 0, result.describe()
+        assert sorted(int(user["user_id"]) for user in heap.deleted_users) == [r["visits"] for r in rows]
+        assert heap.tokens_issued >= 2
+
+
+def test_delete_users_check_proves_the_key_without_deleting():
+    with HeapStandin(api_key="right-key") as heap:
+        good = run_connector("check", config(heap, {**deletion_api(identity_column="email"), "api_key": "right-key"}))
+        assert good.statuses[0]["status"] == "SUCCEEDED", good.describe()
+        bad = run_connector("check", config(heap, deletion_api(identity_column="email")))
+        assert bad.statuses[0]["status"] == "FAILED"
+        assert "api_key" in bad.statuses[0]["message"]
+        assert "s3cret-deletion-key" not in bad.stdout + bad.stderr
+        assert heap.deleted_users == []
+
+
+def test_delete_users_with_a_refused_key_fails_as_a_config_error():
+    with HeapStandin(api_key="right-key") as heap:
+        result = run_connector("write", config(heap, deletion_api(identity_column="email")), catalog(),
+                               interleave(people(3), every=3))
+        assert result.returncode != 0
+        assert [error["failure_type"] for error in result.errors] == ["config_error"]
+        assert result.states == []
+        assert "s3cret-deletion-key" not in result.stdout + result.stderr
+
+
+def test_dry_run_sends_nothing_and_shows_masked_bodies(heap):
+    api = {"api_type": "track", "identity_column": "email", "event_column": "action", "property_columns": "*"}
+    messages = interleave(people(30), every=10)
+    result = run_connector("write", config(heap, api, dry_run=True, batch_size=10), catalog(), messages)
+    assert result.returncode == 0, result.describe()  # run_connector also asserts no record value was logged
+    assert result.states == states_of(messages)
+    assert heap.stats()["requests"] == 0
+    samples = [line for line in result.log_lines("INFO") if line.startswith("Dry run: Heap would receive")]
+    assert 1 <= len(samples) <= 3
+    assert re.search(r'"identity":"<text, 2[78] chars>"', samples[0]) and '"app_id":"11"' in samples[0]
+    assert any("30 mapped and validated (dry run: nothing sent)" in line for line in result.log_lines("INFO"))
+
+
+HEAP_USERS = [
+    {"user_id": 8093349209 + i, "identity": f"secret-user-{i}@example.com" if i % 4 else None,
+     "handle": f"handle-{i}", "joindate": "2023-01-05T10:00:00Z", "last_modified": "2024-01-01T00:00:00Z",
+     "plan": "pro"}
+    for i in range(8)
+]
+
+
+def test_heap_users_preset_loads_identified_users_and_counts_anonymous_ones(heap):
+    messages = [record(row, "users") for row in HEAP_USERS] + [state(1, "users")]
+    result = run_connector("write", {"app_id": "11", "base_url": heap.url, "preset": "heap_users"},
+                           catalog("users"), messages)
+    assert result.returncode == 0, result.describe()
+    assert result.skipped == {"missing_identity (column identity)": 2}
+    assert {user["identity"] for user in heap.users} == {r["identity"] for r in HEAP_USERS if r["identity"]}
+    assert set(heap.users[0]["properties"]) == {"handle", "joindate", "plan"}
+
+
+@pytest.mark.parametrize("table, expected_event", [("checkout_completed", "checkout_completed"),
+                                                   ("pageviews", "pageviews")])
+def test_heap_events_preset_names_events_after_the_table(heap, table, expected_event):
+    rows = [{"event_id": i, "user_id": 5, "session_id": 77, "time": f"2024-03-01 12:00:0{i}", "type": None,
+             "identity": "secret-user@example.com", "path": "/cart", "country": "NO"} for i in range(5)]
+    messages = [record(row, table) for row in rows] + [state(1, table)]
+    result = run_connector("write", {"app_id": "11", "base_url": heap.url, "preset": "heap_events",
+                                     "track_events_per_minute": 0}, catalog(table), messages)
+    assert result.returncode == 0, result.describe()
+    assert [event["event"] for event in heap.events] == [expected_event] * 5
+    assert heap.events[0]["properties"] == {"session_id": 77, "path": "/cart", "country": "NO"}
+    assert heap.events[2]["timestamp"] == "2024-03-01T12:00:02+00:00"
+
+
+def test_heap_user_migrations_preset_identifies(heap):
+    rows = [{"from_user_id": 100 + i, "to_user_id": 900 + i, "time": 1489184516, "identity": f"secret-{i}@x.com"}
+            for i in range(3)]
+    messages = [record(row, "user_migrations") for row in rows] + [state(1, "user_migrations")]
+    result = run_connector("write", {"app_id": "11", "base_url": heap.url, "preset": "heap_user_migrations"},
+                           catalog("user_migrations"), messages)
+    assert result.returncode == 0, result.describe()
+    assert sorted(item["user_id"] for item in heap.identifies) == ["100", "101", "102"]
