@@ -6,6 +6,7 @@ import gc
 import io
 import logging
 import os
+import select
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -31,6 +32,8 @@ from destination_heap_analytics.config import ConfigError, HeapConfig, for_strea
 logger = logging.getLogger("airbyte")
 
 CHECK_TIMEOUT_SECONDS = 10.0
+PAUSE_SECONDS = 1.0  # this long without input and the source counts as stalled
+READ_SIZE = 1 << 20
 UNPARSABLE_LINES_LOGGED = 10
 
 
@@ -105,13 +108,20 @@ class DestinationHeapAnalytics(Destination):
         yield from SyncWriter(for_stream(heap_config, stream), stream, namespace).write(input_messages)
 
     def _parse_input_stream(self, input_stream: io.TextIOWrapper) -> Iterator[AirbyteMessage]:
-        """Stdin lines -> Airbyte messages. Lines are read as bytes (orjson decodes and checks UTF-8 itself,
-        a text layer would decode twice) and records skip the full model validation: the hot path.
-        A line that is not a message is counted and its position logged, never its content."""
+        """Stdin lines -> Airbyte messages, with INPUT_PAUSED whenever the source has been silent for a while.
+        Lines are read as bytes (orjson decodes and checks UTF-8 itself; a text layer would decode twice)
+        and records skip the full model validation: the hot path. A line that is not a message is counted
+        and its position logged, never its content."""
+        from destination_heap_analytics.writer import INPUT_PAUSED
+
         unparsable = 0
-        lines = input_stream.buffer if isinstance(input_stream, io.TextIOWrapper) else input_stream
-        for number, line in enumerate(lines, 1):
-            if line.isspace():
+        number = 0
+        for line in _stdin_lines(input_stream):
+            if line is None:
+                yield INPUT_PAUSED
+                continue
+            number += 1
+            if not line or line.isspace():
                 continue
             message = _parse_line(line)
             if message is None:
@@ -122,6 +132,32 @@ class DestinationHeapAnalytics(Destination):
             yield message
         if unparsable:
             logger.warning(f"{unparsable} input lines were not Airbyte messages and were skipped.")
+
+
+def _stdin_lines(input_stream: io.TextIOWrapper) -> Iterator[bytes | bytearray | None]:
+    """The lines of stdin, and None each time no input has come for PAUSE_SECONDS (a stalled source), so
+    that acknowledged states need not wait for the source's next message. Reads the file descriptor
+    itself: a buffered reader blocks in readline and cannot say that nothing is coming."""
+    try:
+        descriptor = input_stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (an in-memory stream): no pauses to see
+        yield from input_stream.buffer if isinstance(input_stream, io.TextIOWrapper) else input_stream
+        return
+    pending = bytearray()
+    while True:
+        if not select.select([descriptor], [], [], PAUSE_SECONDS)[0]:
+            yield None
+            continue
+        chunk = os.read(descriptor, READ_SIZE)
+        if not chunk:
+            break
+        pending += chunk
+        if b"\n" in chunk:
+            *lines, rest = pending.split(b"\n")
+            pending = bytearray(rest)
+            yield from lines
+    if pending:
+        yield pending
 
 
 def _parse_line(line: bytes | str) -> AirbyteMessage | None:

@@ -13,7 +13,15 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 
-from airbyte_cdk.models import AirbyteMessage, AirbyteRecordMessage, AirbyteStateStats, FailureType, Type
+from airbyte_cdk.models import (
+    AirbyteLogMessage,
+    AirbyteMessage,
+    AirbyteRecordMessage,
+    AirbyteStateStats,
+    FailureType,
+    Level,
+    Type,
+)
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from destination_heap_analytics.config import HeapConfig
@@ -34,6 +42,11 @@ from destination_heap_analytics.state import StateLedger
 logger = logging.getLogger("airbyte")
 
 TERMINATION_GRACE_SECONDS = 10.0  # after SIGTERM, how long requests in flight may still finish
+
+
+# What the stdin reader yields when the source has been silent for a while: a moment to send a batch still
+# being filled and release the states already acknowledged, instead of holding them until the source speaks.
+INPUT_PAUSED = AirbyteMessage(type=Type.LOG, log=AirbyteLogMessage(level=Level.DEBUG, message="input paused"))
 
 
 class SyncWriter:
@@ -70,6 +83,9 @@ class SyncWriter:
                 elif message.type == Type.STATE:
                     self._count_records_behind(message)
                     self._ledger.state_received(message)
+                    yield from self._release(self._sender.collect())
+                elif message is INPUT_PAUSED:
+                    self._submit_open_batch()
                     yield from self._release(self._sender.collect())
             if self._terminated_at is None:
                 self._submit_open_batch()

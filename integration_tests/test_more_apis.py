@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -147,3 +148,25 @@ def test_heap_user_migrations_preset_identifies(heap):
                            catalog("user_migrations"), messages)
     assert result.returncode == 0, result.describe()
     assert sorted(item["user_id"] for item in heap.identifies) == ["100", "101", "102"]
+
+
+def test_a_stalled_source_does_not_hold_back_acknowledged_states(heap):
+    """The first 8 records and a STATE arrive, then the source goes quiet for 8 s: the records must go out and
+    the STATE come back during the silence, not when the source speaks again."""
+    messages = interleave(people(14), every=7)
+    started: list[float] = []
+    arrivals: list[float] = []
+    result = run_connector(
+        "write",
+        config(heap, {"api_type": "add_user_properties", "identity_column": "email", "property_columns": "plan"}),
+        catalog(),
+        messages,
+        pauses={8: 8.0},  # after the first STATE and one more record
+        on_start=lambda process: started.append(time.monotonic()),
+        on_message=lambda message: arrivals.append(time.monotonic()) if message["type"] == "STATE" else None,
+    )
+    assert result.returncode == 0, result.describe()
+    assert result.states == states_of(messages)
+    # The silence began as the process started; start-up (about 1 s) plus a pause tick or two fit well within.
+    assert arrivals[0] - started[0] < 7.5, "the first STATE waited for the source's next message"
+    assert arrivals[-1] - started[0] > 7.5  # and the last one, after it
