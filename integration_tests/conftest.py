@@ -557,6 +557,19 @@ def watch(condition: Callable[[], bool], action: Callable[[], None], timeout: fl
     return thread
 
 
+def run_setup_script(script: Path, timeout: float) -> str:
+    """Run one of scripts/setup-*.sh for a test module's fixture; its stdout, or the test fails saying why."""
+    try:
+        setup = subprocess.run(
+            ["bash", str(script)], capture_output=True, text=True, timeout=timeout, cwd=script.parent.parent
+        )
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"{script.name} did not finish within {timeout} s: {error}")
+    if setup.returncode != 0:
+        pytest.fail(f"{script.name} failed (exit {setup.returncode}):\n{setup.stdout[-3000:]}\n{setup.stderr[-5000:]}")
+    return setup.stdout
+
+
 def send_sigterm(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)

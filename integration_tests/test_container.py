@@ -27,6 +27,7 @@ from destination_heap_analytics.heap_standin import HeapStandin
 from integration_tests.conftest import (
     PROJECT_ROOT,
     run_connector,
+    run_setup_script,
     sample_catalog,
     sample_config,
     sample_messages,
@@ -99,17 +100,7 @@ def image() -> str:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the container tests: {reason}")
         pytest.skip(reason)
-    try:
-        setup = subprocess.run(
-            ["bash", str(SETUP)], capture_output=True, text=True, timeout=SETUP_TIMEOUT, cwd=PROJECT_ROOT
-        )
-    except subprocess.TimeoutExpired as error:
-        pytest.fail(f"scripts/setup-container.sh did not finish within {SETUP_TIMEOUT} s: {error}")
-    if setup.returncode != 0:
-        pytest.fail(
-            f"scripts/setup-container.sh failed (exit {setup.returncode}):\n"
-            f"{setup.stdout[-3000:]}\n{setup.stderr[-5000:]}"
-        )
+    run_setup_script(SETUP, SETUP_TIMEOUT)
     return IMAGE
 
 

@@ -29,7 +29,7 @@ import pendulum
 import pytest
 
 from destination_heap_analytics.heap_standin import HeapStandin
-from integration_tests.conftest import CONNECTOR, PROJECT_ROOT, config, outbound_guard
+from integration_tests.conftest import CONNECTOR, PROJECT_ROOT, config, outbound_guard, run_setup_script
 
 SETUP = PROJECT_ROOT / "scripts" / "setup-pyairbyte.sh"
 SETUP_TIMEOUT = 1800  # from scratch about 2 minutes here; cached, well under a second
@@ -144,15 +144,7 @@ RECORDER = textwrap.dedent(
 @pytest.fixture(scope="module")
 def pyairbyte_venv() -> Path:
     """PyAirbyte's own venv, with source-faker installed by PyAirbyte under <venv>/connectors."""
-    try:
-        setup = subprocess.run(
-            ["bash", str(SETUP)], capture_output=True, text=True, timeout=SETUP_TIMEOUT, cwd=PROJECT_ROOT
-        )
-    except subprocess.TimeoutExpired as error:
-        pytest.fail(f"scripts/setup-pyairbyte.sh did not finish within {SETUP_TIMEOUT} s: {error}")
-    if setup.returncode != 0:
-        pytest.fail(f"scripts/setup-pyairbyte.sh failed (exit {setup.returncode}):\n{setup.stderr[-5000:]}")
-    venv = Path(setup.stdout.strip().splitlines()[-1])
+    venv = Path(run_setup_script(SETUP, SETUP_TIMEOUT).strip().splitlines()[-1])
     assert (venv / "bin" / "python").exists(), f"no python in {venv}"
     return venv
 
