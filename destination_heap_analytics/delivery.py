@@ -135,12 +135,18 @@ class DeliveryCounters:
     retries: int = 0
     throttled: int = 0
     bisections: int = 0
+    paced_seconds: float = 0.0  # summed over concurrent senders
     statuses: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def bisected(self) -> None:
         with self._lock:
             self.bisections += 1
+
+    def paced(self, seconds: float) -> None:
+        if seconds:
+            with self._lock:
+                self.paced_seconds += seconds
 
     def count(self, outcome: str, retried: bool) -> None:
         with self._lock:
@@ -180,7 +186,7 @@ class HeapClient:
             if self._stop.is_set():
                 raise DeliveryStopped()
             if self._pacer:
-                self._pacer.wait_for(identities)
+                self.counters.paced(self._pacer.wait_for(identities))
                 if self._stop.is_set():
                     raise DeliveryStopped()
             response, problem, retry_after = self._attempt(url, body, retried=attempt > 0)

@@ -60,7 +60,6 @@ class Pacer:
         self._lock = threading.Lock()
         self._clock = clock
         self._sleep = sleep
-        self.waited_seconds = 0.0
 
     @classmethod
     def for_api(
@@ -78,8 +77,8 @@ class Pacer:
             return cls(0, per_identity / 30, 0, per_identity, sleep=sleep)
         return None
 
-    def wait_for(self, identities: Iterable[str | None]) -> None:
-        """Block until a request carrying one item per identity given may be sent."""
+    def wait_for(self, identities: Iterable[str | None]) -> float:
+        """Block until a request carrying one item per identity given may be sent; returns the wait."""
         counts = Counter(identity for identity in identities if identity is not None)
         with self._lock:
             now = self._clock()
@@ -90,8 +89,8 @@ class Pacer:
             if self._identity_rate:
                 delay = max(delay, self._reserve_identities(counts, now))
         if delay > 0:
-            self.waited_seconds += delay
             self._sleep(delay)
+        return delay
 
     def throttled(self, retry_after: float | None) -> None:
         """Heap answered 429: slow down, and hold every sender back for Retry-After when Heap gave one."""

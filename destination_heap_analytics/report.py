@@ -54,11 +54,13 @@ class SyncReport:
     def _figures(self, now: float) -> str:
         elapsed = max(now - self._started, 1e-9)
         counters = self.counters
+        splits = f", {counters.bisections} bulk requests split to isolate refused items" if counters.bisections else ""
+        paced = f", senders held back {counters.paced_seconds:.1f} s in all by pacing" if counters.paced_seconds else ""
         return (
             f"{self.records_read} records read, {self.records_sent} {self._sent}, "
             f"{sum(self.skipped.values())} skipped, {self.states_emitted} states emitted; "
-            f"{counters.requests} requests ({counters.retries} retries, {counters.throttled} throttled), "
-            f"{elapsed:.1f} s, {self.records_read / elapsed:.0f} records/s"
+            f"{counters.requests} requests ({counters.retries} retries, {counters.throttled} throttled){splits}"
+            f"{paced}, {elapsed:.1f} s, {self.records_read / elapsed:.0f} records/s"
         )
 
 

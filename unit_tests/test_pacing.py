@@ -35,9 +35,9 @@ def test_bulk_track_sustains_the_configured_rate_and_no_more():
 def test_a_batch_never_leaves_before_the_bucket_has_room():
     clock = FakeClock()
     paced = pacer(clock)
-    paced.wait_for(["u"] * 1000)
+    assert paced.wait_for(["u"] * 1000) == 0.0
     sent_at = clock.now
-    paced.wait_for(["u"] * 500)
+    assert paced.wait_for(["u"] * 500) == pytest.approx(2.0)  # the wait is returned, for the sync's summary
     assert clock.now - sent_at == pytest.approx(2.0)
 
 
