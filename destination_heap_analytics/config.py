@@ -14,6 +14,8 @@ from typing import Any
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
+from destination_heap_analytics.pacing import BULK_TRACK_EVENTS_PER_MINUTE
+
 US_BASE_URL = "https://heapanalytics.com"
 EU_BASE_URL = "https://c.eu.heap-api.com"
 
@@ -95,7 +97,7 @@ class HeapConfig:
     batch_size: int = 1000
     on_invalid_record: str = "skip"
     max_concurrent_requests: int = 8
-    track_events_per_minute: int = 15000
+    track_events_per_minute: int = BULK_TRACK_EVENTS_PER_MINUTE
     request_timeout_seconds: float = 30.0
     max_retries: int = 6
     dry_run: bool = False
@@ -119,7 +121,7 @@ def parse_config(raw: Mapping[str, Any]) -> HeapConfig:
         batch_size=_integer(raw, "batch_size", max_batch, 1, max_batch),
         on_invalid_record=_choice(raw, "on_invalid_record", "skip", INVALID_RECORD_POLICIES),
         max_concurrent_requests=_integer(raw, "max_concurrent_requests", DEFAULT_CONCURRENCY[bulk], 1, 64),
-        track_events_per_minute=_integer(raw, "track_events_per_minute", 15000, 0, 10_000_000),
+        track_events_per_minute=_integer(raw, "track_events_per_minute", BULK_TRACK_EVENTS_PER_MINUTE, 0, 10_000_000),
         request_timeout_seconds=float(_integer(raw, "request_timeout_seconds", 30, 1, 600)),
         max_retries=_integer(raw, "max_retries", 6, 0, 20),
         dry_run=_boolean(raw, "dry_run", False),

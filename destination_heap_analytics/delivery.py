@@ -28,7 +28,6 @@ from destination_heap_analytics.pacing import Pacer
 logger = logging.getLogger("airbyte")
 
 
-
 @dataclass(frozen=True)
 class Endpoint:
     path: str
@@ -136,7 +135,6 @@ class DeliveryCounters:
     throttled: int = 0
     bisections: int = 0
     paced_seconds: float = 0.0  # summed over concurrent senders
-    statuses: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def bisected(self) -> None:
@@ -153,7 +151,6 @@ class DeliveryCounters:
             self.requests += 1
             self.retries += retried
             self.throttled += outcome == "429"
-            self.statuses[outcome] = self.statuses.get(outcome, 0) + 1
 
 
 class HeapClient:
@@ -348,7 +345,7 @@ class BatchSender:
         """Dry run: nothing is sent; the first bodies are logged by shape (values masked: personal data)."""
         if self._samples_left > 0:
             self._samples_left -= 1
-            body = self._body(batch.items[:2]) if self._bulk else self._body([batch.items[0]])
+            body = self._body(batch.items[:2])  # the single form shows the first item only
             shape = masked(body) | ({"app_id": self._app_id} if self._endpoint.app_id_in_body else {})
             logger.info(f"Dry run: Heap would receive at {self._endpoint.path}: {orjson.dumps(shape).decode()}")
         result.delivered = len(batch.items)
@@ -387,15 +384,15 @@ class BatchSender:
             result.rejected.append(rejection.reason)
 
 
-
 def _log_deletion_request(response: requests.Response, users: int) -> None:
     """Heap deletes asynchronously: the request id is what a user needs to follow the deletion up."""
     try:
         answer = response.json()
     except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
         answer = {}
-    request_id = answer.get("deletion_request_id", "(none given)") if isinstance(answer, dict) else "(none given)"
-    status = answer.get("status", "unknown") if isinstance(answer, dict) else "unknown"
+    request_id, status = answer.get("deletion_request_id", "(none given)"), answer.get("status", "unknown")
     logger.info(f"Heap accepted a deletion request for {users} users: deletion_request_id {request_id}, {status}")
 
 

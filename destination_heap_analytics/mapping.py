@@ -108,7 +108,6 @@ class Mapping:
     """Maps source records to Heap items for one api_type, with every column path compiled once."""
 
     def __init__(self, config: MappingConfig) -> None:
-        self.api_type = config.api_type
         self._identity = ColumnPath(config.identity_column) if config.identity_column else None
         self._event = ColumnPath(config.event_column) if config.event_column else None
         self._timestamp = ColumnPath(config.timestamp_column) if config.timestamp_column else None
@@ -241,9 +240,7 @@ class Mapping:
     def _put(
         self, properties: dict[str, Any], key: str, value: Any, notes: list[tuple[str, str]], column: str = ""
     ) -> None:
-        """Add one property in Heap's shape: objects flatten to dotted keys, arrays join, nulls stay out.
-
-        Runs for every field of every record, hence exact-type checks before the general conversion."""
+        """Add one property in Heap's shape: objects flatten to dotted keys, arrays join, nulls stay out."""
         if value is None or value == []:  # nothing to say; an empty value must not wipe the property in Heap
             return
         kind = value.__class__
@@ -258,12 +255,7 @@ class Mapping:
         if length == 2 and self._forbid_id and key.lower() == FORBIDDEN_USER_PROPERTY:
             notes.append(("forbidden_property_name", name))
             return
-        if kind is not str and kind is not bool and kind is not float and kind is not int:
-            value = property_value(value)
-        elif kind is int and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-            value = str(value)
-        elif kind is float and not math.isfinite(value):
-            value = None
+        value = property_value(value)
         if value is None:
             notes.append(("unsupported_value", name))
         elif isinstance(value, str) and len(value) > MAX_TEXT_LENGTH:

@@ -56,9 +56,8 @@ class SyncWriter:
         self._namespace = namespace or None
         self._mapping = Mapping(config.mapping)
         self._stop = threading.Event()
-        mapping = config.mapping
         pacer = Pacer.for_api(
-            mapping.api_type, config.bulk, config.track_events_per_minute, config.batch_size, self._stop.wait
+            config.mapping.api_type, config.bulk, config.track_events_per_minute, config.batch_size, self._stop.wait
         )
         self._client = HeapClient(config, pacer, self._stop)
         self._sender = BatchSender(config, self._client, self._stop)
