@@ -13,6 +13,7 @@ setup(
         "pendulum>=3",
         "jsonpath-ng>=1.6",
         "orjson>=3.9",
+        "xxhash>=3.4",
     ],
     extras_require={
         "tests": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5"],

@@ -8,7 +8,7 @@ What is measured (one run, one table, also written to benchmarks/results.md):
 1. records/s and peak RSS for each api_type x mode (bulk / single) x server latency (0 / 20 ms);
 2. start-up (a `write` with empty stdin) and the steady-state rate records / (wall - start-up);
 3. the anchor: the 0.1.0 pattern, one fresh `requests.post` per row (no Session, no concurrency);
-4. parse-only floors: the connector's own `_parse_line` and plain `orjson.loads` over the same file;
+4. parse-only floors: the connector's own stdin reader and plain `orjson.loads` over the same file;
 5. bulk track against a rate-limited stand-in (15,000 events/min) with the connector's pacer on;
 6. peak RSS for a 1,000,000-record add_user_properties bulk load.
 
@@ -621,7 +621,7 @@ class Benchmark:
         if completed.returncode != 0:
             raise SystemExit(f"the parse floor failed:\n{completed.stderr}")
         result = orjson.loads(completed.stdout.strip().splitlines()[-1])
-        self.floors = {"_parse_line": result["parse"], "orjson.loads": result["orjson"]}
+        self.floors = {"reader": result["parse"], "orjson.loads": result["orjson"]}
         self.map_floors = result["map"]
         log(f"  {self.floors} map: {self.map_floors}")
 
@@ -729,11 +729,11 @@ class Benchmark:
         for latency, (rows, rate) in sorted(self.anchor.items()):
             lines.append(f"| add_user_properties | {latency} ms | {rows:,} | {fmt_rate(rate)} |")
 
-        floor = self.floors.get("_parse_line", float("nan"))
+        floor = self.floors.get("reader", float("nan"))
         lines += ["", f"## Parse-only floors ({self.size('bulk_records'):,}-record stdin file, no sending)", ""]
         lines += ["| what | records/s |", "|---|---|"]
         plain = self.floors.get("orjson.loads", float("nan"))
-        lines.append(f"| connector's stdin reader (`_parse_input_stream`, `_parse_line` a line) | {fmt_rate(floor)} |")
+        lines.append(f"| connector's stdin reader (`messages.read_messages`, `parse_line` a line) | {fmt_rate(floor)} |")
         lines.append(f"| plain `orjson.loads` per bytes line | {fmt_rate(plain)} |")
         for api_type, rate in self.map_floors.items():
             lines.append(f"| reader + `Mapping.map` ({api_type}) | {fmt_rate(rate)} |")
@@ -833,6 +833,7 @@ import orjson
 from destination_heap_analytics.config import parse_config
 from destination_heap_analytics.destination import DestinationHeapAnalytics
 from destination_heap_analytics.mapping import Mapping
+from destination_heap_analytics.messages import SourceRecord
 
 path, repeats, columns = sys.argv[1], int(sys.argv[2]), orjson.loads(sys.argv[3])
 destination = DestinationHeapAnalytics()
@@ -852,7 +853,7 @@ def timed(consume):
             runs.append(time.perf_counter() - started)
     return statistics.median(runs)
 
-def reader(stdin):  # the connector's own stdin reader: its _parse_line over every line
+def reader(stdin):  # the connector's own stdin reader: parse_line over every line
     for _ in destination._parse_input_stream(stdin):
         pass
 
@@ -870,8 +871,8 @@ for api_type, api in columns.items():
         continue
     def parse_and_map(stdin, mapping=mapping):
         for message in destination._parse_input_stream(stdin):
-            if message.record is not None:
-                mapping.map(message.record.data, message.record.emitted_at)
+            if message.__class__ is SourceRecord:
+                mapping.map(message.data, message.emitted_at)
     result["map"][api_type] = count / timed(parse_and_map)
 print(orjson.dumps(result).decode())
 """

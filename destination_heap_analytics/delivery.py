@@ -164,15 +164,17 @@ class HeapClient:
         self._stop = stop
         self.counters = DeliveryCounters()
         self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.max_concurrent_requests, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self._adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.max_concurrent_requests, max_retries=0)
+        self.session.mount("http://", self._adapter)
+        self.session.mount("https://", self._adapter)
         self.session.headers.update({"Content-Type": "application/json", "User-Agent": USER_AGENT})
         # Every request goes to one host: read the proxy and CA-bundle environment once, the way requests
         # would, instead of on every request (a quarter of the CPU of a single-mode sync).
         settings = self.session.merge_environment_settings(config.base_url, {}, None, None, None)
         self.session.proxies, self.session.verify = settings["proxies"], settings["verify"]
         self.session.trust_env = False
+        self._send_options = {"timeout": self._timeout, "verify": settings["verify"], "proxies": settings["proxies"]}
+        self._prepared: dict[str, requests.PreparedRequest] = {}  # url -> the POST without its body
         needs_token = config.mapping.api_type == "delete_users" and not config.dry_run
         self._auth = DeletionAuth(config, self.session, self._timeout) if needs_token else None
 
@@ -201,8 +203,10 @@ class HeapClient:
     def _attempt(self, url: str, body: bytes, retried: bool) -> tuple[requests.Response | None, str, float | None]:
         """One request: (Heap's acknowledgement, "", None), or (None, what went wrong, Retry-After) to retry."""
         try:
-            headers = self._auth.headers() if self._auth else None
-            response = self.session.post(url, data=body, headers=headers, timeout=self._timeout)
+            request = self._request(url, body)
+            if self._auth:
+                request.headers.update(self._auth.headers())
+            response = self._adapter.send(request, **self._send_options)
         except requests.Timeout:
             self.counters.count("timeout", retried)
             return None, "timed out", None
@@ -235,6 +239,22 @@ class HeapClient:
                 transient=False,
             )
         raise DeliveryError(f"Heap answered an unexpected HTTP {status} at {url}.", transient=False)
+
+
+    def _request(self, url: str, body: bytes) -> requests.PreparedRequest:
+        """The POST of `body` to `url`, prepared from one prepared once per URL: the session's per-request
+        work (merging settings, cookies, hooks, redirects) is nothing Heap's APIs use, and cost more CPU
+        than the request itself in single mode (measured)."""
+        prepared = self._prepared.get(url)
+        if prepared is None:
+            prepared = self._prepared[url] = requests.PreparedRequest()
+            prepared.prepare_method("POST")
+            prepared.prepare_url(url, None)
+            prepared.prepare_headers(self.session.headers)
+        request = prepared.copy()
+        request.body = body
+        request.headers["Content-Length"] = str(len(body))
+        return request
 
 
 def _backoff(attempt: int, retry_after: float | None) -> float:

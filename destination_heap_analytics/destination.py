@@ -6,7 +6,6 @@ import gc
 import io
 import logging
 import os
-import select
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -17,7 +16,6 @@ from airbyte_cdk.models import (
     AirbyteConnectionStatus,
     AirbyteMessage,
     AirbyteMessageSerializer,
-    AirbyteRecordMessage,
     ConfiguredAirbyteCatalog,
     DestinationSyncMode,
     FailureType,
@@ -28,13 +26,11 @@ from airbyte_cdk.utils.airbyte_secrets_utils import filter_secrets, get_secrets,
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from destination_heap_analytics.config import ConfigError, HeapConfig, for_stream, parse_config
+from destination_heap_analytics.messages import read_messages
 
 logger = logging.getLogger("airbyte")
 
 CHECK_TIMEOUT_SECONDS = 10.0
-PAUSE_SECONDS = 1.0  # this long without input and the source counts as stalled
-READ_SIZE = 1 << 20
-UNPARSABLE_LINES_LOGGED = 10
 
 
 class DestinationHeapAnalytics(Destination):
@@ -108,78 +104,8 @@ class DestinationHeapAnalytics(Destination):
         yield from SyncWriter(for_stream(heap_config, stream), stream, namespace).write(input_messages)
 
     def _parse_input_stream(self, input_stream: io.TextIOWrapper) -> Iterator[AirbyteMessage]:
-        """Stdin lines -> Airbyte messages, with INPUT_PAUSED whenever the source has been silent for a while.
-        Lines are read as bytes (orjson decodes and checks UTF-8 itself; a text layer would decode twice)
-        and records skip the full model validation: the hot path. A line that is not a message is counted
-        and its position logged, never its content."""
-        from destination_heap_analytics.writer import INPUT_PAUSED
-
-        unparsable = 0
-        number = 0
-        for line in _stdin_lines(input_stream):
-            if line is None:
-                yield INPUT_PAUSED
-                continue
-            number += 1
-            if not line or line.isspace():
-                continue
-            message = _parse_line(line)
-            if message is None:
-                unparsable += 1
-                if unparsable <= UNPARSABLE_LINES_LOGGED:
-                    logger.warning(f"Input line {number} is not an Airbyte message; skipped (content not logged).")
-                continue
-            yield message
-        if unparsable:
-            logger.warning(f"{unparsable} input lines were not Airbyte messages and were skipped.")
-
-
-def _stdin_lines(input_stream: io.TextIOWrapper) -> Iterator[bytes | bytearray | None]:
-    """The lines of stdin, and None each time no input has come for PAUSE_SECONDS (a stalled source), so
-    that acknowledged states need not wait for the source's next message. Reads the file descriptor
-    itself: a buffered reader blocks in readline and cannot say that nothing is coming."""
-    try:
-        descriptor = input_stream.fileno()
-    except (AttributeError, OSError, ValueError):  # not a real file (an in-memory stream): no pauses to see
-        yield from input_stream.buffer if isinstance(input_stream, io.TextIOWrapper) else input_stream
-        return
-    pending = bytearray()
-    while True:
-        if not select.select([descriptor], [], [], PAUSE_SECONDS)[0]:
-            yield None
-            continue
-        chunk = os.read(descriptor, READ_SIZE)
-        if not chunk:
-            break
-        pending += chunk
-        if b"\n" in chunk:
-            *lines, rest = pending.split(b"\n")
-            pending = bytearray(rest)
-            yield from lines
-    if pending:
-        yield pending
-
-
-def _parse_line(line: bytes | str) -> AirbyteMessage | None:
-    try:
-        raw = orjson.loads(line)
-        kind = raw.get("type")
-        if kind == "RECORD":
-            record = raw["record"]
-            return AirbyteMessage(
-                type=Type.RECORD,
-                record=AirbyteRecordMessage(
-                    stream=record["stream"],
-                    data=record["data"],
-                    emitted_at=int(record.get("emitted_at") or 0),
-                    namespace=record.get("namespace"),
-                ),
-            )
-        if kind == "STATE":
-            return AirbyteMessageSerializer.load(raw)
-        return AirbyteMessage(type=Type(kind)) if kind in Type.__members__ else None
-    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
-        return None
+        """Stdin -> messages, the hot path: see messages.read_messages."""
+        return read_messages(input_stream)
 
 
 def _config_or_trace(config: Mapping[str, Any]) -> HeapConfig:

@@ -1,4 +1,4 @@
-"""One write, end to end: record -> HeapItem (mapping) -> Batch -> Heap (delivery) -> acknowledgement -> STATE.
+"""One write, end to end: SourceRecord -> HeapItem (mapping) -> Batch -> Heap (delivery) -> acknowledgement -> STATE.
 
 `process_record` maps one record into the open batch; `process_batch` hands a full batch to the sender.
 The StateLedger alone decides when a STATE may leave.
@@ -13,15 +13,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 
-from airbyte_cdk.models import (
-    AirbyteLogMessage,
-    AirbyteMessage,
-    AirbyteRecordMessage,
-    AirbyteStateStats,
-    FailureType,
-    Level,
-    Type,
-)
+from airbyte_cdk.models import AirbyteMessage, AirbyteStateStats, FailureType, Type
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from destination_heap_analytics.config import HeapConfig
@@ -35,6 +27,7 @@ from destination_heap_analytics.delivery import (
     HeapClient,
 )
 from destination_heap_analytics.mapping import Mapping, Rejection
+from destination_heap_analytics.messages import INPUT_PAUSED, SourceRecord
 from destination_heap_analytics.pacing import Pacer
 from destination_heap_analytics.report import SyncReport
 from destination_heap_analytics.state import StateLedger
@@ -42,11 +35,6 @@ from destination_heap_analytics.state import StateLedger
 logger = logging.getLogger("airbyte")
 
 TERMINATION_GRACE_SECONDS = 10.0  # after SIGTERM, how long requests in flight may still finish
-
-
-# What the stdin reader yields when the source has been silent for a while: a moment to send a batch still
-# being filled and release the states already acknowledged, instead of holding them until the source speaks.
-INPUT_PAUSED = AirbyteMessage(type=Type.LOG, log=AirbyteLogMessage(level=Level.DEBUG, message="input paused"))
 
 
 class SyncWriter:
@@ -69,7 +57,7 @@ class SyncWriter:
         # In single mode every record is its own request: one record a batch lets them all run concurrently.
         self._batch_size = config.batch_size if config.bulk else 1
 
-    def write(self, messages: Iterable[AirbyteMessage]) -> Iterator[AirbyteMessage]:
+    def write(self, messages: Iterable[SourceRecord | AirbyteMessage]) -> Iterator[AirbyteMessage]:
         """Consume the input messages, yielding each STATE once everything before it is in Heap."""
         previous_handler = signal.signal(signal.SIGTERM, self._terminate)
         outcome = "failed"
@@ -77,8 +65,8 @@ class SyncWriter:
             for message in messages:
                 if self._terminated_at is not None:
                     break
-                if message.type == Type.RECORD:
-                    self.process_record(message.record)
+                if message.__class__ is SourceRecord:
+                    self.process_record(message)
                 elif message.type == Type.STATE:
                     self._count_records_behind(message)
                     self._ledger.state_received(message)
@@ -121,10 +109,10 @@ class SyncWriter:
         os.dup2(devnull, 0)
         os.close(devnull)
 
-    def process_record(self, record: AirbyteRecordMessage) -> None:
+    def process_record(self, record: SourceRecord) -> None:
         """Map one record into the open batch, or count it as skipped; a full batch goes out."""
         self.report.records_read += 1
-        if record.stream != self._stream or (record.namespace or None) != self._namespace:
+        if record.stream != self._stream or record.namespace != self._namespace:
             self._skip(Rejection("stream_not_in_catalog"))
             return
         mapped = self._mapping.map(record.data, record.emitted_at)

@@ -2,13 +2,22 @@
 (checked by the stand-in's own validator, written independently) or a counted Rejection."""
 
 import math
+from datetime import datetime
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from destination_heap_analytics.config import MappingConfig
 from destination_heap_analytics.heap_standin import _ENDPOINTS
-from destination_heap_analytics.mapping import HeapItem, Mapping, Rejection
+from destination_heap_analytics.mapping import (
+    _HEAP_TIME,
+    HeapItem,
+    Mapping,
+    Rejection,
+    _iso,
+    _parse_time,
+    normalize_timestamp,
+)
 
 PATHS = {"track": "/api/track", "add_user_properties": "/api/add_user_properties",
          "add_account_properties": "/api/add_account_properties"}
@@ -56,3 +65,26 @@ def test_any_json_maps_to_a_valid_item_or_a_rejection(mapping, record, emitted_a
     assert error is None, error
     for value in result.body.get("properties", {}).values():
         assert not isinstance(value, float) or math.isfinite(value)
+
+
+def _heap_shaped(moment: datetime, fraction: str, offset: str) -> str:
+    digits = f"{moment.microsecond:06d}"
+    fraction = fraction.replace("ms", digits[:3]).replace("us", digits[3:])
+    return moment.replace(microsecond=0).isoformat() + fraction + offset
+
+
+heap_shaped_times = st.builds(
+    _heap_shaped,
+    st.datetimes(),
+    st.sampled_from(["", ".000", ".000000", ".ms", ".msus", ".ms000", ".000us"]),
+    st.sampled_from(["Z", "+00:00", "-00:00", "+05:30", "-03:00", "+14:00", "-12:45"]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.one_of(heap_shaped_times, st.from_regex(_HEAP_TIME, fullmatch=True)))
+def test_timestamps_in_heaps_shape_take_the_fast_path_to_the_same_text(text):
+    """The string-slicing path for Heap-shaped times gives exactly what parsing and formatting gives."""
+    parsed = _parse_time(text)
+    expected = _iso(parsed) if parsed is not None else None
+    assert normalize_timestamp(text) == expected
