@@ -9,7 +9,8 @@ setup(
     package_data={"destination_heap_analytics": ["spec.json"]},
     install_requires=[
         "airbyte-cdk>=7,<8",
-        "requests>=2.31",
+        "requests>=2.32.3",
+        "urllib3>=2",
         "pendulum>=3",
         "jsonpath-ng>=1.6",
         "orjson>=3.9",
