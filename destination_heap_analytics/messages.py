@@ -99,10 +99,13 @@ def _stdin_lines(input_stream: io.TextIOWrapper) -> Iterator[list[bytearray] | N
         chunk = os.read(descriptor, READ_SIZE)
         if not chunk:
             break
-        pending += chunk
         if b"\n" in chunk:
-            lines = pending.split(b"\n")
-            pending = lines.pop()
+            lines = chunk.split(b"\n")  # the chunk alone: appending it to `pending` first copies a megabyte
+            if pending:
+                lines[0] = pending + lines[0]
+            pending = bytearray(lines.pop())
             yield lines
+        else:
+            pending += chunk
     if pending:
         yield [pending]
