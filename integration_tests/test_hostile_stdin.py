@@ -211,7 +211,7 @@ def test_integers_past_2_53_are_sent_as_exact_text(heap: HeapStandin, tmp_path: 
 
 
 @pytest.mark.xfail(
-    reason="KNOWN LIMITATION (README): integers outside the 64-bit range lose digits: destination._parse_line "
+    reason="KNOWN LIMITATION (README): integers outside the 64-bit range lose digits: messages.parse_line "
     "decodes stdin with orjson.loads, which turns integers beyond int64/uint64 into floats before the mapping can "
     "send them as text",
     strict=True,
