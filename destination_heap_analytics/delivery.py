@@ -1,8 +1,9 @@
 """Stage 3: getting batches of Heap items into Heap, and knowing exactly which ones got there.
 
-`HeapClient` sends one request with retries (429, 5xx, timeouts, dropped connections) over one pooled
-session. `BatchSender` runs several batches at once on a thread pool, bisects a rejected bulk request until
-the bad items are isolated, and hands each finished batch back as a `BatchResult`.
+`HeapClient` sends one request with retries (429, 5xx, timeouts, dropped connections) over one connection
+pool, the one requests sets up for base_url (its proxy and TLS handling). `BatchSender` runs several
+batches at once on a thread pool, bisects a rejected bulk request until the bad items are isolated, and
+hands each finished batch back as a `BatchResult`.
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ class HeapClient:
         self._proxies = settings["proxies"]
         self._headers = dict(self.session.headers)
         self._pool_timeout = urllib3.Timeout(connect=self._timeout[0], read=self._timeout[1])
-        self._targets: dict[str, str] = {}  # url -> what the pool is asked for (the whole url through a proxy)
+        self._targets: dict[str, str] = {}  # url -> _target(url)
         needs_token = config.mapping.api_type == "delete_users" and not config.dry_run
         self._auth = DeletionAuth(config, self.session, self._timeout) if needs_token else None
 
@@ -227,7 +228,7 @@ class HeapClient:
                 assert_same_host=False,
                 timeout=self._pool_timeout,
             )
-        except (TransportTimeout, requests.Timeout) as error:  # requests': fetching a deletion token
+        except (TransportTimeout, requests.Timeout) as error:  # requests.Timeout: fetching a deletion token
             if not isinstance(error, NewConnectionError):  # which urllib3 files under timeouts too
                 self.counters.count("timeout", retried)
                 return None, "timed out", None
@@ -263,8 +264,8 @@ class HeapClient:
             )
         raise DeliveryError(f"Heap answered an unexpected HTTP {status} at {url}.", transient=False)
 
-
     def _target(self, url: str) -> str:
+        """What the pool is asked for: the path, or the whole url through a plain-HTTP proxy (as requests does)."""
         target = self._targets.get(url)
         if target is None:
             request = requests.Request("POST", url).prepare()

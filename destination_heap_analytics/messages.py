@@ -1,4 +1,4 @@
-"""Stage 1: stdin lines -> Airbyte messages, the first half of every record's cost.
+"""Reading: stdin lines -> Airbyte messages, the first stage of every record (and its parse-only floor).
 
 Lines are read as bytes straight from the file descriptor: orjson decodes and checks UTF-8 itself (a text
 layer would decode twice), and `select` lets the reader notice a stalled source. A RECORD becomes a lean
