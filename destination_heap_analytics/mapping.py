@@ -244,12 +244,9 @@ class Mapping:
     def _put(
         self, properties: dict[str, Any], key: str, value: Any, notes: list[tuple[str, str]], column: str = ""
     ) -> None:
-        """Add one property in Heap's shape: objects flatten to dotted keys, arrays join, nulls stay out."""
+        """Add one value _put_fields did not take as it is (objects it flattens itself): arrays join, nulls
+        stay out, names and values Heap cannot hold are noted."""
         if value is None or value == []:  # nothing to say; an empty value must not wipe the property in Heap
-            return
-        kind = value.__class__
-        if kind is dict:
-            self._put_fields(properties, key + ".", value, notes, column or key + ".*")
             return
         name = column or key  # what notes call this property
         length = len(key)
