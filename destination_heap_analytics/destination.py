@@ -26,7 +26,7 @@ from airbyte_cdk.utils.airbyte_secrets_utils import filter_secrets, get_secrets,
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from destination_heap_analytics.config import ConfigError, HeapConfig, for_stream, parse_config
-from destination_heap_analytics.messages import read_messages
+from destination_heap_analytics.messages import SourceRecord, read_messages
 
 logger = logging.getLogger("airbyte")
 
@@ -93,7 +93,7 @@ class DestinationHeapAnalytics(Destination):
         self,
         config: Mapping[str, Any],
         configured_catalog: ConfiguredAirbyteCatalog,
-        input_messages: Iterable[AirbyteMessage],
+        input_messages: Iterable[SourceRecord | AirbyteMessage],
     ) -> Iterable[AirbyteMessage]:
         from destination_heap_analytics.writer import SyncWriter  # only write needs the delivery stack
 
@@ -107,8 +107,9 @@ class DestinationHeapAnalytics(Destination):
         gc.set_threshold(YOUNG_GENERATION_THRESHOLD)
         yield from SyncWriter(for_stream(heap_config, stream), stream, namespace).write(input_messages)
 
-    def _parse_input_stream(self, input_stream: io.TextIOWrapper) -> Iterator[AirbyteMessage]:
-        """Stdin -> messages, the hot path: see messages.read_messages."""
+    def _parse_input_stream(self, input_stream: io.TextIOWrapper) -> Iterator[SourceRecord | AirbyteMessage]:
+        """Stdin -> messages, the hot path: see messages.read_messages. Records arrive as SourceRecord, not
+        the CDK's AirbyteMessage, and go only to this class's write."""
         return read_messages(input_stream)
 
 
