@@ -12,11 +12,12 @@ What is measured (one run, one table, also written to benchmarks/results.md):
 5. bulk track against a rate-limited stand-in (15,000 events/min) with the connector's pacer on;
 6. peak RSS for a 1,000,000-record add_user_properties bulk load.
 
-Peak RSS is the connector process's own ru_maxrss, read with os.wait4 by a tiny launcher process (see
-LAUNCHER) so neither the stand-in nor this process's own memory counts. Nothing here asserts a timing:
-targets are printed with ok/MISS. The 200,000-record bulk loads run 3 times (--bulk-repeats), other connector
-loads once (--repeats N: median of N for all); the cheap measurements (anchor, parse floors) take the median
-of --small-repeats (3), start-up of --startup-repeats (5).
+Peak RSS is the connector's own ru_maxrss, read with os.wait4 by a tiny launcher process (see LAUNCHER) so
+neither the stand-in nor this process's own memory counts; with the connector's mapping worker, that is the
+larger process's, so the launcher also samples RSS and PSS of the connector's processes together.
+Nothing here asserts a timing: targets are printed with ok/MISS. The 200,000-record bulk loads run 3 times
+(--bulk-repeats), other connector loads once (--repeats N: median of N for all); the cheap measurements
+(anchor, parse floors) take the median of --small-repeats (3), start-up of --startup-repeats (5).
 
     .venv/bin/python benchmarks/benchmark.py            # full run (10-15 minutes on 2 cores)
     .venv/bin/python benchmarks/benchmark.py --quick    # smoke run, small counts (< 2 minutes)
@@ -233,7 +234,9 @@ class Standin:
 class RunResult:
     wall: float
     exit_code: int
-    peak_rss_mb: float
+    peak_rss_mb: float  # the largest of the connector's processes (ru_maxrss)
+    peak_rss_sum_mb: float  # its processes together, sampled every 0.1 s, shared pages counted in each
+    peak_pss_sum_mb: float  # the same, shared pages split between the processes that share them
     cpu_seconds: float
     states: int
     stderr_tail: str
@@ -291,9 +294,9 @@ class Connector:
             if stdin_path:
                 stdin.close()
         try:
-            wall, exit_code, maxrss_kib, cpu = result_path.read_text().split()
+            wall, exit_code, maxrss_kib, cpu, rss_sum_kib, pss_sum_kib = result_path.read_text().split()
         except (OSError, ValueError):
-            wall, exit_code, maxrss_kib, cpu = "nan", str(proc.returncode or -1), "nan", "nan"
+            wall, exit_code, maxrss_kib, cpu, rss_sum_kib, pss_sum_kib = "nan", str(proc.returncode or -1), *["nan"] * 4
         states = 0
         with open(out_path, "rb") as out:
             for line in out:
@@ -307,6 +310,8 @@ class Connector:
             wall=float(wall),
             exit_code=int(exit_code),
             peak_rss_mb=float(maxrss_kib) / 1024,  # KiB on Linux
+            peak_rss_sum_mb=float(rss_sum_kib) / 1024,
+            peak_pss_sum_mb=float(pss_sum_kib) / 1024,
             cpu_seconds=float(cpu),
             states=states,
             stderr_tail=stderr_tail,
@@ -324,9 +329,13 @@ class Connector:
 
 # The connector is started through this small launcher so that its peak RSS is its own: a child's ru_maxrss
 # starts from the high-water mark of the process that forked it, and the benchmark process can be large.
-# argv: result path, then the command. Writes "<wall s> <exit code> <maxrss KiB> <cpu s>" to the result path.
+# The connector may fork a worker, and ru_maxrss is the largest process's, not their sum: the launcher also
+# samples the memory of the connector's processes together every 0.1 s (/proc/<pid>/smaps_rollup), as RSS
+# (shared pages counted in each process) and PSS (shared pages split between them: the memory really used).
+# argv: result path, then the command.
+# Writes "<wall s> <exit code> <maxrss KiB> <cpu s> <peak RSS sum KiB> <peak PSS sum KiB>" to the result path.
 LAUNCHER = r"""
-import os, sys, time
+import glob, os, sys, time
 result_path, argv = sys.argv[1], sys.argv[2:]
 started = time.perf_counter()
 pid = os.fork()
@@ -337,11 +346,39 @@ if pid == 0:
         os._exit(127)
 with open(result_path + ".pid", "w") as f:
     f.write(str(pid))
-_, status, usage = os.wait4(pid, 0)
+
+def memory(pid):  # (RSS, PSS) in KiB of pid and its descendants
+    rss = pss = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+        children = []
+        for path in glob.glob(f"/proc/{pid}/task/*/children"):
+            with open(path) as f:
+                children += f.read().split()
+    except OSError:  # the process ended meanwhile
+        return rss, pss
+    for child in children:
+        child_rss, child_pss = memory(int(child))
+        rss, pss = rss + child_rss, pss + child_pss
+    return rss, pss
+
+peak_rss = peak_pss = 0
+while True:
+    done, status, usage = os.wait4(pid, os.WNOHANG)
+    if done:
+        break
+    rss, pss = memory(pid)
+    peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+    time.sleep(0.1)
 wall = time.perf_counter() - started
 code = os.waitstatus_to_exitcode(status)
 with open(result_path, "w") as f:
-    f.write(f"{wall} {code} {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
+    f.write(f"{wall} {code} {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime} {peak_rss} {peak_pss}")
 sys.exit(0 if code == 0 else 1)
 """
 
@@ -416,7 +453,9 @@ class Row:
     concurrency: int
     records: int
     walls: list[float] = field(default_factory=list)
-    rss: list[float] = field(default_factory=list)
+    rss: list[float] = field(default_factory=list)  # the largest process's
+    rss_sum: list[float] = field(default_factory=list)  # the connector's processes together
+    pss_sum: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     standin_cpu: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -567,12 +606,15 @@ class Benchmark:
             row.standin_cpu.append(standin.cpu_seconds() - standin_cpu)
             row.walls.append(result.wall)
             row.rss.append(result.peak_rss_mb)
+            row.rss_sum.append(result.peak_rss_sum_mb)
+            row.pss_sum.append(result.peak_pss_sum_mb)
             row.cpu.append(result.cpu_seconds)
             row.failures.extend(self.check(result, stats, api_type, records))
         status = "FAIL " + "; ".join(row.failures) if row.failures else "ok"
         log(
             f"  {api_type} {row.mode} {latency} ms c={concurrency} {records:,}{' ' + note if note else ''}: "
-            f"{row.rate:,.0f} rec/s, wall {row.wall:.2f} s, RSS {median(row.rss):.0f} MB, {status}"
+            f"{row.rate:,.0f} rec/s, wall {row.wall:.2f} s, RSS {median(row.rss):.0f} MB, "
+            f"all processes RSS {median(row.rss_sum):.0f} / PSS {median(row.pss_sum):.0f} MB, {status}"
         )
         if row.failures:
             log(result.stderr_tail)
@@ -714,8 +756,9 @@ class Benchmark:
             "## Throughput and memory",
             "",
             "| api_type | mode | latency | concurrency | records | wall s | records/s | steady records/s "
-            "| records per CPU-s | connector CPU µs/record (incl. start-up) | stand-in CPU s | peak RSS MB | check |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| records per CPU-s | connector CPU µs/record (incl. start-up) | stand-in CPU s "
+            "| peak RSS MB, largest process | peak RSS MB, all processes | peak PSS MB, all processes | check |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         all_rows = self.rows + ([self.million] if self.million else [])
         for row in all_rows:
@@ -726,7 +769,8 @@ class Benchmark:
                 f"| {row.api_type} | {mode} | {row.latency_ms} ms | {row.concurrency} | {row.records:,} "
                 f"| {row.wall:.2f} | {fmt_rate(row.rate)} | {fmt_rate(row.steady(startup))} "
                 f"| {fmt_rate(row.per_cpu_second(median(self.startup_cpu)))} | {cpu_us:.0f} "
-                f"| {median(row.standin_cpu):.1f} | {median(row.rss):.0f} | {status} |"
+                f"| {median(row.standin_cpu):.1f} | {median(row.rss):.0f} | {median(row.rss_sum):.0f} "
+                f"| {median(row.pss_sum):.0f} | {status} |"
             )
         anchor_title = "## Anchor: the 0.1.0 pattern (one fresh `requests.post` per row, no Session, no concurrency)"
         lines += ["", anchor_title, ""]
@@ -738,10 +782,10 @@ class Benchmark:
         lines += ["", f"## Parse-only floors ({self.size('bulk_records'):,}-record stdin file, no sending)", ""]
         lines += ["| what | records/s |", "|---|---|"]
         plain = self.floors.get("orjson.loads", float("nan"))
-        lines.append(f"| connector's stdin reader (`messages.read_messages`) | {fmt_rate(floor)} |")
+        lines.append(f"| connector's stdin reader (`messages.read_message_chunks`) | {fmt_rate(floor)} |")
         lines.append(f"| plain `orjson.loads` per bytes line | {fmt_rate(plain)} |")
         for api_type, rate in self.map_floors.items():
-            lines.append(f"| reader + `Mapping.map` ({api_type}) | {fmt_rate(rate)} |")
+            lines.append(f"| reader + mapping + encoding: the intake's work ({api_type}) | {fmt_rate(rate)} |")
         lines += ["", "| api_type | 0 ms bulk steady records/s | floor / steady |", "|---|---|---|"]
         for row in self.rows:
             if row.mode == "bulk" and row.latency_ms == 0:
@@ -824,10 +868,12 @@ class Benchmark:
                 f"| {share:.1%}, {p['429']} 429s | {ok(met)} |"
             )
         if self.million:
-            rss = median(self.million.rss)
+            pss, rss = median(self.million.pss_sum), median(self.million.rss_sum)
             out.append(
-                f"| peak RSS < {TARGET_MILLION_RSS_MB} MB at {self.million.records:,} records "
-                f"| {rss:.0f} MB | {ok(rss < TARGET_MILLION_RSS_MB and not self.million.failures)} |"
+                f"| peak memory < {TARGET_MILLION_RSS_MB} MB at {self.million.records:,} records "
+                f"(PSS of the connector's processes together) | {pss:.0f} MB (RSS together: {rss:.0f} MB, "
+                f"largest process: {median(self.million.rss):.0f} MB) "
+                f"| {ok(pss < TARGET_MILLION_RSS_MB and not self.million.failures)} |"
             )
         return out
 
@@ -838,8 +884,8 @@ import gc, io, statistics, sys, time
 import orjson
 from destination_heap_analytics.config import parse_config
 from destination_heap_analytics.destination import DestinationHeapAnalytics
+from destination_heap_analytics.intake import RecordEncoder
 from destination_heap_analytics.mapping import Mapping
-from destination_heap_analytics.messages import SourceRecord
 
 path, repeats, columns = sys.argv[1], int(sys.argv[2]), orjson.loads(sys.argv[3])
 destination = DestinationHeapAnalytics()
@@ -875,10 +921,11 @@ for api_type, api in columns.items():
     except Exception as error:  # the package changed shape: report the floors that still apply
         print(f"map floor for {api_type} skipped: {error!r}", file=sys.stderr)
         continue
-    def parse_and_map(stdin, mapping=mapping):
-        for message in destination._parse_input_stream(stdin):
-            if message.__class__ is SourceRecord:
-                mapping.map(message.data, message.emitted_at)
+    encoder = RecordEncoder(mapping, "users", None)
+    def parse_and_map(stdin, encoder=encoder):  # the intake's whole work: read, map, encode
+        for chunk in destination._parse_input_stream(stdin):
+            if chunk:
+                encoder.encode(chunk)
     result["map"][api_type] = count / timed(parse_and_map)
 print(orjson.dumps(result).decode())
 """

@@ -28,7 +28,6 @@ from urllib3.exceptions import NewConnectionError
 from urllib3.exceptions import TimeoutError as TransportTimeout
 
 from destination_heap_analytics.config import HeapConfig
-from destination_heap_analytics.mapping import HeapItem
 from destination_heap_analytics.pacing import Pacer
 
 logger = logging.getLogger("airbyte")
@@ -301,8 +300,11 @@ def _without_values(text: str) -> str:
 
 @dataclass
 class Batch:
+    """Heap items in input order: each one's JSON, and the identity it counts against in rate limits."""
+
     number: int
-    items: list[HeapItem] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    identities: list[str | None] = field(default_factory=list)
 
 
 @dataclass
@@ -320,6 +322,12 @@ class BatchSender:
         self._endpoint = ENDPOINTS[config.mapping.api_type]
         self._app_id = config.app_id
         self._bulk = config.bulk
+        # Items arrive as JSON: a body is written around them, never parsed and dumped again.
+        envelope = {"app_id": config.app_id} if self._endpoint.app_id_in_body else {}
+        if config.bulk:
+            self._opening = orjson.dumps(envelope | {self._endpoint.list_key: []})[:-2]  # {"app_id":"1","users":[
+        else:
+            self._opening = orjson.dumps(envelope)[:-1] + (b"," if envelope else b"")  # {"app_id":"1", then item
         self._dry_run = config.dry_run
         self._samples_left = DRY_RUN_SAMPLES if config.dry_run else 0
         self._client = client
@@ -369,10 +377,10 @@ class BatchSender:
             return result
         try:
             if self._bulk:
-                self._deliver_bulk(batch.items, result)
+                self._deliver_bulk(batch.bodies, batch.identities, result)
             else:
-                for item in batch.items:
-                    self._deliver_one(item, result)
+                for body, identity in zip(batch.bodies, batch.identities, strict=True):
+                    self._deliver_one(body, identity, result)
         except (DeliveryError, DeliveryStopped) as failure:
             result.failure = failure
         return result
@@ -381,40 +389,38 @@ class BatchSender:
         """Dry run: nothing is sent; the first bodies are logged by shape (values masked: personal data)."""
         if self._samples_left > 0:
             self._samples_left -= 1
-            body = self._body(batch.items[:2])  # the single form shows the first item only
-            shape = masked(body) | ({"app_id": self._app_id} if self._endpoint.app_id_in_body else {})
+            body = self._body(batch.bodies[:2] if self._bulk else batch.bodies[0])
+            shape = masked(orjson.loads(body))
+            if "app_id" in shape:
+                shape["app_id"] = self._app_id  # the config's, not data
             logger.info(f"Dry run: Heap would receive at {self._endpoint.path}: {orjson.dumps(shape).decode()}")
-        result.delivered = len(batch.items)
+        result.delivered = len(batch.bodies)
 
-    def _body(self, items: list[HeapItem]) -> dict:
-        body = {"app_id": self._app_id} if self._endpoint.app_id_in_body else {}
+    def _body(self, items: list[bytes] | bytes) -> bytes:
+        """The request body: a bulk list of items, or the single form of one item."""
         if self._bulk:
-            body[self._endpoint.list_key] = [item.body for item in items]
-        else:
-            body.update(items[0].body)
-        return body
+            return b"%s%s]}" % (self._opening, b",".join(items))
+        return self._opening + items[1:]  # the item's own fields after the envelope's
 
-    def _deliver_bulk(self, items: list[HeapItem], result: BatchResult) -> None:
+    def _deliver_bulk(self, bodies: list[bytes], identities: list[str | None], result: BatchResult) -> None:
         """Send items in one request; if Heap refuses it, halve until each refused item stands alone."""
-        body = orjson.dumps(self._body(items))
         try:
-            response = self._client.post(self._endpoint.path, body, [item.identity for item in items])
-            result.delivered += len(items)
+            response = self._client.post(self._endpoint.path, self._body(bodies), identities)
+            result.delivered += len(bodies)
             if self._endpoint.answers_with_request_id:
-                _log_deletion_request(response, len(items))
+                _log_deletion_request(response, len(bodies))
         except HeapRejected as rejection:
-            if len(items) == 1:
+            if len(bodies) == 1:
                 result.rejected.append(rejection.reason)
                 return
             self._client.counters.bisected()
-            middle = len(items) // 2
-            self._deliver_bulk(items[:middle], result)
-            self._deliver_bulk(items[middle:], result)
+            middle = len(bodies) // 2
+            self._deliver_bulk(bodies[:middle], identities[:middle], result)
+            self._deliver_bulk(bodies[middle:], identities[middle:], result)
 
-    def _deliver_one(self, item: HeapItem, result: BatchResult) -> None:
-        body = orjson.dumps(self._body([item]))
+    def _deliver_one(self, body: bytes, identity: str | None, result: BatchResult) -> None:
         try:
-            self._client.post(self._endpoint.path, body, [item.identity])
+            self._client.post(self._endpoint.path, self._body(body), [identity])
             result.delivered += 1
         except HeapRejected as rejection:
             result.rejected.append(rejection.reason)

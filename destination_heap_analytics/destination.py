@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import io
 import logging
@@ -26,12 +27,16 @@ from airbyte_cdk.utils.airbyte_secrets_utils import filter_secrets, get_secrets,
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from destination_heap_analytics.config import ConfigError, HeapConfig, for_stream, parse_config
-from destination_heap_analytics.messages import SourceRecord, read_messages
+from destination_heap_analytics.messages import Message, read_message_chunks
 
 logger = logging.getLogger("airbyte")
 
 CHECK_TIMEOUT_SECONDS = 10.0
 YOUNG_GENERATION_THRESHOLD = 20_000
+# glibc's mallopt parameters, and the values a write runs with
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+KEPT_FREE_BYTES = 256 << 20
+HEAP_BLOCK_LIMIT_BYTES = 32 << 20
 
 
 class DestinationHeapAnalytics(Destination):
@@ -93,7 +98,7 @@ class DestinationHeapAnalytics(Destination):
         self,
         config: Mapping[str, Any],
         configured_catalog: ConfiguredAirbyteCatalog,
-        input_messages: Iterable[SourceRecord | AirbyteMessage],
+        input_messages: Iterator[list[Message] | None],
     ) -> Iterable[AirbyteMessage]:
         from destination_heap_analytics.writer import SyncWriter  # only write needs the delivery stack
 
@@ -105,12 +110,26 @@ class DestinationHeapAnalytics(Destination):
         # instead of 700: 3% less CPU (measured), and at most a few MB more memory.
         gc.freeze()
         gc.set_threshold(YOUNG_GENERATION_THRESHOLD)
+        _reuse_freed_memory()
         yield from SyncWriter(for_stream(heap_config, stream), stream, namespace).write(input_messages)
 
-    def _parse_input_stream(self, input_stream: io.TextIOWrapper) -> Iterator[SourceRecord | AirbyteMessage]:
-        """Stdin -> messages, the hot path: see messages.read_messages. Records arrive as SourceRecord, not
-        the CDK's AirbyteMessage, and go only to this class's write."""
-        return read_messages(input_stream)
+    def _parse_input_stream(self, input_stream: io.TextIOWrapper) -> Iterator[list[Message] | None]:
+        """Stdin -> messages, the hot path: see messages.read_message_chunks. They arrive a read at a time,
+        records as SourceRecord rather than the CDK's AirbyteMessage, and go only to this class's write."""
+        return read_message_chunks(input_stream)
+
+
+def _reuse_freed_memory() -> None:
+    """By default glibc gives freed memory back to the kernel once 128 kB lie free at the top of the heap,
+    and serves every block over 128 kB (a stdin read, a request body) with a fresh mmap: either way the
+    next megabyte of records page-faults again. On this VM that was most of the cost of keeping an item's
+    JSON (1.07 against 0.13 µs, measured). A sync's memory is bounded, so freed memory is kept for reuse."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_TRIM_THRESHOLD, KEPT_FREE_BYTES)
+        libc.mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK_LIMIT_BYTES)
+    except (OSError, AttributeError):  # not glibc: its allocator's own defaults stand
+        pass
 
 
 def _config_or_trace(config: Mapping[str, Any]) -> HeapConfig:

@@ -9,24 +9,16 @@ as parsing the line (measured). The rare other messages (STATE, LOG, ...) become
 from __future__ import annotations
 
 import io
-import logging
 import os
 import select
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
-from airbyte_cdk.models import AirbyteLogMessage, AirbyteMessage, AirbyteMessageSerializer, Level, Type
-
-logger = logging.getLogger("airbyte")
+from airbyte_cdk.models import AirbyteMessage, AirbyteMessageSerializer, Type
 
 PAUSE_SECONDS = 1.0  # this long without input and the source counts as stalled
 READ_SIZE = 1 << 20
-UNPARSABLE_LINES_LOGGED = 10
-
-# What the reader yields when the source has been silent for a while: a moment to send a batch still being
-# filled and release the states already acknowledged, instead of holding them until the source speaks.
-INPUT_PAUSED = AirbyteMessage(type=Type.LOG, log=AirbyteLogMessage(level=Level.DEBUG, message="input paused"))
 
 
 class SourceRecord:
@@ -41,26 +33,36 @@ class SourceRecord:
         self.emitted_at = emitted_at
 
 
-def read_messages(input_stream: io.TextIOWrapper) -> Iterator[SourceRecord | AirbyteMessage]:
-    """Stdin -> records and other messages, with INPUT_PAUSED whenever the source has been silent for a while.
-    A line that is not a message is counted and its position logged, never its content."""
-    unparsable = 0
+class UnparsableLine:
+    """A line that is not an Airbyte message: only its position travels on, never its content."""
+
+    __slots__ = ("number",)
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+
+Message = SourceRecord | AirbyteMessage | UnparsableLine
+
+
+def read_message_chunks(input_stream: io.TextIOWrapper) -> Iterator[list[Message] | None]:
+    """Stdin -> the messages of each read, in order (a list a read: a generator step a message would cost
+    a tenth of a record's reading), and None whenever the source has been silent for PAUSE_SECONDS: a
+    moment to send a batch still being filled and release the states already acknowledged."""
     number = 0
     for lines in _stdin_lines(input_stream):
         if lines is None:
-            yield INPUT_PAUSED
+            yield None
             continue
+        messages: list[Message] = []
         for line in lines:
             number += 1
             message = parse_line(line)
             if message is not None:
-                yield message
+                messages.append(message)
             elif line.strip():
-                unparsable += 1
-                if unparsable <= UNPARSABLE_LINES_LOGGED:
-                    logger.warning(f"Input line {number} is not an Airbyte message; skipped (content not logged).")
-    if unparsable:
-        logger.warning(f"{unparsable} input lines were not Airbyte messages and were skipped.")
+                messages.append(UnparsableLine(number))
+        yield messages
 
 
 def parse_line(line: bytes | str) -> SourceRecord | AirbyteMessage | None:

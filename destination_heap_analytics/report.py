@@ -14,6 +14,7 @@ from destination_heap_analytics.delivery import DeliveryCounters
 logger = logging.getLogger("airbyte")
 
 PROGRESS_INTERVAL_SECONDS = 15.0
+UNPARSABLE_LINES_LOGGED = 10
 
 
 class SyncReport:
@@ -27,12 +28,19 @@ class SyncReport:
         self.skipped: Counter[str] = Counter()  # reason -> records left out
         self.adjusted: Counter[str] = Counter()  # "truncated bio" -> values changed or left out to fit Heap
         self.states_emitted = 0
+        self.unparsable_lines = 0
         self._started = time.monotonic()
         self._progress_interval = progress_interval
         self._next_progress = self._started + progress_interval
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] += 1
+
+    def unparsable(self, number: int) -> None:
+        """An input line that is not an Airbyte message: its position is logged, never its content."""
+        self.unparsable_lines += 1
+        if self.unparsable_lines <= UNPARSABLE_LINES_LOGGED:
+            logger.warning(f"Input line {number} is not an Airbyte message; skipped (content not logged).")
 
     def adjust(self, notes: list[tuple[str, str]]) -> None:
         for kind, name in notes:
@@ -45,6 +53,8 @@ class SyncReport:
             logger.info(f"Progress: {self._figures(now)}")
 
     def log_summary(self, outcome: str) -> None:
+        if self.unparsable_lines:
+            logger.warning(f"{self.unparsable_lines} input lines were not Airbyte messages and were skipped.")
         logger.info(f"Sync summary ({outcome}): {self._figures(time.monotonic())}")
         if self.skipped:
             logger.warning(f"Records skipped, by reason: {_listing(self.skipped)}")

@@ -1,6 +1,6 @@
-"""One write, end to end: SourceRecord -> HeapItem (mapping) -> Batch -> Heap (delivery) -> acknowledgement -> STATE.
+"""One write, end to end: encoded record (intake) -> Batch -> Heap (delivery) -> acknowledgement -> STATE.
 
-`process_record` maps one record into the open batch; `process_batch` hands a full batch to the sender.
+`process_record` adds one mapped record to the open batch; `process_batch` hands a full batch to the sender.
 The StateLedger alone decides when a STATE may leave.
 """
 
@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 from airbyte_cdk.models import AirbyteMessage, AirbyteStateStats, FailureType, Type
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
@@ -26,8 +26,9 @@ from destination_heap_analytics.delivery import (
     DeliveryStopped,
     HeapClient,
 )
+from destination_heap_analytics.intake import EncodedRecord, Entry, Intake, RecordEncoder
 from destination_heap_analytics.mapping import Mapping, Rejection
-from destination_heap_analytics.messages import INPUT_PAUSED, SourceRecord
+from destination_heap_analytics.messages import Message, UnparsableLine
 from destination_heap_analytics.pacing import Pacer
 from destination_heap_analytics.report import SyncReport
 from destination_heap_analytics.state import StateLedger
@@ -40,9 +41,8 @@ TERMINATION_GRACE_SECONDS = 10.0  # after SIGTERM, how long requests in flight m
 class SyncWriter:
     def __init__(self, config: HeapConfig, stream: str, namespace: str | None = None) -> None:
         self._config = config
-        self._stream = stream
-        self._namespace = namespace or None
-        self._mapping = Mapping(config.mapping)
+        self._encoder = RecordEncoder(Mapping(config.mapping), stream, namespace or None)
+        self._intake: Intake | None = None
         self._stop = threading.Event()
         pacer = Pacer.for_api(
             config.mapping.api_type, config.bulk, config.track_events_per_minute, config.batch_size, self._stop.wait
@@ -57,29 +57,28 @@ class SyncWriter:
         # In single mode every record is its own request: one record a batch lets them all run concurrently.
         self._batch_size = config.batch_size if config.bulk else 1
 
-    def write(self, messages: Iterable[SourceRecord | AirbyteMessage]) -> Iterator[AirbyteMessage]:
-        """Consume the input messages, yielding each STATE once everything before it is in Heap."""
+    def write(self, chunks: Iterator[list[Message] | None]) -> Iterator[AirbyteMessage]:
+        """Consume stdin's messages (each read's, None when the source is silent), yielding each STATE once
+        everything before it is in Heap."""
+        self._intake = Intake(chunks, self._encoder)  # before the sender's threads exist: it may fork
         previous_handler = signal.signal(signal.SIGTERM, self._terminate)
         outcome = "failed"
         try:
-            for message in messages:
+            for chunk in self._intake:
                 if self._terminated_at is not None:
                     break
-                if message.__class__ is SourceRecord:
-                    self.process_record(message)
-                elif message.type == Type.STATE:
-                    self._count_records_behind(message)
-                    self._ledger.state_received(message)
-                    yield from self._release(self._sender.collect())
-                elif message is INPUT_PAUSED:
+                if chunk is None:  # a silent source: send what is waiting, release what is acknowledged
                     self._submit_open_batch()
                     yield from self._release(self._sender.collect())
+                else:
+                    yield from self._process_chunk(chunk)
             if self._terminated_at is None:
                 self._submit_open_batch()
             yield from self._finish()
             outcome = "terminated" if self._terminated_at is not None else "succeeded"
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
+            self._intake.close()
             self._sender.close()
             self.report.log_summary(outcome)
         if self._terminated_at is not None:
@@ -105,26 +104,40 @@ class SyncWriter:
         blocked on a stalled source returns at once, as end of input."""
         self._terminated_at = time.monotonic()
         self._stop.set()
+        if self._intake is not None:
+            self._intake.stop()
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
 
-    def process_record(self, record: SourceRecord) -> None:
-        """Map one record into the open batch, or count it as skipped; a full batch goes out."""
+    def _process_chunk(self, chunk: list[Entry]) -> Iterator[AirbyteMessage]:
+        for entry in chunk:
+            if self._terminated_at is not None:
+                return
+            kind = entry.__class__
+            if kind is tuple:
+                self.process_record(entry)
+            elif kind is Rejection:
+                self.report.records_read += 1
+                self._skip(entry)
+            elif kind is UnparsableLine:
+                self.report.unparsable(entry.number)
+            elif entry.type == Type.STATE:
+                self._count_records_behind(entry)
+                self._ledger.state_received(entry)
+                yield from self._release(self._sender.collect())
+
+    def process_record(self, record: EncodedRecord) -> None:
+        """Add one mapped record to the open batch; a full batch goes out."""
         self.report.records_read += 1
-        if record.stream != self._stream or record.namespace != self._namespace:
-            self._skip(Rejection("stream_not_in_catalog"))
-            return
-        mapped = self._mapping.map(record.data, record.emitted_at)
-        if isinstance(mapped, Rejection):
-            self._skip(mapped)
-            return
-        if mapped.notes:
-            self.report.adjust(mapped.notes)
+        body, identity, notes = record
+        if notes:
+            self.report.adjust(notes)
         if self._open is None:
             self._open = Batch(self._ledger.open_batch())
-        self._open.items.append(mapped)
-        if len(self._open.items) >= self._batch_size:
+        self._open.bodies.append(body)
+        self._open.identities.append(identity)
+        if len(self._open.bodies) >= self._batch_size:
             self.process_batch()
 
     def process_batch(self) -> None:
@@ -182,5 +195,3 @@ class SyncWriter:
             message=str(failure),
             failure_type=FailureType.transient_error if transient else FailureType.config_error,
         )
-
-
