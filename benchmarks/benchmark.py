@@ -782,7 +782,8 @@ class Benchmark:
         lines += ["", f"## Parse-only floors ({self.size('bulk_records'):,}-record stdin file, no sending)", ""]
         lines += ["| what | records/s |", "|---|---|"]
         plain = self.floors.get("orjson.loads", float("nan"))
-        lines.append(f"| connector's stdin reader (`messages.read_message_chunks`) | {fmt_rate(floor)} |")
+        reader = "connector's stdin reader (`messages.read_blocks`, `split_lines`, `parse_line`)"
+        lines.append(f"| {reader} | {fmt_rate(floor)} |")
         lines.append(f"| plain `orjson.loads` per bytes line | {fmt_rate(plain)} |")
         for api_type, rate in self.map_floors.items():
             lines.append(f"| reader + mapping + encoding: the intake's work ({api_type}) | {fmt_rate(rate)} |")
@@ -886,6 +887,7 @@ from destination_heap_analytics.config import parse_config
 from destination_heap_analytics.destination import DestinationHeapAnalytics
 from destination_heap_analytics.intake import RecordEncoder
 from destination_heap_analytics.mapping import Mapping
+from destination_heap_analytics.messages import parse_line, split_lines
 
 path, repeats, columns = sys.argv[1], int(sys.argv[2]), orjson.loads(sys.argv[3])
 destination = DestinationHeapAnalytics()
@@ -906,8 +908,9 @@ def timed(consume):
     return statistics.median(runs)
 
 def reader(stdin):  # the connector's own stdin reader: parse_line over every line
-    for _ in destination._parse_input_stream(stdin):
-        pass
+    for block in destination._parse_input_stream(stdin):
+        for line in split_lines(block) if block else ():
+            parse_line(line)
 
 def plain(stdin):  # the least any reader has to do: split lines, orjson.loads each
     for line in stdin.buffer:
@@ -922,10 +925,10 @@ for api_type, api in columns.items():
         print(f"map floor for {api_type} skipped: {error!r}", file=sys.stderr)
         continue
     encoder = RecordEncoder(mapping, "users", None)
-    def parse_and_map(stdin, encoder=encoder):  # the intake's whole work: read, map, encode
-        for chunk in destination._parse_input_stream(stdin):
-            if chunk:
-                encoder.encode(chunk)
+    def parse_and_map(stdin, encoder=encoder):  # the intake's whole work: read, parse, map, encode
+        for block in destination._parse_input_stream(stdin):
+            if block:
+                encoder.encode((1, block))
     result["map"][api_type] = count / timed(parse_and_map)
 print(orjson.dumps(result).decode())
 """

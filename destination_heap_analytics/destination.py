@@ -27,7 +27,7 @@ from airbyte_cdk.utils.airbyte_secrets_utils import filter_secrets, get_secrets,
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from destination_heap_analytics.config import ConfigError, HeapConfig, for_stream, parse_config
-from destination_heap_analytics.messages import Message, read_message_chunks
+from destination_heap_analytics.messages import read_blocks
 
 logger = logging.getLogger("airbyte")
 
@@ -98,7 +98,7 @@ class DestinationHeapAnalytics(Destination):
         self,
         config: Mapping[str, Any],
         configured_catalog: ConfiguredAirbyteCatalog,
-        input_messages: Iterator[list[Message] | None],
+        input_messages: Iterator[bytes | None],
     ) -> Iterable[AirbyteMessage]:
         from destination_heap_analytics.writer import SyncWriter  # only write needs the delivery stack
 
@@ -113,10 +113,10 @@ class DestinationHeapAnalytics(Destination):
         _reuse_freed_memory()
         yield from SyncWriter(for_stream(heap_config, stream), stream, namespace).write(input_messages)
 
-    def _parse_input_stream(self, input_stream: io.TextIOWrapper) -> Iterator[list[Message] | None]:
-        """Stdin -> messages, the hot path: see messages.read_message_chunks. They arrive a read at a time,
-        records as SourceRecord rather than the CDK's AirbyteMessage, and go only to this class's write."""
-        return read_message_chunks(input_stream)
+    def _parse_input_stream(self, input_stream: io.TextIOWrapper) -> Iterator[bytes | None]:
+        """Stdin in blocks of lines, a read at a time, for this class's write alone: the intake parses and
+        maps them, in worker processes when the machine has the cores (see intake.py)."""
+        return read_blocks(input_stream)
 
 
 def _reuse_freed_memory() -> None:

@@ -1,56 +1,73 @@
-"""Stages 1 and 2 together: stdin -> messages -> Heap items, encoded as JSON and ready to batch.
+"""Stages 1 and 2 together: stdin lines -> messages -> Heap items, encoded as JSON and ready to batch.
 
-Reading and mapping are most of a record's CPU. With two cores or more they run in a worker process forked
-for the sync, which sends the writer each read's results through a pipe: the writer (batching, delivery,
-the state ledger) keeps the main process's core to itself, and states are still decided in one place. A
-full pipe blocks the worker, which stops reading stdin: back-pressure reaches the source as before.
+Parsing and mapping are most of a record's CPU. With two cores or more they run in worker processes forked
+for the sync: the main process reads stdin and deals each read's block of lines to the workers in turn, and
+takes their results back in input order. The writer (batching, delivery, the state ledger) stays in the main
+process, so states are still decided in one place, and a read goes to a worker only once it is free: memory
+stays bounded and back-pressure still reaches the source.
 
-The worker writes nothing to stdout or stderr (messages leave in order, from one process) and logs nothing:
-what the writer must know (a line that is not a message) travels in the results. Set
-DESTINATION_HEAP_MAPPING_WORKER=off to read and map in the main process instead.
+Workers write nothing to stdout or stderr (messages leave in order, from one process) and log nothing: what
+the writer must know (a line that is not a message) travels in the results. A worker whose input pipe closes
+(the sync is over, or the main process was killed) exits. Set DESTINATION_HEAP_MAPPING_WORKER=off to parse
+and map in the main process instead.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import traceback
+from collections import deque
 from collections.abc import Iterator
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import orjson
 from airbyte_cdk.models import AirbyteMessage, FailureType
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from destination_heap_analytics.mapping import Mapping, Rejection
-from destination_heap_analytics.messages import Message, SourceRecord, UnparsableLine
+from destination_heap_analytics.messages import SourceRecord, UnparsableLine, parse_line, split_lines
 
 WORKER_SWITCH = "DESTINATION_HEAP_MAPPING_WORKER"
+PIPE_BYTES = 1 << 20  # twice a read (messages.READ_SIZE): a read and its results each fit a pipe whole
+MAX_WORKERS = 4  # past this the writer's own core and Heap's rate limits bound a sync, not mapping
+# A container's CPU limit: cgroup v2's "<quota µs> <period µs>" (quota "max": none), or v1's two files
+CPU_MAX_FILE = "/sys/fs/cgroup/cpu.max"
+CFS_FILES = ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")
 
 # A record ready for a batch: (the Heap item's JSON, the identity it counts against in Heap's per-identity
-# rate limits, notes on adjusted values or None). A plain tuple: it crosses the pipe at half the pickling
-# cost of an object with the same fields (measured).
+# rate limits, notes on adjusted values or None). A plain tuple: it crosses a pipe at half the pickling cost
+# of an object with the same fields (measured).
 EncodedRecord = tuple[bytes, str | None, list[tuple[str, str]] | None]
 Entry = EncodedRecord | Rejection | AirbyteMessage | UnparsableLine
 Chunk = list[Entry] | None  # one read's entries, in input order; None: the source has been silent
+Read = tuple[int, bytes]  # the number of a read's first line, and its block of lines
 
 STREAM_NOT_IN_CATALOG = Rejection("stream_not_in_catalog")
 
 
 class RecordEncoder:
-    """One read's messages -> entries: each record of the catalog's stream mapped and encoded."""
+    """One read's block of lines -> entries: each record of the catalog's stream mapped and encoded, other messages
+    as they are, and a line that is not a message by its number only."""
 
     def __init__(self, mapping: Mapping, stream: str, namespace: str | None) -> None:
         self._mapping = mapping
         self._stream = stream
         self._namespace = namespace
 
-    def encode(self, messages: list[Message]) -> list[Entry]:
+    def encode(self, read: Read) -> list[Entry]:
+        first, block = read
         entries: list[Entry] = []
-        for message in messages:
+        for number, line in enumerate(split_lines(block), first):
+            message = parse_line(line)
             if message.__class__ is not SourceRecord:
-                entries.append(message)
+                if message is not None:
+                    entries.append(message)
+                elif line.strip():
+                    entries.append(UnparsableLine(number))
             elif message.stream != self._stream or message.namespace != self._namespace:
                 entries.append(STREAM_NOT_IN_CATALOG)
             else:
@@ -63,113 +80,196 @@ class RecordEncoder:
 
 
 class Intake:
-    """The writer's input: chunks of entries, encoded in this process or in a worker."""
+    """The writer's input: each read's entries in input order, encoded here or by worker processes."""
 
-    def __init__(self, chunks: Iterator[list[Message] | None], encoder: RecordEncoder) -> None:
-        self._chunks = chunks
+    def __init__(self, reads: Iterator[bytes | None], encoder: RecordEncoder) -> None:
+        self._reads = _numbered(reads)
         self._encoder = encoder
-        self._worker: _Worker | None = None
-        if os.environ.get(WORKER_SWITCH, "on") != "off" and len(os.sched_getaffinity(0)) > 1:
-            self._worker = _Worker(chunks, encoder)
+        cores = usable_cores()
+        use_workers = cores > 1 and os.environ.get(WORKER_SWITCH, "on") != "off"
+        self._pool = _WorkerPool(encoder, min(cores, MAX_WORKERS)) if use_workers else None
 
     def __iter__(self) -> Iterator[Chunk]:
-        if self._worker is not None:
-            yield from self._worker.results()
+        if self._pool is not None:
+            yield from self._pool.results(self._reads)
             return
-        for chunk in self._chunks:
-            yield None if chunk is None else self._encoder.encode(chunk)
-
-    def stop(self) -> None:
-        """No more input (SIGTERM): safe in a signal handler. In this process, the writer's swap of stdin
-        for /dev/null already ends a blocked read."""
-        if self._worker is not None:
-            self._worker.stop()
+        for read in self._reads:
+            yield None if read is None else self._encoder.encode(read)
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.close()
+        if self._pool is not None:
+            self._pool.close()
 
 
-class _Finished:
-    """The worker's last result: the end of input, or why it could not go on (no record values)."""
+def usable_cores() -> int:
+    """The cores this process may run on, and no more than its container's CPU limit allows: a container
+    limited to one CPU on a 16-core host would only slow down under 16 workers."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        with open(CPU_MAX_FILE) as cpu_max:
+            quota, period = cpu_max.read().split()
+    except (OSError, ValueError):
+        try:
+            quota, period = (Path(name).read_text() for name in CFS_FILES)
+        except OSError:
+            return cores
+    limit = cpus_allowed(quota, period)
+    return cores if limit is None else min(cores, limit)
 
-    def __init__(self, failure: str | None = None) -> None:
-        self.failure = failure
+
+def cpus_allowed(quota: str, period: str) -> int | None:
+    """A CPU quota per period as whole CPUs, rounded up; None when there is no limit."""
+    try:
+        quota_us, period_us = int(quota), int(period)
+    except ValueError:  # "max"
+        return None
+    return max(1, -(-quota_us // period_us)) if quota_us > 0 and period_us > 0 else None
+
+
+def _numbered(reads: Iterator[bytes | None]) -> Iterator[Read | None]:
+    """Each block with the number of its first line: a line that is not a message is reported by number."""
+    number = 1
+    for block in reads:
+        if block is None:
+            yield None
+            continue
+        yield number, block
+        number += block.count(b"\n") + (not block.endswith(b"\n"))
 
 
 class _Worker:
-    def __init__(self, chunks: Iterator[list[Message] | None], encoder: RecordEncoder) -> None:
-        receiver, sender = Pipe(duplex=False)
-        self._pid = os.fork()
-        if self._pid == 0:
-            receiver.close()
-            _serve(chunks, encoder, sender)  # never returns
-        sender.close()
-        self._receiver = receiver
-        self._stopped = False
+    """The main process's side of a worker: its pid, where its reads go and where their entries come from."""
 
-    def results(self) -> Iterator[Chunk]:
-        while True:
-            try:
-                chunk = self._receiver.recv()
-            except EOFError:
-                if self._stopped:
-                    return
-                self._fail("ended unexpectedly (it was killed, or ran out of memory)")
-            if chunk.__class__ is _Finished:
-                if chunk.failure:
-                    self._fail(f"failed: {chunk.failure}")
-                self.close()
-                return
-            yield chunk
+    def __init__(self, pid: int, reads: Connection, results: Connection) -> None:
+        self.pid = pid
+        self.reads = reads
+        self.results = results
 
-    def stop(self) -> None:
-        self._stopped = True
-        self._kill()
+
+class _WorkerPool:
+    def __init__(self, encoder: RecordEncoder, size: int) -> None:
+        # per worker: (reads to it: receiving end, sending end), (its results: receiving end, sending end)
+        pipes = [(Pipe(duplex=False), Pipe(duplex=False)) for _ in range(size)]
+        for ends in pipes:
+            _widen(ends[0][1])
+            _widen(ends[1][1])
+        self._workers: list[_Worker] = []
+        for index, ((reads_in, reads_out), (results_in, results_out)) in enumerate(pipes):
+            pid = os.fork()
+            if pid == 0:
+                # Only its own two ends stay open: a sibling's would keep that sibling's input from closing.
+                for ends in pipes[:index] + pipes[index + 1 :]:
+                    for end in (*ends[0], *ends[1]):
+                        end.close()
+                reads_out.close()
+                results_in.close()
+                _serve(encoder, reads_in, results_out)  # never returns
+            self._workers.append(_Worker(pid, reads_out, results_in))
+        for (reads_in, _), (_, results_out) in pipes:
+            reads_in.close()
+            results_out.close()
+
+    def results(self, reads: Iterator[Read | None]) -> Iterator[Chunk]:
+        """Deal reads to free workers in turn; yield their entries in input order. A read goes only to a
+        worker waiting for one, so a send never waits on a worker that waits to send its results."""
+        free = deque(self._workers)
+        busy: deque[_Worker] = deque()  # in the order of the reads they hold
+        for read in reads:
+            if read is None:  # the source is silent: everything read so far, then the pause
+                while busy:
+                    worker = busy.popleft()
+                    entries = self._receive(worker)
+                    free.append(worker)
+                    yield entries
+                yield None
+                continue
+            if free:
+                self._send(free.popleft(), read, busy)
+                continue
+            worker = busy.popleft()
+            entries = self._receive(worker)
+            self._send(worker, read, busy)  # the worker starts on it while the writer takes these entries
+            yield entries
+        while busy:
+            yield self._receive(busy.popleft())
+
+    def _send(self, worker: _Worker, read: Read, busy: deque[_Worker]) -> None:
+        try:
+            worker.reads.send(read)
+        except OSError:
+            self._fail("ended unexpectedly (it was killed, or ran out of memory)")
+        busy.append(worker)
+
+    def _receive(self, worker: _Worker) -> list[Entry]:
+        try:
+            entries = worker.results.recv()
+        except EOFError:
+            self._fail("ended unexpectedly (it was killed, or ran out of memory)")
+        if entries.__class__ is _Failed:
+            self._fail(f"failed: {entries.problem}")
+        return entries
 
     def close(self) -> None:
-        self._kill()
-        try:
-            os.waitpid(self._pid, 0)
-        except ChildProcessError:  # already reaped
-            pass
-
-    def _kill(self) -> None:
-        try:
-            os.kill(self._pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """Stop the workers (at the end of input they are waiting for the next read) and reap them."""
+        for worker in self._workers:
+            worker.reads.close()
+            try:
+                os.kill(worker.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(worker.pid, 0)
+        self._workers = []
 
     def _fail(self, problem: str) -> None:
         self.close()
         raise AirbyteTracedException(
-            message=f"The process reading and mapping the input {problem}. Run the sync again: it resumes from "
+            message=f"A process parsing and mapping the input {problem}. Run the sync again: it resumes from "
             "the last state.",
             failure_type=FailureType.system_error,
         )
 
 
-def _serve(chunks: Iterator[list[Message] | None], encoder: RecordEncoder, sender: Connection) -> None:
-    """The worker's whole life: encode every read and send it on, then exit without running the parent's
-    exit handlers (they belong to the parent)."""
+def _widen(pipe: Connection) -> None:
+    """A pipe holds 64 kB by default: a read of half a megabyte would cross it in eight turns, each one a
+    wait for the other side. Linux lets a pipe hold a megabyte without privileges."""
+    try:
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except (OSError, AttributeError):  # not Linux, or a lower limit: the pipe works, in more turns
+        pass
+
+
+class _Failed:
+    """A worker's last result when encoding raised: where in the code, never what the data was."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _serve(encoder: RecordEncoder, reads: Connection, results: Connection) -> None:
+    """A worker's whole life: encode each read it is given and send the entries back, until its input pipe
+    closes; then exit without running the main process's exit handlers."""
     code = 0
     try:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # SIGTERM is the writer's to handle
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        silent = os.open(os.devnull, os.O_WRONLY)  # holding stdout open would keep the sync's output open
-        os.dup2(silent, 1)
-        os.dup2(silent, 2)
-        for chunk in chunks:
-            sender.send(None if chunk is None else encoder.encode(chunk))
-        sender.send(_Finished())
-    except OSError:  # the writer is gone (stopping, or killed): a silent source still sends a pause a second
+        # A SIGTERM or Ctrl-C sent to the whole process group is the writer's to handle: it drains, then
+        # closes the workers.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        silent = os.open(os.devnull, os.O_RDWR)  # holding stdout open would keep the sync's output open
+        for descriptor in (0, 1, 2):
+            os.dup2(silent, descriptor)
+        while True:
+            try:
+                read = reads.recv()
+            except EOFError:  # no more input, or the main process is gone
+                return
+            results.send(encoder.encode(read))
+    except OSError:  # the main process is gone
         code = 1
-    except BaseException as error:  # a bug: the writer reports where, never what the data was
+    except BaseException as error:
         code = 1
         where = traceback.extract_tb(error.__traceback__)[-1]
-        failure = f"{type(error).__name__} at {os.path.basename(where.filename)}:{where.lineno}"
         try:
-            sender.send(_Finished(failure))
+            results.send(_Failed(f"{type(error).__name__} at {os.path.basename(where.filename)}:{where.lineno}"))
         except OSError:
             pass
     finally:

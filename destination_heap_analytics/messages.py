@@ -18,7 +18,7 @@ import orjson
 from airbyte_cdk.models import AirbyteMessage, AirbyteMessageSerializer, Type
 
 PAUSE_SECONDS = 1.0  # this long without input and the source counts as stalled
-READ_SIZE = 1 << 20
+READ_SIZE = 1 << 19  # a read crosses to a worker process whole (intake.PIPE_BYTES)
 
 
 class SourceRecord:
@@ -42,29 +42,6 @@ class UnparsableLine:
         self.number = number
 
 
-Message = SourceRecord | AirbyteMessage | UnparsableLine
-
-
-def read_message_chunks(input_stream: io.TextIOWrapper) -> Iterator[list[Message] | None]:
-    """Stdin -> the messages of each read, in order (a list a read: a generator step a message would cost
-    a tenth of a record's reading), and None whenever the source has been silent for PAUSE_SECONDS: a
-    moment to send a batch still being filled and release the states already acknowledged."""
-    number = 0
-    for lines in _stdin_lines(input_stream):
-        if lines is None:
-            yield None
-            continue
-        messages: list[Message] = []
-        for line in lines:
-            number += 1
-            message = parse_line(line)
-            if message is not None:
-                messages.append(message)
-            elif line.strip():
-                messages.append(UnparsableLine(number))
-        yield messages
-
-
 def parse_line(line: bytes | str) -> SourceRecord | AirbyteMessage | None:
     """One line -> a SourceRecord, another Airbyte message, or None when it is not a message."""
     try:
@@ -82,18 +59,18 @@ def parse_line(line: bytes | str) -> SourceRecord | AirbyteMessage | None:
         return None
 
 
-def _stdin_lines(input_stream: io.TextIOWrapper) -> Iterator[list[bytearray] | None]:
-    """The lines of stdin, a list of them each time a read ends one or more (a generator step a line cost
-    a tenth of a record's reading, measured), and None each time no input has come for PAUSE_SECONDS (a
-    stalled source), so that acknowledged states need not wait for the source's next message. Reads the
-    file descriptor itself: a buffered reader blocks in readline and cannot say that nothing is coming."""
+def read_blocks(input_stream: io.TextIOWrapper) -> Iterator[bytes | None]:
+    """Stdin in blocks of whole lines, a block a read (up to READ_SIZE), and None each time no input has come
+    for PAUSE_SECONDS (a stalled source), so that acknowledged states need not wait for the source's next
+    message. Reads the file descriptor itself: a buffered reader blocks in readline and cannot say that
+    nothing is coming. Blocks, not lines: a block crosses to a worker process as one copy (see intake.py)."""
     try:
         descriptor = input_stream.fileno()
     except (AttributeError, OSError, ValueError):  # not a real file (an in-memory stream): no pauses to see
         for line in input_stream.buffer if isinstance(input_stream, io.TextIOWrapper) else input_stream:
-            yield [line]
+            yield line if isinstance(line, bytes) else line.encode()
         return
-    pending = bytearray()
+    pending = bytearray()  # the start of a line a later read ends
     while True:
         if not select.select([descriptor], [], [], PAUSE_SECONDS)[0]:
             yield None
@@ -101,13 +78,19 @@ def _stdin_lines(input_stream: io.TextIOWrapper) -> Iterator[list[bytearray] | N
         chunk = os.read(descriptor, READ_SIZE)
         if not chunk:
             break
-        if b"\n" in chunk:
-            lines = chunk.split(b"\n")  # the chunk alone: appending it to `pending` first copies a megabyte
-            if pending:
-                lines[0] = pending + lines[0]
-            pending = bytearray(lines.pop())
-            yield lines
+        end = chunk.rfind(b"\n") + 1
+        if end:
+            yield pending + chunk[:end] if pending else chunk[:end]
+            pending = chunk[end:]
         else:
             pending += chunk
     if pending:
-        yield [pending]
+        yield pending
+
+
+def split_lines(block: bytes) -> list[bytes]:
+    """A block's lines, without the empty string after its final newline."""
+    lines = block.split(b"\n")
+    if not lines[-1]:
+        lines.pop()
+    return lines

@@ -28,7 +28,7 @@ from destination_heap_analytics.delivery import (
 )
 from destination_heap_analytics.intake import EncodedRecord, Entry, Intake, RecordEncoder
 from destination_heap_analytics.mapping import Mapping, Rejection
-from destination_heap_analytics.messages import Message, UnparsableLine
+from destination_heap_analytics.messages import UnparsableLine
 from destination_heap_analytics.pacing import Pacer
 from destination_heap_analytics.report import SyncReport
 from destination_heap_analytics.state import StateLedger
@@ -57,10 +57,10 @@ class SyncWriter:
         # In single mode every record is its own request: one record a batch lets them all run concurrently.
         self._batch_size = config.batch_size if config.bulk else 1
 
-    def write(self, chunks: Iterator[list[Message] | None]) -> Iterator[AirbyteMessage]:
-        """Consume stdin's messages (each read's, None when the source is silent), yielding each STATE once
+    def write(self, reads: Iterator[bytes | None]) -> Iterator[AirbyteMessage]:
+        """Consume stdin (a block of lines a read, None when the source is silent), yielding each STATE once
         everything before it is in Heap."""
-        self._intake = Intake(chunks, self._encoder)  # before the sender's threads exist: it may fork
+        self._intake = Intake(reads, self._encoder)  # before the sender's threads exist: it may fork
         previous_handler = signal.signal(signal.SIGTERM, self._terminate)
         outcome = "failed"
         try:
@@ -104,8 +104,6 @@ class SyncWriter:
         blocked on a stalled source returns at once, as end of input."""
         self._terminated_at = time.monotonic()
         self._stop.set()
-        if self._intake is not None:
-            self._intake.stop()
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)

@@ -1,12 +1,22 @@
 """Mapping rules, one by one: each row is a record, a mapping and what Heap must receive."""
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
+from xxhash import xxh3_128_hexdigest
 
 from destination_heap_analytics.config import ConfigError, MappingConfig
-from destination_heap_analytics.mapping import ColumnPath, HeapItem, Mapping, Rejection, normalize_timestamp
+from destination_heap_analytics.mapping import (
+    ColumnPath,
+    HeapItem,
+    Mapping,
+    Rejection,
+    idempotency_key,
+    normalize_timestamp,
+)
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_files"
 EMITTED_AT = 1666325394622  # 2022-10-21T04:09:54.622+00:00
@@ -325,6 +335,20 @@ def test_idempotency_key_is_a_function_of_the_record_only():
     other = mapped(track(), {**record, "n": 2})
     assert first.body["idempotency_key"] == replay.body["idempotency_key"]
     assert first.body["idempotency_key"] != other.body["idempotency_key"]
+
+
+def test_idempotency_key_of_a_parsed_record_is_the_one_earlier_builds_gave():
+    """Keys must not change between builds: a sync resumed under a new build would send replays twice. The
+    fast serialisation of parsed JSON gives the same bytes as the tolerant one, so the same key."""
+    record = {"who": "u", "what": "e", "n": 1, "x": 1.5, "ok": True, "none": None, "l": [1, {"b": 2, "a": "é"}]}
+    tolerant = orjson.dumps(record, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    assert idempotency_key(record) == xxh3_128_hexdigest(tolerant)
+
+
+def test_idempotency_key_also_takes_what_json_cannot_hold():
+    """Mapping is a plain function: a dict with other keys or values still gets a stable key."""
+    record = {1: "int key", "when": datetime(2024, 1, 1, tzinfo=UTC)}
+    assert idempotency_key(record) == idempotency_key(dict(reversed(list(record.items()))))
 
 
 def test_rejections_never_carry_values():
