@@ -203,7 +203,7 @@ class _WorkerPool:
     def _receive(self, worker: _Worker) -> list[Entry]:
         try:
             entries = worker.results.recv()
-        except EOFError:
+        except (EOFError, OSError):  # OSError: it died halfway through sending
             self._fail("ended unexpectedly (it was killed, or ran out of memory)")
         if entries.__class__ is _Failed:
             self._fail(f"failed: {entries.problem}")
