@@ -185,11 +185,16 @@ class _WorkerPool:
                 continue
             if free:
                 self._send(free.popleft(), read, busy)
-                continue
-            worker = busy.popleft()
-            entries = self._receive(worker)
-            self._send(worker, read, busy)  # the worker starts on it while the writer takes these entries
-            yield entries
+            else:
+                worker = busy.popleft()
+                entries = self._receive(worker)
+                self._send(worker, read, busy)  # the worker starts on it while the writer takes these entries
+                yield entries
+            while busy and busy[0].results.poll():  # finished already: not held until the next read
+                worker = busy.popleft()
+                entries = self._receive(worker)
+                free.append(worker)
+                yield entries
         while busy:
             yield self._receive(busy.popleft())
 

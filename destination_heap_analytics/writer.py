@@ -36,6 +36,8 @@ from destination_heap_analytics.state import StateLedger
 logger = logging.getLogger("airbyte")
 
 TERMINATION_GRACE_SECONDS = 10.0  # after SIGTERM, how long requests in flight may still finish
+# A batch open this long goes out with the next read, full or not: a slow source's states keep flowing.
+MAX_BATCH_AGE_SECONDS = 1.0
 
 
 class SyncWriter:
@@ -52,6 +54,7 @@ class SyncWriter:
         self._ledger: StateLedger[AirbyteMessage] = StateLedger()
         self.report = SyncReport(self._client.counters, config.dry_run)
         self._open: Batch | None = None
+        self._opened_at = 0.0
         self._read_at_last_state = 0
         self._terminated_at: float | None = None  # when SIGTERM arrived
         # In single mode every record is its own request: one record a batch lets them all run concurrently.
@@ -67,11 +70,12 @@ class SyncWriter:
             for chunk in self._intake:
                 if self._terminated_at is not None:
                     break
-                if chunk is None:  # a silent source: send what is waiting, release what is acknowledged
+                if chunk is not None:
+                    yield from self._process_chunk(chunk)
+                # a silent source, or a batch filling slowly: send it, release what is acknowledged
+                if chunk is None or self._open and time.monotonic() - self._opened_at >= MAX_BATCH_AGE_SECONDS:
                     self._submit_open_batch()
                     yield from self._release(self._sender.collect())
-                else:
-                    yield from self._process_chunk(chunk)
             if self._terminated_at is None:
                 self._submit_open_batch()
             yield from self._finish()
@@ -133,6 +137,7 @@ class SyncWriter:
             self.report.adjust(notes)
         if self._open is None:
             self._open = Batch(self._ledger.open_batch())
+            self._opened_at = time.monotonic()
         self._open.bodies.append(body)
         self._open.identities.append(identity)
         if len(self._open.bodies) >= self._batch_size:
