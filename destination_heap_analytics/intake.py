@@ -15,6 +15,7 @@ and map in the main process instead.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import signal
 import traceback
@@ -30,6 +31,8 @@ from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from destination_heap_analytics.mapping import Mapping, Rejection
 from destination_heap_analytics.messages import SourceRecord, UnparsableLine, parse_line, split_lines
+
+logger = logging.getLogger("airbyte")
 
 WORKER_SWITCH = "DESTINATION_HEAP_MAPPING_WORKER"
 PIPE_BYTES = 1 << 20  # twice a read (messages.READ_SIZE): a read and its results each fit a pipe whole
@@ -85,9 +88,13 @@ class Intake:
     def __init__(self, reads: Iterator[bytes | None], encoder: RecordEncoder) -> None:
         self._reads = _numbered(reads)
         self._encoder = encoder
+        self._pool: _WorkerPool | None = None
         cores = usable_cores()
-        use_workers = cores > 1 and os.environ.get(WORKER_SWITCH, "on") != "off"
-        self._pool = _WorkerPool(encoder, min(cores, MAX_WORKERS)) if use_workers else None
+        if cores > 1 and os.environ.get(WORKER_SWITCH, "on") != "off":
+            try:
+                self._pool = _WorkerPool(encoder, min(cores, MAX_WORKERS))
+            except OSError as error:  # no process to spare (a container's pid limit): slower, not wrong
+                logger.warning(f"Could not start worker processes ({error}); parsing and mapping in this one.")
 
     def __iter__(self) -> Iterator[Chunk]:
         if self._pool is not None:
@@ -155,7 +162,14 @@ class _WorkerPool:
             _widen(ends[1][1])
         self._workers: list[_Worker] = []
         for index, ((reads_in, reads_out), (results_in, results_out)) in enumerate(pipes):
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError:
+                self.close()
+                for ends in pipes:
+                    for end in (*ends[0], *ends[1]):
+                        end.close()
+                raise
             if pid == 0:
                 # Only its own two ends stay open: a sibling's would keep that sibling's input from closing.
                 for ends in pipes[:index] + pipes[index + 1 :]:

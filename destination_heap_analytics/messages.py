@@ -1,4 +1,5 @@
-"""Reading: stdin lines -> Airbyte messages, the first stage of every record (and its parse-only floor).
+"""Reading: stdin -> blocks of lines -> Airbyte messages, the first stage of every record (and, with
+split_lines and parse_line, its parse-only floor).
 
 Lines are read as bytes straight from the file descriptor: orjson decodes and checks UTF-8 itself (a text
 layer would decode twice), and `select` lets the reader notice a stalled source. A RECORD becomes a lean

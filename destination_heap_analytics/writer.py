@@ -72,8 +72,7 @@ class SyncWriter:
                     break
                 if chunk is not None:
                     yield from self._process_chunk(chunk)
-                # a silent source, or a batch filling slowly: send it, release what is acknowledged
-                if chunk is None or self._open and time.monotonic() - self._opened_at >= MAX_BATCH_AGE_SECONDS:
+                if chunk is None or self._open_batch_is_old():  # a silent source, or a slow one
                     self._submit_open_batch()
                     yield from self._release(self._sender.collect())
             if self._terminated_at is None:
@@ -155,6 +154,9 @@ class SyncWriter:
         behind = self.report.records_read - self._read_at_last_state
         self._read_at_last_state = self.report.records_read
         state.state.destinationStats = AirbyteStateStats(recordCount=float(behind))
+
+    def _open_batch_is_old(self) -> bool:
+        return self._open is not None and time.monotonic() - self._opened_at >= MAX_BATCH_AGE_SECONDS
 
     def _submit_open_batch(self) -> None:
         if self._open is not None:

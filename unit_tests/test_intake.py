@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import orjson
 import pytest
 from airbyte_cdk.models import AirbyteMessage, Type
 
+from destination_heap_analytics import intake
 from destination_heap_analytics.config import parse_config
-from destination_heap_analytics.intake import RecordEncoder, cpus_allowed
+from destination_heap_analytics.intake import Intake, RecordEncoder, cpus_allowed
 from destination_heap_analytics.mapping import Mapping, Rejection
 from destination_heap_analytics.messages import UnparsableLine
 
@@ -99,3 +103,25 @@ def test_every_entry_crosses_a_pipe_intact() -> None:
 )
 def test_a_containers_cpu_limit_caps_the_workers(quota: str, period: str, cpus: int | None) -> None:
     assert cpus_allowed(quota, period) == cpus
+
+
+def test_without_a_process_to_spare_the_intake_maps_in_this_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container's pid limit can refuse a fork (EAGAIN): the sync goes on, slower, with the same entries.
+    The worker already started is stopped and reaped, not left behind."""
+    real_fork, started = os.fork, []
+
+    def fork_once() -> int:
+        if started:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        started.append(real_fork())
+        return started[-1]
+
+    monkeypatch.setattr(intake, "usable_cores", lambda: 2)
+    monkeypatch.setattr(os, "fork", fork_once)
+    block = line({"email": "a@x.io", "plan": "pro"}) + b"\n" + line({"plan": "pro"}) + b"\n"
+    chunks = list(Intake(iter([block, None]), encoder()))
+    assert [[type(entry).__name__ for entry in chunk] for chunk in chunks[:1]] == [["tuple", "Rejection"]]
+    assert chunks[1] is None
+    assert len(started) == 1
+    with pytest.raises(ChildProcessError):  # reaped already: no zombie left
+        os.waitpid(started[0], os.WNOHANG)
