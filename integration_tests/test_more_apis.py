@@ -150,10 +150,9 @@ def test_heap_user_migrations_preset_identifies(heap):
     assert sorted(item["user_id"] for item in heap.identifies) == ["100", "101", "102"]
 
 
-def test_a_stalled_source_does_not_hold_back_acknowledged_states(heap):
-    """The first 8 records and a STATE arrive, then the source goes quiet for 8 s: the records must go out and
-    the STATE come back during the silence, not when the source speaks again."""
-    messages = interleave(people(14), every=7)
+def _state_times(heap, messages: list[dict], pauses: dict[int, float]) -> tuple[float, list[float]]:
+    """A user-properties write fed with `pauses`, which must succeed: when it started, and when each STATE
+    came out."""
     started: list[float] = []
     arrivals: list[float] = []
     result = run_connector(
@@ -161,15 +160,23 @@ def test_a_stalled_source_does_not_hold_back_acknowledged_states(heap):
         config(heap, {"api_type": "add_user_properties", "identity_column": "email", "property_columns": "plan"}),
         catalog(),
         messages,
-        pauses={8: 8.0},  # after the first STATE and one more record
+        pauses=pauses,
         on_start=lambda process: started.append(time.monotonic()),
         on_message=lambda message: arrivals.append(time.monotonic()) if message["type"] == "STATE" else None,
     )
     assert result.returncode == 0, result.describe()
     assert result.states == states_of(messages)
+    return started[0], arrivals
+
+
+def test_a_stalled_source_does_not_hold_back_acknowledged_states(heap):
+    """The first 8 records and a STATE arrive, then the source goes quiet for 8 s: the records must go out and
+    the STATE come back during the silence, not when the source speaks again."""
+    messages = interleave(people(14), every=7)
+    started, arrivals = _state_times(heap, messages, {8: 8.0})  # after the first STATE and one record
     # The silence began as the process started; start-up (about 1 s) plus a pause tick or two fit well within.
-    assert arrivals[0] - started[0] < 7.5, "the first STATE waited for the source's next message"
-    assert arrivals[-1] - started[0] > 7.5  # and the last one, after it
+    assert arrivals[0] - started < 7.5, "the first STATE waited for the source's next message"
+    assert arrivals[-1] - started > 7.5  # and the last one, after it
 
 
 def test_a_trickling_source_gets_its_states_within_seconds(heap):
@@ -177,21 +184,9 @@ def test_a_trickling_source_gets_its_states_within_seconds(heap):
     held until a batch of 1000 fills, nor until its end: a batch open for a second goes out."""
     messages = interleave(people(20), every=1)
     gap = 0.2  # after every line: a record and its STATE every 0.4 s, 8 s in all
-    started: list[float] = []
-    arrivals: list[float] = []
-    result = run_connector(
-        "write",
-        config(heap, {"api_type": "add_user_properties", "identity_column": "email", "property_columns": "plan"}),
-        catalog(),
-        messages,
-        pauses=dict.fromkeys(range(len(messages)), gap),
-        on_start=lambda process: started.append(time.monotonic()),
-        on_message=lambda message: arrivals.append(time.monotonic()) if message["type"] == "STATE" else None,
-    )
-    assert result.returncode == 0, result.describe()
-    assert result.states == states_of(messages)
+    started, arrivals = _state_times(heap, messages, dict.fromkeys(range(len(messages)), gap))
     state_lines = [index for index, message in enumerate(messages) if message["type"] == "STATE"]
-    lags = [arrival - (started[0] + gap * (line + 1)) for arrival, line in zip(arrivals, state_lines, strict=True)]
+    lags = [arrival - (started + gap * (line + 1)) for arrival, line in zip(arrivals, state_lines, strict=True)]
     # Start-up (about 1 s) delays the first ones; after that a state follows its record within a batch age
     # (1 s) and a request, well under the 8 s the whole input takes.
     assert max(lags[5:]) < 3.0, f"states lagged their records by up to {max(lags):.1f} s: {lags}"
