@@ -111,7 +111,7 @@ class Intake:
 def usable_cores() -> int:
     """The cores this process may run on, and no more than its container's CPU limit allows: a container
     limited to one CPU on a 16-core host would only slow down under 16 workers."""
-    cores = len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     try:
         with open(CPU_MAX_FILE) as cpu_max:
             quota, period = cpu_max.read().split()
