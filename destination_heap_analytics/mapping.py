@@ -27,8 +27,9 @@ MAX_TEXT_LENGTH = 1023  # Heap: event names, property keys and values "under 102
 MAX_SAFE_INTEGER = 2**53 - 1  # past this a JSON number loses digits in Heap; such integers go as text
 # Epoch numbers at or above this are milliseconds: as seconds they would lie past the year 5000.
 EPOCH_MILLIS_THRESHOLD = 100_000_000_000
-# Heap's own timestamp shape (2017-03-10T22:21:56.123+00:00), milliseconds or microseconds, Z for UTC too
-_HEAP_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{3}|\.\d{6})?(Z|[+-]\d\d:\d\d)", re.ASCII)
+# Heap's own timestamp shape (2017-03-10T22:21:56.123+00:00), milliseconds or microseconds, Z for UTC too.
+# Offset minutes stop at 59: fromisoformat reads -00:60 as -01:00, which the text must then say.
+_HEAP_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{3}|\.\d{6})?(Z|[+-]\d\d:[0-5]\d)", re.ASCII)
 _UTC_OFFSETS = ("Z", "-00:00")
 FORBIDDEN_USER_PROPERTY = "id"  # Heap refuses a user property named id, in any casing
 ARRAY_SEPARATOR = "||"  # how Heap itself stores arrays
@@ -398,9 +399,12 @@ def _parse_time(text: str) -> datetime | None:
         pass
     try:
         parsed = pendulum.parse(text, tz="UTC")
+        if not isinstance(parsed, pendulum.DateTime):
+            return None
+        parsed.utcoffset()  # pendulum takes offsets of a day or more (-24:00); a datetime cannot say them
     except (ValueError, TypeError, OverflowError):
         return None
-    return parsed if isinstance(parsed, pendulum.DateTime) else None
+    return parsed
 
 
 def _iso(moment: datetime) -> str:
