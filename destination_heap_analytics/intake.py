@@ -166,15 +166,11 @@ class _WorkerPool:
                 pid = os.fork()
             except OSError:
                 self.close()
-                for ends in pipes:
-                    for end in (*ends[0], *ends[1]):
-                        end.close()
+                _close_ends(pipes)
                 raise
             if pid == 0:
                 # Only its own two ends stay open: a sibling's would keep that sibling's input from closing.
-                for ends in pipes[:index] + pipes[index + 1 :]:
-                    for end in (*ends[0], *ends[1]):
-                        end.close()
+                _close_ends(pipes[:index] + pipes[index + 1 :])
                 reads_out.close()
                 results_in.close()
                 _serve(encoder, reads_in, results_out)  # never returns
@@ -191,26 +187,24 @@ class _WorkerPool:
         for read in reads:
             if read is None:  # the source is silent: everything read so far, then the pause
                 while busy:
-                    worker = busy.popleft()
-                    entries = self._receive(worker)
-                    free.append(worker)
-                    yield entries
+                    yield self._take_oldest(busy, free)
                 yield None
                 continue
-            if free:
-                self._send(free.popleft(), read, busy)
-            else:
-                worker = busy.popleft()
-                entries = self._receive(worker)
-                self._send(worker, read, busy)  # the worker starts on it while the writer takes these entries
+            entries = None if free else self._take_oldest(busy, free)
+            self._send(free.popleft(), read, busy)  # it starts on the read while the writer takes `entries`
+            if entries is not None:
                 yield entries
             while busy and busy[0].results.poll():  # finished already: not held until the next read
-                worker = busy.popleft()
-                entries = self._receive(worker)
-                free.append(worker)
-                yield entries
+                yield self._take_oldest(busy, free)
         while busy:
-            yield self._receive(busy.popleft())
+            yield self._take_oldest(busy, free)
+
+    def _take_oldest(self, busy: deque[_Worker], free: deque[_Worker]) -> list[Entry]:
+        """The entries of the oldest read out, waiting for them if need be; its worker is free again."""
+        worker = busy.popleft()
+        entries = self._receive(worker)
+        free.append(worker)
+        return entries
 
     def _send(self, worker: _Worker, read: Read, busy: deque[_Worker]) -> None:
         try:
@@ -246,6 +240,12 @@ class _WorkerPool:
             "the last state.",
             failure_type=FailureType.system_error,
         )
+
+
+def _close_ends(pipes: list[tuple[tuple[Connection, Connection], tuple[Connection, Connection]]]) -> None:
+    for reads, results in pipes:
+        for end in (*reads, *results):
+            end.close()
 
 
 def _widen(pipe: Connection) -> None:
