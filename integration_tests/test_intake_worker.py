@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from destination_heap_analytics.intake import WORKER_SWITCH
@@ -55,6 +56,22 @@ def wait_for(condition, seconds: float) -> bool:
     return condition()
 
 
+def once_workers_run(
+    seconds: float, action: Callable[[subprocess.Popen], None]
+) -> Callable[[subprocess.Popen], None]:
+    """An on_start hook: once the connector has forked its workers, wait `seconds`, then action(process)."""
+
+    def start(process: subprocess.Popen) -> None:
+        def watch() -> None:
+            if wait_for(lambda: children_of(process.pid), 10):
+                time.sleep(seconds)
+                action(process)
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    return start
+
+
 def test_mapping_in_the_main_process_loads_exactly_what_the_worker_loads(heap) -> None:
     """DESTINATION_HEAP_MAPPING_WORKER=off (and one-core machines) map in the main process: same items, same
     states, same counts, including skipped records and lines that are not messages."""
@@ -93,19 +110,13 @@ def test_a_killed_connector_leaves_no_worker_behind(heap) -> None:
     their input pipe closed and exit, though the source still holds stdin open."""
     workers: list[int] = []
 
-    def kill_once_loading(process: subprocess.Popen) -> None:
-        def watch() -> None:
-            if wait_for(lambda: children_of(process.pid), 10):
-                time.sleep(1.5)  # into the stall: records sent, the source silent
-                workers.extend(children_of(process.pid))
-                process.send_signal(signal.SIGKILL)
-
-        threading.Thread(target=watch, daemon=True).start()
+    def kill_connector(process: subprocess.Popen) -> None:
+        workers.extend(children_of(process.pid))
+        process.send_signal(signal.SIGKILL)
 
     messages = interleave(people(50), every=25)
-    result = run_connector(
-        "write", config(heap, USERS), catalog(), messages, pauses={30: 20.0}, on_start=kill_once_loading
-    )
+    on_start = once_workers_run(1.5, kill_connector)  # into the stall: records sent, the source silent
+    result = run_connector("write", config(heap, USERS), catalog(), messages, pauses={30: 20.0}, on_start=on_start)
     assert result.returncode == -signal.SIGKILL, result.describe()
     assert workers
     assert wait_for(lambda: not any(map(alive, workers)), 5.0), "a worker outlived its connector"
@@ -116,19 +127,15 @@ def test_a_worker_that_dies_fails_the_sync_with_a_clear_error_and_no_unconfirmed
     must fail with a TRACE that says what happened, and never emit a STATE for records Heap did not get."""
     killed = threading.Event()
 
-    def kill_worker(process: subprocess.Popen) -> None:
-        def watch() -> None:
-            if wait_for(lambda: children_of(process.pid), 10):
-                time.sleep(3.0)  # into the stall: the first STATE confirmed, the source silent
-                for child in children_of(process.pid):
-                    os.kill(child, signal.SIGKILL)
-                killed.set()
-
-        threading.Thread(target=watch, daemon=True).start()
+    def kill_workers(process: subprocess.Popen) -> None:
+        for child in children_of(process.pid):
+            os.kill(child, signal.SIGKILL)
+        killed.set()
 
     messages = interleave(people(60), every=20)
+    on_start = once_workers_run(3.0, kill_workers)  # into the stall: the first STATE confirmed, the source silent
     result = run_connector(
-        "write", config(heap, TRACK_API), catalog(), messages, pauses={25: 10.0}, on_start=kill_worker
+        "write", config(heap, TRACK_API), catalog(), messages, pauses={25: 10.0}, on_start=on_start
     )
     assert killed.is_set()
     assert result.returncode != 0, result.describe()
