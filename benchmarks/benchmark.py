@@ -13,8 +13,8 @@ What is measured (one run, one table, also written to benchmarks/results.md):
 6. peak RSS for a 1,000,000-record add_user_properties bulk load.
 
 Peak RSS is the connector's own ru_maxrss, read with os.wait4 by a tiny launcher process (see LAUNCHER) so
-neither the stand-in nor this process's own memory counts; with the connector's mapping worker, that is the
-larger process's, so the launcher also samples RSS and PSS of the connector's processes together.
+neither the stand-in nor this process's own memory counts; with the connector's mapping workers, that is the
+largest process's, so the launcher also samples RSS and PSS of the connector's processes together.
 Nothing here asserts a timing: targets are printed with ok/MISS. The 200,000-record bulk loads run 3 times
 (--bulk-repeats), other connector loads once (--repeats N: median of N for all); the cheap measurements
 (anchor, parse floors) take the median of --small-repeats (3), start-up of --startup-repeats (5).
@@ -332,7 +332,7 @@ class Connector:
 
 # The connector is started through this small launcher so that its peak RSS is its own: a child's ru_maxrss
 # starts from the high-water mark of the process that forked it, and the benchmark process can be large.
-# The connector may fork a worker, and ru_maxrss is the largest process's, not their sum: the launcher also
+# The connector may fork workers, and ru_maxrss is the largest process's, not their sum: the launcher also
 # samples the memory of the connector's processes together every 0.1 s (/proc/<pid>/smaps_rollup), as RSS
 # (shared pages counted in each process) and PSS (shared pages split between them: the memory really used).
 # argv: result path, then the command.
