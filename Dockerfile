@@ -1,11 +1,17 @@
 # The connector image. The base is a build argument so that machines without registry access can build on a
 # locally made Python 3.11 image (see ../shared/containers.md); everywhere else the default applies.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-FROM ${BASE_IMAGE}
 
-WORKDIR /airbyte/integration_code
-RUN python3 -m venv /opt/venv \
-    && useradd --system --uid 1000 --home-dir /airbyte airbyte
+# Build stage: the venv, with the mapping compiled by mypyc. The C compiler and Python's headers it needs stay
+# in this stage, out of the image that runs.
+FROM ${BASE_IMAGE} AS build
+# python3-dev only where the base lacks Python.h (Debian's python3 does; the python:3.11 images have it)
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev $(python3 -c 'import os, sysconfig; \
+        print("" if os.path.exists(sysconfig.get_paths()["include"] + "/Python.h") else "python3-dev")') \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /build
+RUN python3 -m venv /opt/venv
 
 # Dependencies in a layer of their own (from setup.py alone, with an empty package in place of the code), so
 # that a change to the connector's code does not download and reinstall them.
@@ -16,11 +22,18 @@ RUN mkdir destination_heap_analytics \
     && /opt/venv/bin/pip uninstall --yes destination-heap-analytics \
     && rm -rf destination_heap_analytics build ./*.egg-info
 
-COPY main.py ./
+COPY pyproject.toml build_backend.py ./
 COPY destination_heap_analytics ./destination_heap_analytics
-RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . \
-    && rm -rf build ./*.egg-info \
-    && /opt/venv/bin/destination-heap-analytics spec > /dev/null
+RUN DESTINATION_HEAP_COMPILE=1 /opt/venv/bin/pip install --no-cache-dir --no-deps . \
+    && /opt/venv/bin/python -c 'import destination_heap_analytics.mapping as m; \
+        assert m.__file__.endswith(".so"), m.__file__'
+
+FROM ${BASE_IMAGE}
+RUN useradd --system --uid 1000 --home-dir /airbyte airbyte
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /airbyte/integration_code
+COPY main.py ./
+RUN /opt/venv/bin/destination-heap-analytics spec > /dev/null
 
 ENV PATH="/opt/venv/bin:${PATH}" \
     PYTHONUNBUFFERED=1 \

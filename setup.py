@@ -1,4 +1,20 @@
+import os
+
 from setuptools import find_packages, setup
+
+# The modules mypyc compiles to C when DESTINATION_HEAP_COMPILE=1 (the container image does): mapping is most of
+# a record's CPU, and compiled it takes about 30% off a track record's parse + map + encode (measured, README).
+COMPILED_MODULES = ["destination_heap_analytics/mapping.py"]
+
+
+def compiled_extensions() -> list:
+    if os.environ.get("DESTINATION_HEAP_COMPILE") != "1":
+        return []  # pure Python: the same code, interpreted
+    from mypyc.build import mypycify  # the build backend (build_backend.py) installs mypy for this build
+
+    # --ignore-missing-imports: the build environment holds mypy, not the connector's dependencies
+    return mypycify(["--ignore-missing-imports", *COMPILED_MODULES])
+
 
 setup(
     name="destination-heap-analytics",
@@ -7,6 +23,7 @@ setup(
     python_requires=">=3.11,<3.13",
     packages=find_packages(include=["destination_heap_analytics", "destination_heap_analytics.*"]),
     package_data={"destination_heap_analytics": ["spec.json"]},
+    ext_modules=compiled_extensions(),
     install_requires=[
         "airbyte-cdk>=7,<8",
         "requests>=2.32.3",

@@ -19,8 +19,12 @@ Nothing here asserts a timing: targets are printed with ok/MISS. The 200,000-rec
 (--bulk-repeats), other connector loads once (--repeats N: median of N for all); the cheap measurements
 (anchor, parse floors) take the median of --small-repeats (3), start-up of --startup-repeats (5).
 
-    .venv/bin/python benchmarks/benchmark.py            # full run (10-15 minutes on 2 cores)
-    .venv/bin/python benchmarks/benchmark.py --quick    # smoke run, small counts (< 2 minutes)
+The connector measured is the build the container image ships, with the mapping compiled by mypyc
+(.venv-compiled, --venv); the 0 ms bulk loads and the mapping floors also run on the pure-Python install
+(.venv, --pure-venv), side by side.
+
+    bash scripts/benchmark.sh            # sets up both venvs; full run (10-15 minutes on 2 cores)
+    bash scripts/benchmark.sh --quick    # smoke run, small counts (< 2 minutes)
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ STORED_COUNTER = {
 }
 WORKER_SWITCH = "DESTINATION_HEAP_MAPPING_WORKER"  # intake.WORKER_SWITCH: this script imports no connector code
 WORKERS_OFF = "mapping workers off"
+PURE_PYTHON = "pure Python, mapping not compiled"
 PACED_RATE = 15_000  # events a minute, Heap's published bulk-track limit per app_id
 
 # Targets the project quotes. Printed next to the measured figure, never asserted.
@@ -494,6 +499,9 @@ class Benchmark:
         self.workdir = Path(tempfile.mkdtemp(prefix="heap-bench-"))
         self.files = InputFiles(self.workdir)
         self.connector = Connector(self.venv, self.workdir)
+        (self.workdir / "pure").mkdir()
+        self.pure_venv = Path(args.pure_venv).resolve()
+        self.pure_connector = Connector(self.pure_venv, self.workdir / "pure")
         self.standins: list[Standin] = []
         self.rows: list[Row] = []
         self.startup_walls: list[float] = []
@@ -504,6 +512,7 @@ class Benchmark:
         self.anchor: dict[int, tuple[int, float]] = {}  # latency -> (rows, rows/s)
         self.floors: dict[str, float] = {}
         self.map_floors: dict[str, float] = {}
+        self.pure_map_floors: dict[str, float] = {}
         self.paced: dict[str, Any] = {}
         self.million: Row | None = None
 
@@ -593,7 +602,8 @@ class Benchmark:
 
     def load(
         self, standin: Standin, api_type: str, bulk: bool, latency: int, concurrency: int, records: int,
-        repeats: int, note: str = "", env: dict[str, str] | None = None, **extra: Any,
+        repeats: int, note: str = "", env: dict[str, str] | None = None, connector: Connector | None = None,
+        **extra: Any,
     ) -> Row:
         row = Row(api_type, "bulk" if bulk else "single", latency, concurrency, records, note=note)
         path = self.files.get(records)
@@ -604,7 +614,7 @@ class Benchmark:
         for _ in range(repeats):
             standin.reset()
             standin_cpu = standin.cpu_seconds()
-            result = self.connector.run(config, path, timeout=max(300.0, records / 50), env=env)
+            result = (connector or self.connector).run(config, path, timeout=max(300.0, records / 50), env=env)
             stats = standin.stats()
             row.standin_cpu.append(standin.cpu_seconds() - standin_cpu)
             row.walls.append(result.wall)
@@ -646,6 +656,7 @@ class Benchmark:
                 self.rows.append(self.load(*bulk_load))
                 if latency == 0:  # the same load parsed and mapped in the main process: what the workers add
                     self.rows.append(self.load(*bulk_load, note=WORKERS_OFF, env={WORKER_SWITCH: "off"}))
+                    self.rows.append(self.load(*bulk_load, note=PURE_PYTHON, connector=self.pure_connector))
                 for concurrency in (8, 32):
                     self.rows.append(
                         self.load(standin, api_type, False, latency, concurrency, single, self.repeats(False))
@@ -663,16 +674,19 @@ class Benchmark:
     def measure_floors(self) -> None:
         """Parse-only floors over the bulk stdin file, in a fresh interpreter like the connector's."""
         log("parse-only floors")
+        result = self.floor_run(self.python)
+        self.floors = {"reader": result["parse"], "orjson.loads": result["orjson"]}
+        self.map_floors = result["map"]
+        self.pure_map_floors = self.floor_run(self.pure_venv / "bin" / "python")["map"]
+        log(f"  {self.floors} map: {self.map_floors}, pure Python: {self.pure_map_floors}")
+
+    def floor_run(self, python: Path) -> dict[str, Any]:
         path = self.files.get(self.size("bulk_records"))
-        code = FLOOR_CODE
-        command = [str(self.python), "-c", code, str(path), str(self.repeats(True)), orjson.dumps(API_COLUMNS)]
+        command = [str(python), "-c", FLOOR_CODE, str(path), str(self.repeats(True)), orjson.dumps(API_COLUMNS)]
         completed = subprocess.run(command, capture_output=True, text=True, timeout=1800)
         if completed.returncode != 0:
             raise SystemExit(f"the parse floor failed:\n{completed.stderr}")
-        result = orjson.loads(completed.stdout.strip().splitlines()[-1])
-        self.floors = {"reader": result["parse"], "orjson.loads": result["orjson"]}
-        self.map_floors = result["map"]
-        log(f"  {self.floors} map: {self.map_floors}")
+        return orjson.loads(completed.stdout.strip().splitlines()[-1])
 
     def measure_million(self, standin: Standin) -> None:
         log("peak RSS: add_user_properties bulk at 0 ms, large load")
@@ -743,7 +757,9 @@ class Benchmark:
             f"- Machine: {m['cpu']}, {m['cores']} cores ({m['platform']}); Python {m['python']}",
             f"- Command: `{' '.join(['benchmarks/benchmark.py', *sys.argv[1:]])}`",
             f"- Package: {self.package_version}",
-            "- Connector: the installed `destination-heap-analytics write`, stdin from a generated file (user records",
+            f"- Connector: the installed `destination-heap-analytics write` of {self.venv.name} (mapping compiled by "
+            f"mypyc, as in the image; rows marked \"{PURE_PYTHON}\": {self.pure_venv.name}),",
+            "  stdin from a generated file (user records",
             "  of 14 fields like sample_files/messages.jsonl, a STATE every 1,000), sample_files column mappings;",
             "  Heap stand-in: `heap_standin --summary-only` in its own process on 127.0.0.1 (it shares the cores).",
             f"- Load average (1/5/15 min) at start: {self.load_before}; at end: {_loadavg()} "
@@ -789,6 +805,8 @@ class Benchmark:
         lines.append(f"| plain `orjson.loads` per bytes line | {fmt_rate(plain)} |")
         for api_type, rate in self.map_floors.items():
             lines.append(f"| reader + mapping + encoding: the intake's work ({api_type}) | {fmt_rate(rate)} |")
+            pure = self.pure_map_floors.get(api_type, float("nan"))
+            lines.append(f"| the same, {PURE_PYTHON} ({api_type}) | {fmt_rate(pure)} |")
         lines += ["", "| api_type | 0 ms bulk steady records/s | floor / steady |", "|---|---|---|"]
         for row in self.rows:
             if row.mode == "bulk" and row.latency_ms == 0:
@@ -939,7 +957,8 @@ print(orjson.dumps(result).decode())
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--venv", default=str(ROOT / ".venv"), help="venv with the connector installed")
+    parser.add_argument("--venv", default=str(ROOT / ".venv-compiled"), help="venv with the compiled connector")
+    parser.add_argument("--pure-venv", default=str(ROOT / ".venv"), help="venv with the pure-Python connector")
     parser.add_argument("--bulk-records", type=int, default=200_000, help="records per bulk load")
     parser.add_argument("--single-0", type=int, default=20_000, help="records per single-mode load at 0 ms")
     # 20,000 at 20 ms: enough that the 1 s start-up, counted in records/s, is a small share of the run

@@ -126,7 +126,7 @@ def parse_config(raw: Mapping[str, Any]) -> HeapConfig:
         max_retries=_integer(raw, "max_retries", 6, 0, 20),
         dry_run=_boolean(raw, "dry_run", False),
         preset=preset,
-        api_key=_api_key(raw.get("api")) if mapping.api_type == "delete_users" else None,
+        api_key=_api_key(raw.get("api") or {}) if mapping.api_type == "delete_users" else None,
     )
 
 

@@ -57,6 +57,11 @@ class Rejection:
     def describe(self) -> str:
         return f"{self.reason} (column {self.column})" if self.column else self.reason
 
+    def __reduce__(self) -> tuple[type[Rejection], tuple[str, str | None]]:
+        # Rejections cross a pipe from the worker processes. Compiled by mypyc, a frozen dataclass cannot be
+        # unpickled field by field: rebuild it from its fields instead.
+        return Rejection, (self.reason, self.column)
+
 
 class ColumnPath:
     """A configured column, compiled once: a dotted path (`identities.connection`, `items.0.sku`) or JSONPath.
@@ -398,13 +403,13 @@ def _parse_time(text: str) -> datetime | None:
     except ValueError:
         pass
     try:
-        parsed = pendulum.parse(text, tz="UTC")
-        if not isinstance(parsed, pendulum.DateTime):
+        moment = pendulum.parse(text, tz="UTC")
+        if not isinstance(moment, pendulum.DateTime):
             return None
-        parsed.utcoffset()  # pendulum takes offsets of a day or more (-24:00); a datetime cannot say them
+        moment.utcoffset()  # pendulum takes offsets of a day or more (-24:00); a datetime cannot say them
     except (ValueError, TypeError, OverflowError):
         return None
-    return parsed
+    return moment
 
 
 def _iso(moment: datetime) -> str:

@@ -173,6 +173,18 @@ def test_container_runs_as_a_non_root_user_and_airbyte_entrypoint_works(image):
     assert [m["type"] for m in via_env.messages if m["type"] != "LOG"] == ["SPEC"], via_env.describe()
 
 
+def test_the_image_runs_the_compiled_mapping(image):
+    """The image ships the mapping compiled by mypyc (the fast build), and no compiler (the build stage's)."""
+    script = "import shutil, destination_heap_analytics.mapping as m; print(m.__file__, shutil.which('gcc'))"
+    found = subprocess.run(
+        podman_run("--entrypoint", "python3", image, "-c", script), capture_output=True, text=True, timeout=RUN_TIMEOUT
+    )
+    assert found.returncode == 0, found.stderr
+    module, compiler = found.stdout.split()
+    assert module.endswith(".so"), f"the image imports {module}"
+    assert compiler == "None", f"the image carries a C compiler: {compiler}"
+
+
 # ------------------------------------------------------------------------------------------------------------
 # spec, check, write through the container
 

@@ -1,11 +1,26 @@
 #!/usr/bin/env bash
-# Creates .venv (Python 3.11 or 3.12) with the connector and its test tools installed. Idempotent.
+# Creates a venv (Python 3.11 or 3.12) with the connector and its test tools installed. Idempotent.
+#   default: .venv, an editable install in pure Python (an edit takes effect at once);
+#   DESTINATION_HEAP_COMPILE=1: .venv-compiled, a regular install with the mapping compiled by mypyc, as the
+#   container image has it. Needs a C compiler and Python's headers; pip rebuilds it on every run, so it is
+#   never older than the source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+if [ "${DESTINATION_HEAP_COMPILE:-0}" = 1 ]; then
+  venv=.venv-compiled
+  package=".[tests]"
+else
+  venv=.venv
+  package=(-e ".[tests]")
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -m pip install --quiet -e ".[tests]" 2>&1 | grep -v "is ignored" || true
-.venv/bin/destination-heap-analytics spec > /dev/null
+if [ ! -x "$venv/bin/python" ]; then
+  "$PYTHON" -m venv "$venv"
+fi
+pip_install() {  # quiet unless it fails: the build's own warnings are noise on every run
+  local output
+  output=$("$venv/bin/python" -m pip install --quiet "$@" 2>&1) || { echo "$output" >&2; return 1; }
+}
+pip_install --upgrade pip
+pip_install "${package[@]}"
+"$venv/bin/destination-heap-analytics" spec > /dev/null
