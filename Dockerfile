@@ -24,8 +24,9 @@ RUN mkdir destination_heap_analytics \
 
 COPY pyproject.toml build_backend.py ./
 COPY destination_heap_analytics ./destination_heap_analytics
+# -P: the check must import the installed module, not the source tree in the working directory
 RUN DESTINATION_HEAP_COMPILE=1 /opt/venv/bin/pip install --no-cache-dir --no-deps . \
-    && /opt/venv/bin/python -c 'import destination_heap_analytics.mapping as m; \
+    && /opt/venv/bin/python -P -c 'import destination_heap_analytics.mapping as m; \
         assert m.__file__.endswith(".so"), m.__file__'
 
 FROM ${BASE_IMAGE}
