@@ -949,7 +949,7 @@ for api_type, api in columns.items():
     def parse_and_map(stdin, encoder=encoder):  # the intake's whole work: read, parse, map, encode
         for block in destination._parse_input_stream(stdin):
             if block:
-                encoder.encode((1, block))
+                encoder.encode(block)
     result["map"][api_type] = count / timed(parse_and_map)
 print(orjson.dumps(result).decode())
 """

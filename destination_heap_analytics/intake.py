@@ -35,7 +35,9 @@ from destination_heap_analytics.messages import SourceRecord, UnparsableLine, pa
 logger = logging.getLogger("airbyte")
 
 WORKER_SWITCH = "DESTINATION_HEAP_MAPPING_WORKER"
-PIPE_BYTES = 1 << 20  # twice a read (messages.READ_SIZE): a read and its results each fit a pipe whole
+PIPE_BYTES = 1 << 20  # more than two reads (messages.READ_SIZE): a worker's next read waits in its pipe
+READS_HELD = 2  # by a worker at a time: the one it works on and the next, so it never waits for the writer
+MESSAGE_HEADER_BYTES = 12  # the most a Connection adds to the bytes it sends (a length of up to 8 bytes and more)
 MAX_WORKERS = 4  # past this the writer's own core and Heap's rate limits bound a sync, not mapping
 # A container's CPU limit: cgroup v2's "<quota µs> <period µs>" (quota "max": none), or v1's two files
 CPU_MAX_FILE = "/sys/fs/cgroup/cpu.max"
@@ -46,25 +48,25 @@ CFS_FILES = ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_
 # of an object with the same fields (measured).
 EncodedRecord = tuple[bytes, str | None, list[tuple[str, str]] | None]
 Entry = EncodedRecord | Rejection | AirbyteMessage | UnparsableLine
-Chunk = list[Entry] | None  # one read's entries, in input order; None: the source has been silent
-Read = tuple[int, bytes]  # the number of a read's first line, and its block of lines
+Encoded = tuple[int, list[Entry]]  # a read's number of lines, and its entries in input order
+Chunk = tuple[int, list[Entry]]  # the number of a read's first line, and its entries in input order
 
 STREAM_NOT_IN_CATALOG = Rejection("stream_not_in_catalog")
 
 
 class RecordEncoder:
     """One read's block of lines -> entries: each record of the catalog's stream mapped and encoded, other messages
-    as they are, and a line that is not a message by its number only."""
+    as they are, and a line that is not a message by its number in the block only (counted from 0)."""
 
     def __init__(self, mapping: Mapping, stream: str, namespace: str | None) -> None:
         self._mapping = mapping
         self._stream = stream
         self._namespace = namespace
 
-    def encode(self, read: Read) -> list[Entry]:
-        first, block = read
+    def encode(self, block: bytes) -> Encoded:
+        lines = split_lines(block)
         entries: list[Entry] = []
-        for number, line in enumerate(split_lines(block), first):
+        for number, line in enumerate(lines):
             message = parse_line(line)
             if message.__class__ is not SourceRecord:
                 if message is not None:
@@ -79,14 +81,14 @@ class RecordEncoder:
                     entries.append(item)
                 else:
                     entries.append((orjson.dumps(item.body), item.identity, item.notes or None))
-        return entries
+        return len(lines), entries
 
 
 class Intake:
     """The writer's input: each read's entries in input order, encoded here or by worker processes."""
 
     def __init__(self, reads: Iterator[bytes | None], encoder: RecordEncoder) -> None:
-        self._reads = _numbered(reads)
+        self._reads = reads
         self._encoder = encoder
         self._pool: _WorkerPool | None = None
         cores = usable_cores()
@@ -96,12 +98,19 @@ class Intake:
             except OSError as error:  # no process to spare (a container's pid limit): slower, not wrong
                 logger.warning(f"Could not start worker processes ({error}); parsing and mapping in this one.")
 
-    def __iter__(self) -> Iterator[Chunk]:
+    def __iter__(self) -> Iterator[Chunk | None]:  # None: the source has been silent
         if self._pool is not None:
-            yield from self._pool.results(self._reads)
-            return
-        for read in self._reads:
-            yield None if read is None else self._encoder.encode(read)
+            encoded_reads = self._pool.results(self._reads)
+        else:
+            encoded_reads = (None if block is None else self._encoder.encode(block) for block in self._reads)
+        first_line = 1
+        for encoded in encoded_reads:
+            if encoded is None:
+                yield None
+                continue
+            lines, entries = encoded
+            yield first_line, entries
+            first_line += lines
 
     def close(self) -> None:
         if self._pool is not None:
@@ -133,32 +142,33 @@ def cpus_allowed(quota: str, period: str) -> int | None:
     return max(1, -(-quota_us // period_us)) if quota_us > 0 and period_us > 0 else None
 
 
-def _numbered(reads: Iterator[bytes | None]) -> Iterator[Read | None]:
-    """Each block with the number of its first line: a line that is not a message is reported by number."""
-    number = 1
-    for block in reads:
-        if block is None:
-            yield None
-            continue
-        yield number, block
-        number += block.count(b"\n") + (not block.endswith(b"\n"))
-
-
 class _Worker:
-    """The main process's side of a worker: its pid, where its reads go and where their entries come from."""
+    """The main process's side of a worker: its pid, where its reads go and where their entries come from, and
+    the reads it holds (sent, not yet answered)."""
 
-    def __init__(self, pid: int, reads: Connection, results: Connection) -> None:
+    def __init__(self, pid: int, reads: Connection, results: Connection, pipe_bytes: int) -> None:
         self.pid = pid
         self.reads = reads
         self.results = results
+        self.pipe_bytes = pipe_bytes  # what its reads pipe holds; 0 if unknown
+        self.held: deque[int] = deque()  # the sizes of the reads it holds, oldest first
+        self.held_bytes = 0
+
+    def takes_without_waiting(self, size: int) -> bool:
+        """Whether a read of `size` bytes can be sent without the send ever waiting. A worker holding no read is
+        waiting for one, so it takes any size; one that holds a read may not have taken it out of its pipe yet,
+        and it may itself be waiting for the writer to take its results: the pipe must hold both."""
+        if not self.held:
+            return True
+        return len(self.held) < READS_HELD and self.held_bytes + size + 2 * MESSAGE_HEADER_BYTES <= self.pipe_bytes
 
 
 class _WorkerPool:
     def __init__(self, encoder: RecordEncoder, size: int) -> None:
         # per worker: (reads to it: receiving end, sending end), (its results: receiving end, sending end)
         pipes = [(Pipe(duplex=False), Pipe(duplex=False)) for _ in range(size)]
+        read_pipe_bytes = [_widen(ends[0][1]) for ends in pipes]
         for ends in pipes:
-            _widen(ends[0][1])
             _widen(ends[1][1])
         self._workers: list[_Worker] = []
         for index, ((reads_in, reads_out), (results_in, results_out)) in enumerate(pipes):
@@ -174,53 +184,55 @@ class _WorkerPool:
                 reads_out.close()
                 results_in.close()
                 _serve(encoder, reads_in, results_out)  # never returns
-            self._workers.append(_Worker(pid, reads_out, results_in))
+            self._workers.append(_Worker(pid, reads_out, results_in, read_pipe_bytes[index]))
         for (reads_in, _), (_, results_out) in pipes:
             reads_in.close()
             results_out.close()
 
-    def results(self, reads: Iterator[Read | None]) -> Iterator[Chunk]:
-        """Deal reads to free workers in turn; yield their entries in input order. A read goes only to a
-        worker waiting for one, so a send never waits on a worker that waits to send its results."""
-        free = deque(self._workers)
-        busy: deque[_Worker] = deque()  # in the order of the reads they hold
-        for read in reads:
-            if read is None:  # the source is silent: everything read so far, then the pause
-                while busy:
-                    yield self._take_oldest(busy, free)
+    def results(self, reads: Iterator[bytes | None]) -> Iterator[Encoded | None]:
+        """Deal reads to the workers, the least busy first; yield what they encoded in input order. A send never
+        waits on a worker that may be waiting to send its results (see _Worker.takes_without_waiting)."""
+        order: deque[_Worker] = deque()  # the worker of each read sent and not yet answered, in input order
+        for block in reads:
+            if block is None:  # the source is silent: everything read so far, then the pause
+                while order:
+                    yield self._take_oldest(order)
                 yield None
                 continue
-            entries = None if free else self._take_oldest(busy, free)
-            self._send(free.popleft(), read, busy)  # it starts on the read while the writer takes `entries`
-            if entries is not None:
-                yield entries
-            while busy and busy[0].results.poll():  # finished already: not held until the next read
-                yield self._take_oldest(busy, free)
-        while busy:
-            yield self._take_oldest(busy, free)
+            taken = []
+            while (worker := self._worker_for(len(block))) is None:
+                taken.append(self._take_oldest(order))
+            self._send(worker, block, order)  # it starts on the read while the writer takes what was taken
+            yield from taken
+            while order and order[0].results.poll():  # finished already: not held until the next read
+                yield self._take_oldest(order)
+        while order:
+            yield self._take_oldest(order)
 
-    def _take_oldest(self, busy: deque[_Worker], free: deque[_Worker]) -> list[Entry]:
-        """The entries of the oldest read out, waiting for them if need be; its worker is free again."""
-        worker = busy.popleft()
-        entries = self._receive(worker)
-        free.append(worker)
-        return entries
+    def _worker_for(self, size: int) -> _Worker | None:
+        worker = min(self._workers, key=lambda candidate: candidate.held_bytes)
+        return worker if worker.takes_without_waiting(size) else None
 
-    def _send(self, worker: _Worker, read: Read, busy: deque[_Worker]) -> None:
+    def _take_oldest(self, order: deque[_Worker]) -> Encoded:
+        """What the oldest read became, waiting for it if need be."""
+        worker = order.popleft()
         try:
-            worker.reads.send(read)
-        except OSError:
-            self._fail("ended unexpectedly (it was killed, or ran out of memory)")
-        busy.append(worker)
-
-    def _receive(self, worker: _Worker) -> list[Entry]:
-        try:
-            entries = worker.results.recv()
+            encoded = worker.results.recv()
         except (EOFError, OSError):  # OSError: it died halfway through sending
             self._fail("ended unexpectedly (it was killed, or ran out of memory)")
-        if entries.__class__ is _Failed:
-            self._fail(f"failed: {entries.problem}")
-        return entries
+        if encoded.__class__ is _Failed:
+            self._fail(f"failed: {encoded.problem}")
+        worker.held_bytes -= worker.held.popleft()
+        return encoded
+
+    def _send(self, worker: _Worker, block: bytes, order: deque[_Worker]) -> None:
+        try:
+            worker.reads.send_bytes(block)  # the bytes as they are: no pickling, no copy
+        except OSError:
+            self._fail("ended unexpectedly (it was killed, or ran out of memory)")
+        worker.held.append(len(block))
+        worker.held_bytes += len(block)
+        order.append(worker)
 
     def close(self) -> None:
         """Stop the workers (at the end of input they are waiting for the next read) and reap them."""
@@ -248,13 +260,17 @@ def _close_ends(pipes: list[tuple[tuple[Connection, Connection], tuple[Connectio
             end.close()
 
 
-def _widen(pipe: Connection) -> None:
-    """A pipe holds 64 kB by default: a read of half a megabyte would cross it in eight turns, each one a
-    wait for the other side. Linux lets a pipe hold a megabyte without privileges."""
+def _widen(pipe: Connection) -> int:
+    """A pipe holds 64 kB by default: a read would cross it in several turns, each one a wait for the other
+    side, and no second read could wait in it. Linux lets a pipe hold a megabyte without privileges. Returns
+    what the pipe holds now, 0 where that cannot be known."""
     try:
-        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        return fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     except (OSError, AttributeError):  # not Linux, or a lower limit: the pipe works, in more turns
-        pass
+        try:
+            return fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ)
+        except (OSError, AttributeError):
+            return 0
 
 
 class _Failed:
@@ -278,10 +294,10 @@ def _serve(encoder: RecordEncoder, reads: Connection, results: Connection) -> No
             os.dup2(silent, descriptor)
         while True:
             try:
-                read = reads.recv()
+                block = reads.recv_bytes()
             except EOFError:  # no more input, or the main process is gone
                 return
-            results.send(encoder.encode(read))
+            results.send(encoder.encode(block))
     except OSError:  # the main process is gone
         code = 1
     except BaseException as error:

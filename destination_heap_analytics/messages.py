@@ -19,7 +19,7 @@ import orjson
 from airbyte_cdk.models import AirbyteMessage, AirbyteMessageSerializer, Type
 
 PAUSE_SECONDS = 1.0  # this long without input and the source counts as stalled
-READ_SIZE = 1 << 19  # a read crosses to a worker process whole (intake.PIPE_BYTES)
+READ_SIZE = 3 << 17  # 384 kB: two reads and a line carried over fit a worker's pipe (intake.PIPE_BYTES)
 
 
 class SourceRecord:

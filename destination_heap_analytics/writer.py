@@ -26,7 +26,7 @@ from destination_heap_analytics.delivery import (
     DeliveryStopped,
     HeapClient,
 )
-from destination_heap_analytics.intake import EncodedRecord, Entry, Intake, RecordEncoder
+from destination_heap_analytics.intake import Chunk, EncodedRecord, Intake, RecordEncoder
 from destination_heap_analytics.mapping import Mapping, Rejection
 from destination_heap_analytics.messages import UnparsableLine
 from destination_heap_analytics.pacing import Pacer
@@ -111,8 +111,9 @@ class SyncWriter:
         os.dup2(devnull, 0)
         os.close(devnull)
 
-    def _process_chunk(self, chunk: list[Entry]) -> Iterator[AirbyteMessage]:
-        for entry in chunk:
+    def _process_chunk(self, chunk: Chunk) -> Iterator[AirbyteMessage]:
+        first_line, entries = chunk
+        for entry in entries:
             if self._terminated_at is not None:
                 return
             kind = entry.__class__
@@ -122,7 +123,7 @@ class SyncWriter:
                 self.report.records_read += 1
                 self._skip(entry)
             elif kind is UnparsableLine:
-                self.report.unparsable(entry.number)
+                self.report.unparsable(first_line + entry.number)
             elif entry.type == Type.STATE:
                 self._count_records_behind(entry)
                 self._ledger.state_received(entry)
