@@ -683,7 +683,9 @@ class Benchmark:
     def floor_run(self, python: Path) -> dict[str, Any]:
         path = self.files.get(self.size("bulk_records"))
         command = [str(python), "-c", FLOOR_CODE, str(path), str(self.repeats(True)), orjson.dumps(API_COLUMNS)]
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+        # run in the work directory: from the repo root, `python -c` would import the source tree, not the venv's
+        # installed (compiled) package
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=self.workdir)
         if completed.returncode != 0:
             raise SystemExit(f"the parse floor failed:\n{completed.stderr}")
         return orjson.loads(completed.stdout.strip().splitlines()[-1])

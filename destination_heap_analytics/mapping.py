@@ -73,20 +73,24 @@ class ColumnPath:
 
     def __init__(self, column: str) -> None:
         self.column = column
-        # resolve(record): the column's value in the record, or None when the record does not have it
-        self.resolve: Callable[[dict[str, Any]], Any]
+        self._jsonpath: Any = None
+        self._segments: tuple[tuple[str, int | None], ...] = ()
         if column.startswith("$") or "[" in column:
             try:
-                jsonpath = parse_jsonpath(column)
+                self._jsonpath = parse_jsonpath(column)
             except (JsonPathParserError, Exception) as error:
                 raise ConfigError(f"Column {column!r} is not a valid path: {error}") from None
-            self.resolve = lambda record: next((match.value for match in jsonpath.find(record)), None)
-        elif "." not in column:
-            self.resolve = lambda record: record.get(column)
-        else:
-            segments = tuple((part, int(part) if part.isdigit() else None) for part in column.split("."))
-            # a flat key that itself contains dots, such as "address.city", wins over the nested path
-            self.resolve = lambda record: record[column] if column in record else _walk(record, segments)
+        elif "." in column:
+            self._segments = tuple((part, int(part) if part.isdigit() else None) for part in column.split("."))
+
+    def resolve(self, record: dict[str, Any]) -> Any:
+        """The column's value in the record, or None when the record does not have it."""
+        if not self._segments:
+            if self._jsonpath is None:
+                return record.get(self.column)
+            return next((match.value for match in self._jsonpath.find(record)), None)
+        # a flat key that itself contains dots, such as "address.city", wins over the nested path
+        return record[self.column] if self.column in record else _walk(record, self._segments)
 
 
 def _walk(value: Any, segments: tuple[tuple[str, int | None], ...]) -> Any:

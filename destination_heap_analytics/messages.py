@@ -80,13 +80,14 @@ def read_blocks(input_stream: io.TextIOWrapper) -> Iterator[bytes | None]:
         if not chunk:
             break
         end = chunk.rfind(b"\n") + 1
-        if end:
-            yield pending + chunk[:end] if pending else chunk[:end]
-            pending = chunk[end:]
-        else:
-            pending += chunk
+        if not end:
+            pending += chunk  # in place: a line of many reads is not copied again at each of them
+            continue
+        # joined through a memoryview: the block is the one copy of the read's lines (a slice would be two)
+        yield b"".join((pending, memoryview(chunk)[:end])) if pending else chunk[:end]
+        pending[:] = memoryview(chunk)[end:]
     if pending:
-        yield pending
+        yield bytes(pending)
 
 
 def split_lines(block: bytes) -> list[bytes]:
