@@ -1,10 +1,10 @@
 """Stages 1 and 2 together: stdin lines -> messages -> Heap items, encoded as JSON and ready to batch.
 
 Parsing and mapping are most of a record's CPU. With two cores or more they run in worker processes forked
-for the sync: the main process reads stdin and deals each read's block of lines to the workers in turn, and
+for the sync: the main process reads stdin and deals each read's block of lines to the least busy worker, and
 takes their results back in input order. The writer (batching, delivery, the state ledger) stays in the main
-process, so states are still decided in one place, and a read goes to a worker only once it is free: memory
-stays bounded and back-pressure still reaches the source.
+process, so states are still decided in one place, and a worker holds two reads at most (the one it encodes
+and the next): memory stays bounded and back-pressure still reaches the source.
 
 Workers write nothing to stdout or stderr (messages leave in order, from one process) and log nothing: what
 the writer must know (a line that is not a message) travels in the results. A worker whose input pipe closes
