@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 from airbyte_cdk.destinations import Destination
+from airbyte_cdk.exception_handler import init_uncaught_exception_handler
 from airbyte_cdk.models import (
     AirbyteConnectionStatus,
     AirbyteMessage,
@@ -45,18 +46,22 @@ class DestinationHeapAnalytics(Destination):
     check_config_against_spec = False
 
     def run(self, args: list[str]) -> None:
-        """As the CDK's run, with two differences. Each message leaves as its own line at once (a STATE held
-        in a pipe buffer is a STATE the platform does not have). And a failure raised on purpose (bad
-        config, Heap unreachable, SIGTERM) ends with its TRACE message alone, which says what to do, and an
-        immediate exit: a request still hanging in a sender thread must not hold the process open."""
+        """As the CDK's run, with two differences. Each message leaves at once (a STATE held in a pipe buffer
+        is a STATE the platform does not have) and whole, in one write: print's two writes (the text, then the
+        newline) let a log line from a sender thread fall between them, gluing two messages into one line. And
+        a failure raised on purpose (bad config, Heap unreachable, SIGTERM) ends with its TRACE message alone,
+        which says what to do, and an immediate exit: a request still hanging in a sender thread must not hold
+        the process open."""
         sys.stdout.reconfigure(line_buffering=True)
+        init_uncaught_exception_handler(logger)
         try:
-            super().run(args)
+            for message in self.run_cmd(self.parse_args(args)):
+                emit(orjson.dumps(AirbyteMessageSerializer.dump(message)).decode())
         except AirbyteTracedException as failure:
             logger.error(failure.message)
             trace = failure.as_airbyte_message()
             trace.trace.error.stack_trace = None
-            print(filter_secrets(orjson.dumps(AirbyteMessageSerializer.dump(trace)).decode()), flush=True)
+            emit(filter_secrets(orjson.dumps(AirbyteMessageSerializer.dump(trace)).decode()))
             logging.shutdown()  # flushes the CDK's buffered log handler
             os._exit(1)
 
@@ -117,6 +122,11 @@ class DestinationHeapAnalytics(Destination):
         """Stdin in blocks of lines, a read at a time, for this class's write alone: the intake parses and
         maps them, in worker processes when the machine has the cores (see intake.py)."""
         return read_blocks(input_stream)
+
+
+def emit(line: str) -> None:
+    """One message on stdout: a single write of the line and its newline, as the log handler writes its lines."""
+    sys.stdout.write(line + "\n")
 
 
 def _reuse_freed_memory() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import subprocess
@@ -51,6 +52,26 @@ def test_spec_prints_exactly_one_spec_message():
     assert {"app_id", "base_url", "api"} <= set(schema["properties"])
     assert "append" in spec["supported_destination_sync_modes"]
     assert result.stderr == ""
+
+
+def test_each_message_leaves_in_one_write(monkeypatch):
+    """A message written in two pieces (print: the text, then the newline) lets a log line from a sender thread
+    fall between them, and the platform reads two messages glued into one line (seen in a dry run)."""
+    from destination_heap_analytics.destination import DestinationHeapAnalytics
+
+    class Recorded(io.TextIOWrapper):
+        writes: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.writes.append(text)
+            return super().write(text)
+
+    stdout = Recorded(io.BytesIO(), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    DestinationHeapAnalytics().run(["spec"])
+    assert Recorded.writes, "nothing was written"
+    for text in Recorded.writes:
+        assert text.endswith("\n") and json.loads(text)["type"], f"a write that is not one whole message: {text!r}"
 
 
 def test_main_py_entry_prints_the_same_spec():
