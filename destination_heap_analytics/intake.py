@@ -151,8 +151,11 @@ class _Worker:
         self.reads = reads
         self.results = results
         self.pipe_bytes = pipe_bytes  # what its reads pipe holds; 0 if unknown
-        self.held: deque[int] = deque()  # the sizes of the reads it holds, oldest first
-        self.held_bytes = 0
+        self.held: deque[int] = deque()  # the sizes of the reads it holds, oldest first (two at most)
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(self.held)
 
     def takes_without_waiting(self, size: int) -> bool:
         """Whether a read of `size` bytes can be sent without the send ever waiting. A worker holding no read is
@@ -222,7 +225,7 @@ class _WorkerPool:
             self._fail("ended unexpectedly (it was killed, or ran out of memory)")
         if encoded.__class__ is _Failed:
             self._fail(f"failed: {encoded.problem}")
-        worker.held_bytes -= worker.held.popleft()
+        worker.held.popleft()
         return encoded
 
     def _send(self, worker: _Worker, block: bytes, order: deque[_Worker]) -> None:
@@ -231,7 +234,6 @@ class _WorkerPool:
         except OSError:
             self._fail("ended unexpectedly (it was killed, or ran out of memory)")
         worker.held.append(len(block))
-        worker.held_bytes += len(block)
         order.append(worker)
 
     def close(self) -> None:

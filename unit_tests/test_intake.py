@@ -167,5 +167,4 @@ def test_a_read_goes_to_a_busy_worker_only_if_its_pipe_holds_it(
     """The writer must never wait on a send to a worker that may be waiting for the writer to take its results."""
     worker = intake._Worker(0, None, None, pipe_bytes)  # type: ignore[arg-type]
     worker.held.extend(held)
-    worker.held_bytes = sum(held)
     assert worker.takes_without_waiting(size) is takes
