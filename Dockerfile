@@ -1,44 +1,28 @@
-# The connector image. The base is a build argument so that machines without registry access can build on a
-# locally made Python 3.11 image (see ../shared/containers.md); everywhere else the default applies.
-ARG BASE_IMAGE=python:3.11-slim-bookworm
+# The connector image. Airbyte's Python connectors build on its python-connector-base (Python 3.11), pinned by
+# digest. The base is a build argument so that a machine without access to an image registry can build on a
+# locally made Python 3.11 image with pip and venv.
+ARG BASE_IMAGE=docker.io/airbyte/python-connector-base:4.0.2@sha256:9fdb1888c4264cf6fee473649ecb593f56f58e5d0096a87ee0b231777e2e3e73
+FROM ${BASE_IMAGE}
 
-# Build stage: the venv, with the mapping compiled by mypyc. The C compiler and Python's headers it needs stay
-# in this stage, out of the image that runs.
-FROM ${BASE_IMAGE} AS build
-# python3-dev only where the base lacks Python.h (Debian's python3 does; the python:3.11 images have it)
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev $(python3 -c 'import os, sysconfig; \
-        print("" if os.path.exists(sysconfig.get_paths()["include"] + "/Python.h") else "python3-dev")') \
-    && rm -rf /var/lib/apt/lists/*
-WORKDIR /build
+WORKDIR /airbyte/integration_code
 RUN python3 -m venv /opt/venv
-
 # Dependencies in a layer of their own (from setup.py alone, with an empty package in place of the code), so
 # that a change to the connector's code does not download and reinstall them.
-COPY setup.py ./
+COPY setup.py pyproject.toml ./
 RUN mkdir destination_heap_analytics \
     && touch destination_heap_analytics/__init__.py \
     && /opt/venv/bin/pip install --no-cache-dir . \
-    && /opt/venv/bin/pip uninstall --yes destination-heap-analytics \
+    && /opt/venv/bin/pip uninstall --yes airbyte-destination-heap-analytics \
     && rm -rf destination_heap_analytics build ./*.egg-info
-
-COPY pyproject.toml build_backend.py ./
 COPY destination_heap_analytics ./destination_heap_analytics
-# -P: the check must import the installed module, not the source tree in the working directory
-RUN DESTINATION_HEAP_COMPILE=1 /opt/venv/bin/pip install --no-cache-dir --no-deps . \
-    && /opt/venv/bin/python -P -c 'import destination_heap_analytics.mapping as m; \
-        assert m.__file__.endswith(".so"), m.__file__'
-
-FROM ${BASE_IMAGE}
-RUN useradd --system --uid 1000 --home-dir /airbyte airbyte
-COPY --from=build /opt/venv /opt/venv
-WORKDIR /airbyte/integration_code
-COPY main.py ./
-RUN /opt/venv/bin/destination-heap-analytics spec > /dev/null
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . \
+    && rm -rf build ./*.egg-info destination_heap_analytics \
+    && /opt/venv/bin/destination-heap-analytics spec > /dev/null
 
 ENV PATH="/opt/venv/bin:${PATH}" \
     PYTHONUNBUFFERED=1 \
     AIRBYTE_ENTRYPOINT="destination-heap-analytics"
+RUN id airbyte >/dev/null 2>&1 || useradd --system --uid 1000 --home-dir /airbyte airbyte
 USER airbyte
 ENTRYPOINT ["destination-heap-analytics"]
 

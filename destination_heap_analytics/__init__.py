@@ -1,0 +1,3 @@
+from destination_heap_analytics.destination import DestinationHeapAnalytics
+
+__all__ = ["DestinationHeapAnalytics"]

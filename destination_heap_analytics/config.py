@@ -40,6 +40,14 @@ BULK_FORM = {"identify": False, "delete_users": True}  # where Heap offers only 
 # Single requests are small and spend their time waiting on the network: more of them in flight.
 DEFAULT_CONCURRENCY = {True: 8, False: 32}
 INVALID_RECORD_POLICIES = ("skip", "fail")
+# The whole-number settings and their bounds, (lowest, highest): the spec says the same (spec.py)
+WHOLE_NUMBER_BOUNDS = {
+    "batch_size": (1, 10_000),  # 1000 for the ingestion APIs: MAX_BATCH
+    "max_concurrent_requests": (1, 64),
+    "track_events_per_minute": (0, 10_000_000),
+    "request_timeout_seconds": (1, 600),
+    "max_retries": (0, 20),
+}
 # Mappings for the tables Heap Connect exports (users, sessions, pageviews, one per event, user_migrations).
 # Heap's own user_id is internal to an environment: rows address users by identity (join users.identity
 # onto event and migration rows in the warehouse; rows without one are skipped as missing_identity).
@@ -109,8 +117,9 @@ def parse_config(raw: Mapping[str, Any]) -> HeapConfig:
     """Validate a raw config (the JSON the user wrote) and return the typed config it describes."""
     if not isinstance(raw, Mapping):
         raise ConfigError("The config must be a JSON object.")
-    preset = _choice(raw, "preset", None, (None, *PRESETS))
-    mapping = _mapping(_with_preset(raw.get("api"), preset))
+    api = raw.get("api")
+    preset = api.get("api_type") if isinstance(api, Mapping) and api.get("api_type") in PRESETS else None
+    mapping = _mapping(_with_preset(api, preset))
     max_batch = MAX_BATCH.get(mapping.api_type, 1000)
     bulk = BULK_FORM.get(mapping.api_type, _boolean(raw, "bulk", True))
     return HeapConfig(
@@ -118,12 +127,12 @@ def parse_config(raw: Mapping[str, Any]) -> HeapConfig:
         base_url=_base_url(raw.get("base_url", US_BASE_URL)),
         mapping=mapping,
         bulk=bulk,
-        batch_size=_integer(raw, "batch_size", max_batch, 1, max_batch),
+        batch_size=_integer(raw, "batch_size", max_batch, highest=max_batch),
         on_invalid_record=_choice(raw, "on_invalid_record", "skip", INVALID_RECORD_POLICIES),
-        max_concurrent_requests=_integer(raw, "max_concurrent_requests", DEFAULT_CONCURRENCY[bulk], 1, 64),
-        track_events_per_minute=_integer(raw, "track_events_per_minute", BULK_TRACK_EVENTS_PER_MINUTE, 0, 10_000_000),
-        request_timeout_seconds=float(_integer(raw, "request_timeout_seconds", 30, 1, 600)),
-        max_retries=_integer(raw, "max_retries", 6, 0, 20),
+        max_concurrent_requests=_integer(raw, "max_concurrent_requests", DEFAULT_CONCURRENCY[bulk]),
+        track_events_per_minute=_integer(raw, "track_events_per_minute", BULK_TRACK_EVENTS_PER_MINUTE),
+        request_timeout_seconds=float(_integer(raw, "request_timeout_seconds", 30)),
+        max_retries=_integer(raw, "max_retries", 6),
         dry_run=_boolean(raw, "dry_run", False),
         preset=preset,
         api_key=_api_key(raw.get("api") or {}) if mapping.api_type == "delete_users" else None,
@@ -147,16 +156,14 @@ def is_loopback_host(host: str) -> bool:
 
 
 def _app_id(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str) or not value.strip():
+    if value is None or value == "":
         raise ConfigError(
             "app_id is missing. Set it to your Heap environment ID, a number such as \"11\" "
             "(Heap: Account > Manage > Projects > Environment ID)."
         )
-    if not (value.strip().isascii() and value.strip().isdigit()):
-        raise ConfigError("app_id must be your Heap environment ID, digits only (for example \"11\").")
-    return value.strip()
+    if not isinstance(value, str) or not (value.isascii() and value.isdigit()):
+        raise ConfigError("app_id must be your Heap environment ID as text, digits only (for example \"11\").")
+    return value
 
 
 def _base_url(value: Any) -> str:
@@ -181,28 +188,25 @@ def _base_url(value: Any) -> str:
 
 
 def _with_preset(api: Any, preset: str | None) -> Any:
-    """The preset's mapping, with whatever the user wrote in api taking precedence."""
+    """A preset (api.api_type heap_users, ...) as the mapping it stands for, with every column the user set in
+    api taking precedence over the preset's."""
     if preset is None:
         return api
-    if api is not None and not isinstance(api, Mapping):
-        raise ConfigError("api must be an object (or left out when a preset is chosen).")
-    written = {key: value for key, value in (api or {}).items() if value not in (None, "")}
-    if written.get("api_type", PRESETS[preset]["api_type"]) != PRESETS[preset]["api_type"]:
-        raise ConfigError(
-            f"preset {preset} loads through api_type {PRESETS[preset]['api_type']}; "
-            f"remove api.api_type {written['api_type']!r} or the preset."
-        )
+    written = {key: value for key, value in api.items() if value not in (None, "") and key != "api_type"}
     return PRESETS[preset] | written
 
 
 def _mapping(api: Any) -> MappingConfig:
     if not isinstance(api, Mapping):
-        raise ConfigError(f"api is missing. Set api.api_type to one of: {', '.join(API_TYPES)}.")
+        raise ConfigError(
+            f"api is missing. Set api.api_type to one of: {', '.join(API_TYPES)}, or a preset for Heap Connect's "
+            f"tables: {', '.join(PRESETS)}."
+        )
     api_type = api.get("api_type")
     if api_type not in API_TYPES:
         raise ConfigError(
-            f"api.api_type is {api_type!r}; it must be one of: {', '.join(API_TYPES)} "
-            f"(or choose a preset: {', '.join(PRESETS)})."
+            f"api.api_type is {api_type!r}; it must be one of: {', '.join(API_TYPES)}, "
+            f"or a preset for Heap Connect's tables: {', '.join(PRESETS)}."
         )
     columns: dict[str, Any] = {}
     for name in REQUIRED_COLUMNS[api_type]:
@@ -266,8 +270,12 @@ def _boolean(raw: Mapping[str, Any], name: str, default: bool) -> bool:
     return value
 
 
-def _integer(raw: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
+def _integer(raw: Mapping[str, Any], name: str, default: int, highest: int | None = None) -> int:
+    low, high = WHOLE_NUMBER_BOUNDS[name]
+    high = highest or high
     value = raw.get(name, default)
+    if isinstance(value, float) and value.is_integer():  # JSON Schema's integer: 5.0 is 5
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
     return value

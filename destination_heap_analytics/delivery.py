@@ -14,18 +14,14 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import requests
-import urllib3
 from requests.adapters import HTTPAdapter
-from urllib3 import BaseHTTPResponse
-from urllib3.exceptions import HTTPError as TransportError
-from urllib3.exceptions import NewConnectionError
-from urllib3.exceptions import TimeoutError as TransportTimeout
 
 from destination_heap_analytics.config import HeapConfig
 from destination_heap_analytics.pacing import Pacer
@@ -139,17 +135,19 @@ class DeliveryCounters:
     retries: int = 0
     throttled: int = 0
     bisections: int = 0
-    paced_seconds: float = 0.0  # summed over concurrent senders
+    paced_seconds: float = 0.0  # wall time during which at least one sender was held back
+    _paced_through: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def bisected(self) -> None:
         with self._lock:
             self.bisections += 1
 
-    def paced(self, seconds: float) -> None:
-        if seconds:
-            with self._lock:
-                self.paced_seconds += seconds
+    def paced(self, started: float, ended: float) -> None:
+        """A sender waited from `started` to `ended`: count the part no other sender's wait already covered."""
+        with self._lock:
+            self.paced_seconds += max(0.0, ended - max(started, self._paced_through))
+            self._paced_through = max(self._paced_through, ended)
 
     def count(self, outcome: str, retried: bool) -> None:
         with self._lock:
@@ -159,7 +157,8 @@ class DeliveryCounters:
 
 
 class HeapClient:
-    """POSTs JSON bodies to Heap over one connection pool, retrying what is worth retrying."""
+    """POSTs JSON bodies to Heap over one requests Session (its pool, proxies and TLS settings), retrying what
+    is worth retrying."""
 
     def __init__(self, config: HeapConfig, pacer: Pacer | None, stop: threading.Event) -> None:
         self._base_url = config.base_url
@@ -169,36 +168,23 @@ class HeapClient:
         self._stop = stop
         self.counters = DeliveryCounters()
         self.session = requests.Session()
-        self._adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.max_concurrent_requests, max_retries=0)
-        self.session.mount("http://", self._adapter)
-        self.session.mount("https://", self._adapter)
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.max_concurrent_requests, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         self.session.headers.update({"Content-Type": "application/json", "User-Agent": USER_AGENT})
-        # Every request goes to one host: read the proxy and CA-bundle environment once, the way requests
-        # would, instead of on every request (a quarter of the CPU of a single-mode sync).
-        settings = self.session.merge_environment_settings(config.base_url, {}, None, None, None)
-        self.session.proxies, self.session.verify = settings["proxies"], settings["verify"]
-        self.session.trust_env = False
-        # Heap's POSTs go straight to the urllib3 pool that requests would use for base_url (same proxy, CA
-        # bundle and TLS checks), without requests' per-request work (settings, cookies, hooks, redirects, a
-        # Response built over urllib3's): 155 against 405 µs of CPU a request (measured), the bound on single
-        # mode's throughput.
-        origin = requests.Request("POST", config.base_url + "/").prepare()
-        self._pool = self._adapter.get_connection_with_tls_context(origin, settings["verify"], settings["proxies"])
-        self._proxies = settings["proxies"]
-        self._headers = dict(self.session.headers)
-        self._pool_timeout = urllib3.Timeout(connect=self._timeout[0], read=self._timeout[1])
-        self._targets: dict[str, str] = {}  # url -> _target(url)
         needs_token = config.mapping.api_type == "delete_users" and not config.dry_run
         self._auth = DeletionAuth(config, self.session, self._timeout) if needs_token else None
 
-    def post(self, path: str, body: bytes, identities: list[str | None]) -> BaseHTTPResponse:
+    def post(self, path: str, body: bytes, identities: list[str | None]) -> requests.Response:
         """Deliver one body; returns Heap's acknowledgement. Raises HeapRejected, DeliveryError."""
         url = self._base_url + path
         for attempt in range(self._max_retries + 1):
             if self._stop.is_set():
                 raise DeliveryStopped()
             if self._pacer:
-                self.counters.paced(self._pacer.wait_for(identities))
+                started = time.monotonic()
+                if self._pacer.wait_for(identities):
+                    self.counters.paced(started, time.monotonic())
                 if self._stop.is_set():
                     raise DeliveryStopped()
             response, problem, retry_after = self._attempt(url, body, retried=attempt > 0)
@@ -213,40 +199,31 @@ class HeapClient:
             transient=True,
         )
 
-    def _attempt(self, url: str, body: bytes, retried: bool) -> tuple[BaseHTTPResponse | None, str, float | None]:
+    def _attempt(self, url: str, body: bytes, retried: bool) -> tuple[requests.Response | None, str, float | None]:
         """One request: (Heap's acknowledgement, "", None), or (None, what went wrong, Retry-After) to retry."""
         try:
-            headers = (self._headers | self._auth.headers()) if self._auth else self._headers
-            response = self._pool.urlopen(
-                "POST",
-                self._target(url),
-                body=body,
-                headers=headers,
-                retries=False,  # retries are this client's: counted, paced and backed off
-                redirect=False,
-                assert_same_host=False,
-                timeout=self._pool_timeout,
-            )
-        except (TransportTimeout, requests.Timeout) as error:  # requests.Timeout: fetching a deletion token
-            if not isinstance(error, NewConnectionError):  # which urllib3 files under timeouts too
-                self.counters.count("timeout", retried)
-                return None, "timed out", None
+            headers = self._auth.headers() if self._auth else None
+            response = self.session.post(url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False)
+        except requests.ConnectionError as error:  # connect timeouts included: nothing reached Heap
             self.counters.count("connection_error", retried)
             return None, f"connection failed ({type(error).__name__})", None
-        except (TransportError, OSError) as error:  # OSError includes requests' ConnectionError
+        except requests.Timeout:
+            self.counters.count("timeout", retried)
+            return None, "timed out", None
+        except requests.RequestException as error:  # a broken answer: the request may or may not have landed
             self.counters.count("connection_error", retried)
             return None, f"connection failed ({type(error).__name__})", None
         except TokenUnavailable as error:
             self.counters.count("token_unavailable", retried)
             return None, str(error), None
-        status = response.status
+        status = response.status_code
         self.counters.count(str(status), retried)
         if 200 <= status < 300:
             if self._pacer:
                 self._pacer.accepted()
             return response, "", None
         if status in REJECTED_STATUSES:
-            raise HeapRejected(status, _without_values(response.data.decode("utf-8", "replace")))
+            raise HeapRejected(status, _without_values(response.content.decode("utf-8", "replace")))
         if status == 401 and self._auth:  # the token expired early: fetch a new one and try again
             self._auth.invalidate()
             return None, "HTTP 401 (token renewed)", None
@@ -263,14 +240,6 @@ class HeapClient:
             )
         raise DeliveryError(f"Heap answered an unexpected HTTP {status} at {url}.", transient=False)
 
-    def _target(self, url: str) -> str:
-        """What the pool is asked for: the path, or the whole url through a plain-HTTP proxy (as requests does)."""
-        target = self._targets.get(url)
-        if target is None:
-            request = requests.Request("POST", url).prepare()
-            target = self._targets[url] = self._adapter.request_url(request, self._proxies)
-        return target
-
 
 def _backoff(attempt: int, retry_after: float | None) -> float:
     """Exponential backoff with full jitter; Heap's Retry-After, when given, is the floor."""
@@ -278,7 +247,7 @@ def _backoff(attempt: int, retry_after: float | None) -> float:
     return max(jittered, retry_after or 0.0)
 
 
-def _retry_after(response: BaseHTTPResponse) -> float | None:
+def _retry_after(response: requests.Response) -> float | None:
     try:
         return min(MAX_RETRY_AFTER_SECONDS, max(0.0, float(response.headers["Retry-After"])))
     except (KeyError, ValueError):
@@ -338,12 +307,14 @@ class BatchSender:
         self._finished: queue.SimpleQueue[Future[BatchResult]] = queue.SimpleQueue()
         self.in_flight = 0
 
-    def submit(self, batch: Batch) -> list[BatchResult]:
+    def submit(self, batch: Batch, while_waiting: Callable[[], object] = lambda: None) -> list[BatchResult]:
         """Queue a batch; returns the results of batches that finished meanwhile. While the window is full it
-        waits (back-pressure on stdin); once the sync is stopping, the batch is dropped, never acknowledged."""
+        waits (back-pressure on stdin), calling `while_waiting` now and then; once the sync is stopping, the
+        batch is dropped, never acknowledged."""
         finished = self.collect()
         while self.in_flight >= self._window and not self._stop.is_set():
             finished.extend(self.collect(timeout=STOP_CHECK_SECONDS))
+            while_waiting()
         if not self._stop.is_set():
             self._pool.submit(self._deliver, batch).add_done_callback(self._finished.put)
             self.in_flight += 1
@@ -426,7 +397,7 @@ class BatchSender:
             result.rejected.append(rejection.reason)
 
 
-def _log_deletion_request(response: BaseHTTPResponse, users: int) -> None:
+def _log_deletion_request(response: requests.Response, users: int) -> None:
     """Heap deletes asynchronously: the request id is what a user needs to follow the deletion up."""
     try:
         answer = response.json()
@@ -439,9 +410,13 @@ def _log_deletion_request(response: BaseHTTPResponse, users: int) -> None:
 
 
 def masked(value: Any) -> Any:
-    """The shape of a body with every value replaced by its type (and length for text): safe to log."""
+    """The shape of a body with every value replaced by its type (and length for text), and each `properties`
+    object by its size (under `*` property names come from the data): safe to log."""
     if isinstance(value, dict):
-        return {key: masked(inner) for key, inner in value.items()}
+        return {
+            key: f"<{len(inner)} properties>" if key == "properties" and isinstance(inner, dict) else masked(inner)
+            for key, inner in value.items()
+        }
     if isinstance(value, list):
         return [masked(inner) for inner in value]
     if isinstance(value, str):

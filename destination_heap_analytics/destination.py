@@ -1,13 +1,16 @@
-"""The Airbyte protocol layer: spec, check and write, kept thin; the stages do the work."""
+"""The Airbyte protocol layer: spec, check and write, kept thin; the stages do the work.
+
+`write` is the CDK's contract (AirbyteMessage objects in and out), for hosts that call it in-process. The
+command line reads stdin itself and echoes each STATE from the JSON it came with: the platform matches an
+echo to its state by fields (`id`) that the CDK's models drop.
+"""
 
 from __future__ import annotations
 
-import ctypes
-import gc
-import io
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -19,6 +22,8 @@ from airbyte_cdk.models import (
     AirbyteMessage,
     AirbyteMessageSerializer,
     ConfiguredAirbyteCatalog,
+    ConfiguredAirbyteCatalogSerializer,
+    ConnectorSpecification,
     DestinationSyncMode,
     FailureType,
     Status,
@@ -28,41 +33,37 @@ from airbyte_cdk.utils.airbyte_secrets_utils import filter_secrets, get_secrets,
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from destination_heap_analytics.config import ConfigError, HeapConfig, for_stream, parse_config
-from destination_heap_analytics.messages import read_blocks
+from destination_heap_analytics.messages import Message, SourceState, from_airbyte_messages, parse_lines, read_lines
+from destination_heap_analytics.spec import connector_specification
 
 logger = logging.getLogger("airbyte")
 
 CHECK_TIMEOUT_SECONDS = 10.0
-YOUNG_GENERATION_THRESHOLD = 20_000
-# glibc's mallopt parameters, and the values a write runs with
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-KEPT_FREE_BYTES = 256 << 20
-HEAP_BLOCK_LIMIT_BYTES = 32 << 20
 
 
 class DestinationHeapAnalytics(Destination):
-    # The CDK's JSON-schema check reports a wrong oneOf as "not valid under any of the given schemas";
-    # parse_config says which field is wrong and what to write instead.
-    check_config_against_spec = False
+    def spec(self, logger: logging.Logger) -> ConnectorSpecification:
+        return connector_specification()
 
     def run(self, args: list[str]) -> None:
-        """As the CDK's run, with two differences. Each message leaves at once (a STATE held in a pipe buffer
-        is a STATE the platform does not have) and whole, in one write: print's two writes (the text, then the
-        newline) let a log line from a sender thread fall between them, gluing two messages into one line. And
-        a failure raised on purpose (bad config, Heap unreachable, SIGTERM) ends with its TRACE message alone,
-        which says what to do, and an immediate exit: a request still hanging in a sender thread must not hold
-        the process open."""
+        """As the CDK's run, with three differences. Each message leaves at once (a STATE held in a pipe buffer
+        is a STATE the platform does not have) and whole, in one write: print's two writes let a log line from
+        a sender thread fall between a message and its newline. A failure raised on purpose (bad config, Heap
+        unreachable, SIGTERM) ends with its TRACE message alone and an immediate exit: a request still
+        hanging in a sender thread must not hold the process open. A closed stdout ends the sync quietly."""
         sys.stdout.reconfigure(line_buffering=True)
         init_uncaught_exception_handler(logger)
         try:
             for message in self.run_cmd(self.parse_args(args)):
-                emit(orjson.dumps(AirbyteMessageSerializer.dump(message)).decode())
+                emit(message if isinstance(message, dict) else AirbyteMessageSerializer.dump(message))
         except AirbyteTracedException as failure:
             logger.error(failure.message)
-            trace = failure.as_airbyte_message()
-            trace.trace.error.stack_trace = None
-            emit(filter_secrets(orjson.dumps(AirbyteMessageSerializer.dump(trace)).decode()))
+            trace = AirbyteMessageSerializer.dump(failure.as_airbyte_message())
+            trace["trace"]["error"].pop("stack_trace", None)
+            emit(trace, secrets_filtered=True)
             logging.shutdown()  # flushes the CDK's buffered log handler
+            os._exit(1)
+        except BrokenPipeError:  # whoever read our output is gone: nothing more can be said
             os._exit(1)
 
     @staticmethod
@@ -74,18 +75,30 @@ class DestinationHeapAnalytics(Destination):
                 message=f"Cannot read the config file: {error}", failure_type=FailureType.config_error
             ) from None
 
-    def run_cmd(self, parsed_args: Any) -> Iterable[AirbyteMessage]:
-        if parsed_args.command != "check":
-            yield from super().run_cmd(parsed_args)
-            return
-        try:
-            config = self.read_config(config_path=parsed_args.config)
-        except AirbyteTracedException as error:
-            status = AirbyteConnectionStatus(status=Status.FAILED, message=error.message)
-        else:
-            update_secrets(get_secrets(self.spec(logger).connectionSpecification, config))
-            status = self.check(logger, config)
-        yield AirbyteMessage(type=Type.CONNECTION_STATUS, connectionStatus=status)
+    def run_cmd(self, parsed_args: Any) -> Iterable[AirbyteMessage | dict[str, Any]]:
+        """The CDK's commands, with the connector's own config rules first: their messages name the field and
+        say what to write, where the spec's JSON-schema check (which the CDK runs next) can only say that a
+        value is "not valid under any of the given schemas"."""
+        if parsed_args.command in ("check", "write"):
+            try:
+                config = self.read_config(config_path=parsed_args.config)
+                update_secrets(get_secrets(self.spec(logger).connectionSpecification, config))
+                parse_config(config)
+            except (AirbyteTracedException, ConfigError) as error:
+                message = error.message if isinstance(error, AirbyteTracedException) else str(error)
+                if parsed_args.command == "write":
+                    raise AirbyteTracedException(message=message, failure_type=FailureType.config_error) from None
+                status = AirbyteConnectionStatus(status=Status.FAILED, message=message)
+                yield AirbyteMessage(type=Type.CONNECTION_STATUS, connectionStatus=status)
+                return
+        yield from super().run_cmd(parsed_args)
+
+    def _run_write(
+        self, config: Mapping[str, Any], configured_catalog_path: str, input_stream: Any
+    ) -> Iterator[dict[str, Any]]:
+        """The command line's write: stdin's lines, each STATE echoed from its own JSON (see the module)."""
+        catalog = _read_catalog(configured_catalog_path)
+        yield from (state.message for state in self._sync(config, catalog, parse_lines(read_lines(sys.stdin.buffer))))
 
     def check(self, logger: logging.Logger, config: Mapping[str, Any]) -> AirbyteConnectionStatus:
         """Validate the config and prove Heap's host answers, without writing anything into the project."""
@@ -103,43 +116,39 @@ class DestinationHeapAnalytics(Destination):
         self,
         config: Mapping[str, Any],
         configured_catalog: ConfiguredAirbyteCatalog,
-        input_messages: Iterator[bytes | None],
+        input_messages: Iterable[AirbyteMessage],
     ) -> Iterable[AirbyteMessage]:
+        """Load the records into Heap, yielding each STATE once Heap acknowledged every record before it."""
+        for state in self._sync(config, configured_catalog, from_airbyte_messages(input_messages)):
+            yield AirbyteMessageSerializer.load(state.message)
+
+    def _sync(
+        self, config: Mapping[str, Any], catalog: ConfiguredAirbyteCatalog, messages: Iterable[Message]
+    ) -> Iterator[SourceState]:
         from destination_heap_analytics.writer import SyncWriter  # only write needs the delivery stack
 
         heap_config = _config_or_trace(config)
-        stream, namespace = _single_stream(configured_catalog)
-        # What was loaded so far lives for the whole sync. Frozen, the garbage collector stops re-scanning
-        # those ~100k objects while millions of short-lived records pass: measured 20% less CPU a record.
-        # Records hold no reference cycles, so the young generation is collected every 20,000 allocations
-        # instead of 700: 3% less CPU (measured), and at most a few MB more memory.
-        gc.freeze()
-        gc.set_threshold(YOUNG_GENERATION_THRESHOLD)
-        _reuse_freed_memory()
-        yield from SyncWriter(for_stream(heap_config, stream), stream, namespace).write(input_messages)
-
-    def _parse_input_stream(self, input_stream: io.TextIOWrapper) -> Iterator[bytes | None]:
-        """Stdin in blocks of lines, a read at a time, for this class's write alone: the intake parses and
-        maps them, in worker processes when the machine has the cores (see intake.py)."""
-        return read_blocks(input_stream)
+        stream, namespace = _single_stream(catalog)
+        writer = SyncWriter(for_stream(heap_config, stream), stream, namespace)
+        # SIGTERM can be handled only from the main thread; a host calling write elsewhere handles it itself
+        return writer.write(messages, handle_sigterm=threading.current_thread() is threading.main_thread())
 
 
-def emit(line: str) -> None:
+def emit(message: dict[str, Any], secrets_filtered: bool = False) -> None:
     """One message on stdout: a single write of the line and its newline, as the log handler writes its lines."""
-    sys.stdout.write(line + "\n")
+    line = orjson.dumps(message).decode()
+    sys.stdout.write((filter_secrets(line) if secrets_filtered else line) + "\n")
 
 
-def _reuse_freed_memory() -> None:
-    """By default glibc gives freed memory back to the kernel once 128 kB lie free at the top of the heap,
-    and serves every block over 128 kB (a stdin read, a request body) with a fresh mmap: either way the
-    next megabyte of records page-faults again. On this VM that was most of the cost of keeping an item's
-    JSON (1.07 against 0.13 µs, measured). A sync's memory is bounded, so freed memory is kept for reuse."""
+def _read_catalog(path: str) -> ConfiguredAirbyteCatalog:
     try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_TRIM_THRESHOLD, KEPT_FREE_BYTES)
-        libc.mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK_LIMIT_BYTES)
-    except (OSError, AttributeError):  # not glibc: its allocator's own defaults stand
-        pass
+        with open(path, "rb") as catalog:
+            return ConfiguredAirbyteCatalogSerializer.load(orjson.loads(catalog.read()))
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise AirbyteTracedException(
+            message=f"Cannot read the configured catalog: {type(error).__name__}. Pass the catalog Airbyte wrote.",
+            failure_type=FailureType.config_error,
+        ) from None
 
 
 def _config_or_trace(config: Mapping[str, Any]) -> HeapConfig:
@@ -182,7 +191,7 @@ def _deletion_credentials_problem(config: HeapConfig) -> str | None:
     except DeliveryError as error:
         return str(error)
     except (TokenUnavailable, requests.RequestException) as error:
-        return f"Heap's auth token endpoint failed ({type(error).__name__}: {error}); try again later."
+        return f"Heap's auth token endpoint failed ({type(error).__name__}); try again later."
     return None
 
 

@@ -1,77 +1,67 @@
-"""Reading: stdin -> blocks of lines -> Airbyte messages, the first stage of every record (and, with
-split_lines and parse_line, its parse-only floor).
+"""Stage 1, reading: stdin lines -> the messages a sync acts on.
 
-Lines are read as bytes straight from the file descriptor: orjson decodes and checks UTF-8 itself (a text
-layer would decode twice), and `select` lets the reader notice a stalled source. A RECORD becomes a lean
-`SourceRecord`, not the CDK's AirbyteMessage + AirbyteRecordMessage: building those two objects cost as much
-as parsing the line (measured). The rare other messages (STATE, LOG, ...) become CDK models.
+A RECORD becomes a lean `SourceRecord`. A STATE keeps the JSON it came with, whole: the platform matches the
+destination's echo to the state it sent by fields the CDK's models do not know (its `id`), so a state is
+never rebuilt from a model. A line that is not a usable message becomes a `BadLine`: its number and a
+fixed description travel on, never its content.
+
+Lines are read as bytes from the file descriptor: `select` lets the reader notice a source that has gone
+quiet, so that acknowledged states need not wait for its next message.
 """
 
 from __future__ import annotations
 
-import io
+import json
+import math
 import os
 import select
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 import orjson
 from airbyte_cdk.models import AirbyteMessage, AirbyteMessageSerializer, Type
 
-PAUSE_SECONDS = 1.0  # this long without input and the source counts as stalled
-READ_SIZE = 3 << 17  # 384 kB: two reads and a line carried over fit a worker's pipe (intake.PIPE_BYTES)
+PAUSE_SECONDS = 1.0  # this long without input and the source counts as quiet
+READ_SIZE = 1 << 16
+IGNORED_TYPES = frozenset(member.value for member in Type) - {"RECORD", "STATE"}
 
 
+@dataclass(slots=True)
 class SourceRecord:
     """One RECORD message's content: what the writer needs of it, nothing validated beyond that."""
 
-    __slots__ = ("stream", "namespace", "data", "emitted_at")
-
-    def __init__(self, stream: str, namespace: str | None, data: Any, emitted_at: int) -> None:
-        self.stream = stream
-        self.namespace = namespace
-        self.data = data
-        self.emitted_at = emitted_at
+    stream: str
+    namespace: str | None
+    data: Any
+    emitted_at: int
 
 
-class UnparsableLine:
-    """A line that is not an Airbyte message: only its position travels on, never its content."""
+@dataclass(slots=True)
+class SourceState:
+    """One STATE message exactly as it came; the writer adds `destinationStats` and nothing else."""
 
-    __slots__ = ("number",)
-
-    def __init__(self, number: int) -> None:
-        self.number = number
+    message: dict[str, Any]
 
 
-def parse_line(line: bytes | str) -> SourceRecord | AirbyteMessage | None:
-    """One line -> a SourceRecord, another Airbyte message, or None when it is not a message."""
-    try:
-        raw = orjson.loads(line)
-        kind = raw.get("type")
-        if kind == "RECORD":
-            record = raw["record"]
-            return SourceRecord(
-                record["stream"], record.get("namespace") or None, record["data"], int(record.get("emitted_at") or 0)
-            )
-        if kind == "STATE":
-            return AirbyteMessageSerializer.load(raw)
-        return AirbyteMessage(type=Type(kind)) if kind in Type.__members__ else None
-    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
-        return None
+@dataclass(slots=True)
+class BadLine:
+    """A line that is not a usable Airbyte message. `record`: it was meant as a RECORD (an invalid record,
+    counted as one); otherwise it is counted as an unreadable line. `problem` is a fixed phrase."""
+
+    problem: str
+    record: bool = False
+    number: int = 0  # the line's number on stdin, from 1; 0 when not read from stdin
 
 
-def read_blocks(input_stream: io.TextIOWrapper) -> Iterator[bytes | None]:
-    """Stdin in blocks of whole lines, a block a read (up to READ_SIZE), and None each time no input has come
-    for PAUSE_SECONDS (a stalled source), so that acknowledged states need not wait for the source's next
-    message. Reads the file descriptor itself: a buffered reader blocks in readline and cannot say that
-    nothing is coming. Blocks, not lines: a block crosses to a worker process as one copy (see intake.py)."""
-    try:
-        descriptor = input_stream.fileno()
-    except (AttributeError, OSError, ValueError):  # not a real file (an in-memory stream): no pauses to see
-        for line in input_stream.buffer if isinstance(input_stream, io.TextIOWrapper) else input_stream:
-            yield line if isinstance(line, bytes) else line.encode()
-        return
-    pending = bytearray()  # the start of a line a later read ends
+Message = SourceRecord | SourceState | BadLine | None  # None: the source is quiet
+
+
+def read_lines(stdin: BinaryIO) -> Iterator[bytes | None]:
+    """Stdin's lines, and None each time no input has come for PAUSE_SECONDS. Reads the file descriptor
+    itself: a buffered reader blocks in readline and cannot say that nothing is coming."""
+    descriptor = stdin.fileno()
+    pending = b""  # the start of a line a later read ends
     while True:
         if not select.select([descriptor], [], [], PAUSE_SECONDS)[0]:
             yield None
@@ -79,20 +69,90 @@ def read_blocks(input_stream: io.TextIOWrapper) -> Iterator[bytes | None]:
         chunk = os.read(descriptor, READ_SIZE)
         if not chunk:
             break
-        end = chunk.rfind(b"\n") + 1
-        if not end:
-            pending += chunk  # in place: a line of many reads is not copied again at each of them
-            continue
-        # joined through a memoryview: the block is the one copy of the read's lines (a slice would be two)
-        yield b"".join((pending, memoryview(chunk)[:end])) if pending else chunk[:end]
-        pending[:] = memoryview(chunk)[end:]
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        yield from lines
     if pending:
-        yield bytes(pending)
+        yield pending
 
 
-def split_lines(block: bytes) -> list[bytes]:
-    """A block's lines, without the empty string after its final newline."""
-    lines = block.split(b"\n")
-    if not lines[-1]:
-        lines.pop()
-    return lines
+def parse_lines(lines: Iterable[bytes | None]) -> Iterator[Message]:
+    """Each line parsed (numbered from 1 for BadLine); the pauses (None) passed on."""
+    number = 0
+    for line in lines:
+        if line is None:
+            yield None
+            continue
+        number += 1
+        message = parse_line(line)
+        if message.__class__ is BadLine:
+            message.number = number
+        if message is not None:
+            yield message
+
+
+def parse_line(line: bytes) -> SourceRecord | SourceState | BadLine | None:
+    """One stdin line -> a message to act on, a BadLine, or None for a blank line or a message a destination
+    ignores (LOG, TRACE, ...)."""
+    try:
+        raw = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raw = _parse_leniently(line)
+        if raw is None:
+            return None if not line.strip() else BadLine("not JSON", record=b'"RECORD"' in line)
+    if not isinstance(raw, dict):
+        return BadLine("not an Airbyte message")
+    kind = raw.get("type")
+    if kind == "RECORD":
+        return _record(raw.get("record"))
+    if kind == "STATE":
+        return SourceState(raw) if isinstance(raw.get("state"), dict) else BadLine("STATE without a state body")
+    return None if kind in IGNORED_TYPES else BadLine("not an Airbyte message")
+
+
+def from_airbyte_messages(messages: Iterable[AirbyteMessage]) -> Iterator[SourceRecord | SourceState]:
+    """The CDK's in-process form (AirbyteMessage objects) -> the same messages stdin gives."""
+    for message in messages:
+        if message.type == Type.RECORD and message.record is not None:
+            record = message.record
+            yield SourceRecord(record.stream, record.namespace or None, record.data, int(record.emitted_at or 0))
+        elif message.type == Type.STATE and message.state is not None:
+            yield SourceState(AirbyteMessageSerializer.dump(message))
+
+
+def _record(record: Any) -> SourceRecord | BadLine:
+    if not isinstance(record, dict) or not isinstance(record.get("stream"), str):
+        return BadLine("RECORD without a stream", record=True)
+    if "data" not in record:
+        return BadLine("RECORD without data", record=True)
+    emitted_at = record.get("emitted_at")
+    emitted_at = int(emitted_at) if isinstance(emitted_at, (int, float)) and math.isfinite(emitted_at) else 0
+    return SourceRecord(record["stream"], record.get("namespace") or None, record["data"], emitted_at)
+
+
+def _parse_leniently(line: bytes) -> Any:
+    """What the standard library reads where orjson refuses: NaN and infinities (as Python's json writes
+    them), numbers beyond a double, lone surrogates (replaced by U+FFFD). The mapping then leaves non-finite
+    numbers out and counts them. None if the line is not JSON in UTF-8 at all."""
+    try:
+        return _without_lone_surrogates(json.loads(line.decode("utf-8")))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace") if _has_surrogate(value) else value
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(key): _without_lone_surrogates(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [_without_lone_surrogates(inner) for inner in value]
+    return value
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

@@ -22,12 +22,13 @@ class SyncReport:
         self, counters: DeliveryCounters, dry_run: bool = False, progress_interval: float = PROGRESS_INTERVAL_SECONDS
     ) -> None:
         self.counters = counters
-        self._sent = "mapped and validated (dry run: nothing sent)" if dry_run else "sent and acknowledged by Heap"
+        self._sent = "would have been sent (dry run: nothing sent)" if dry_run else "sent and acknowledged by Heap"
         self.records_read = 0
         self.records_sent = 0  # acknowledged by Heap
         self.skipped: Counter[str] = Counter()  # reason -> records left out
         self.adjusted: Counter[str] = Counter()  # "truncated bio" -> values changed or left out to fit Heap
         self.states_emitted = 0
+        self.states_withheld = 0  # dry run: states never emitted
         self.unparsable_lines = 0
         self._started = time.monotonic()
         self._progress_interval = progress_interval
@@ -36,11 +37,21 @@ class SyncReport:
     def skip(self, reason: str) -> None:
         self.skipped[reason] += 1
 
-    def unparsable(self, number: int) -> None:
-        """An input line that is not an Airbyte message: its position is logged, never its content."""
+    def unparsable(self, number: int, problem: str) -> None:
+        """An input line that is not a usable Airbyte message: the first few are logged by position and a fixed
+        description of what is wrong, never by content; all are counted."""
         self.unparsable_lines += 1
         if self.unparsable_lines <= UNPARSABLE_LINES_LOGGED:
-            logger.warning(f"Input line {number} is not an Airbyte message; skipped (content not logged).")
+            logger.warning(f"Input line {number}: {problem}; skipped (content not logged).")
+
+    def state_withheld(self) -> None:
+        """Dry run: a STATE would move the source's cursor past records that were never sent."""
+        if not self.states_withheld:
+            logger.info(
+                "Dry run: no STATE is emitted, so the source's cursor does not move past records that were not "
+                "sent; the next real sync reads them again."
+            )
+        self.states_withheld += 1
 
     def adjust(self, notes: list[tuple[str, str]]) -> None:
         for kind, name in notes:
@@ -54,7 +65,10 @@ class SyncReport:
 
     def log_summary(self, outcome: str) -> None:
         if self.unparsable_lines:
-            logger.warning(f"{self.unparsable_lines} input lines were not Airbyte messages and were skipped.")
+            logger.warning(
+                f"{self.unparsable_lines} input lines were not usable Airbyte messages and were skipped "
+                f"(the first {min(self.unparsable_lines, UNPARSABLE_LINES_LOGGED)} are logged by line number)."
+            )
         logger.info(f"Sync summary ({outcome}): {self._figures(time.monotonic())}")
         if self.skipped:
             logger.warning(f"Records skipped, by reason: {_listing(self.skipped)}")
@@ -65,10 +79,13 @@ class SyncReport:
         elapsed = max(now - self._started, 1e-9)
         counters = self.counters
         splits = f", {counters.bisections} bulk requests split to isolate refused items" if counters.bisections else ""
-        paced = f", senders held back {counters.paced_seconds:.1f} s in all by pacing" if counters.paced_seconds else ""
+        paced = f", {counters.paced_seconds:.1f} s held back by pacing" if counters.paced_seconds else ""
+        states = f"{self.states_emitted} states emitted"
+        if self.states_withheld:
+            states = f"{self.states_withheld} states not emitted (dry run)"
         return (
             f"{self.records_read} records read, {self.records_sent} {self._sent}, "
-            f"{sum(self.skipped.values())} skipped, {self.states_emitted} states emitted; "
+            f"{sum(self.skipped.values())} skipped, {states}; "
             f"{counters.requests} requests ({counters.retries} retries, {counters.throttled} throttled){splits}"
             f"{paced}, {elapsed:.1f} s, {self.records_read / elapsed:.0f} records/s"
         )

@@ -1,6 +1,7 @@
-"""One write, end to end: encoded record (intake) -> Batch -> Heap (delivery) -> acknowledgement -> STATE.
+"""One write, end to end: message -> record -> Heap item (mapping) -> batch -> Heap (delivery) ->
+acknowledgement -> STATE.
 
-`process_record` adds one mapped record to the open batch; `process_batch` hands a full batch to the sender.
+`process_record` maps one record into the open batch; `process_batch` hands a full batch to the sender.
 The StateLedger alone decides when a STATE may leave.
 """
 
@@ -11,9 +12,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-from airbyte_cdk.models import AirbyteMessage, AirbyteStateStats, FailureType, Type
+import orjson
+from airbyte_cdk.models import FailureType
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from destination_heap_analytics.config import HeapConfig
@@ -26,9 +28,8 @@ from destination_heap_analytics.delivery import (
     DeliveryStopped,
     HeapClient,
 )
-from destination_heap_analytics.intake import Chunk, EncodedRecord, Intake, RecordEncoder
 from destination_heap_analytics.mapping import Mapping, Rejection
-from destination_heap_analytics.messages import UnparsableLine
+from destination_heap_analytics.messages import BadLine, Message, SourceRecord, SourceState
 from destination_heap_analytics.pacing import Pacer
 from destination_heap_analytics.report import SyncReport
 from destination_heap_analytics.state import StateLedger
@@ -36,22 +37,24 @@ from destination_heap_analytics.state import StateLedger
 logger = logging.getLogger("airbyte")
 
 TERMINATION_GRACE_SECONDS = 10.0  # after SIGTERM, how long requests in flight may still finish
-# A batch open this long goes out with the next read, full or not: a slow source's states keep flowing.
+# A batch open this long goes out with the next message, full or not: a slow source's states keep flowing.
 MAX_BATCH_AGE_SECONDS = 1.0
+STREAM_NOT_IN_CATALOG = Rejection("stream_not_in_catalog")
 
 
 class SyncWriter:
     def __init__(self, config: HeapConfig, stream: str, namespace: str | None = None) -> None:
         self._config = config
-        self._encoder = RecordEncoder(Mapping(config.mapping), stream, namespace or None)
-        self._intake: Intake | None = None
+        self._mapping = Mapping(config.mapping)
+        self._stream = stream
+        self._namespace = namespace or None
         self._stop = threading.Event()
         pacer = Pacer.for_api(
             config.mapping.api_type, config.bulk, config.track_events_per_minute, config.batch_size, self._stop.wait
         )
         self._client = HeapClient(config, pacer, self._stop)
         self._sender = BatchSender(config, self._client, self._stop)
-        self._ledger: StateLedger[AirbyteMessage] = StateLedger()
+        self._ledger: StateLedger[SourceState] = StateLedger()
         self.report = SyncReport(self._client.counters, config.dry_run)
         self._open: Batch | None = None
         self._opened_at = 0.0
@@ -60,28 +63,28 @@ class SyncWriter:
         # In single mode every record is its own request: one record a batch lets them all run concurrently.
         self._batch_size = config.batch_size if config.bulk else 1
 
-    def write(self, reads: Iterator[bytes | None]) -> Iterator[AirbyteMessage]:
-        """Consume stdin (a block of lines a read, None when the source is silent), yielding each STATE once
-        everything before it is in Heap."""
-        self._intake = Intake(reads, self._encoder)  # before the sender's threads exist: it may fork
-        previous_handler = signal.signal(signal.SIGTERM, self._terminate)
+    def write(self, messages: Iterable[Message], handle_sigterm: bool = False) -> Iterator[SourceState]:
+        """Consume the source's messages (None when it is quiet), yielding each STATE once everything before it
+        is in Heap. `handle_sigterm`: the process is a command-line sync, which SIGTERM ends gracefully."""
+        previous_handler = signal.signal(signal.SIGTERM, self._terminate) if handle_sigterm else None
         outcome = "failed"
         try:
-            for chunk in self._intake:
+            for message in messages:
                 if self._terminated_at is not None:
                     break
-                if chunk is not None:
-                    yield from self._process_chunk(chunk)
-                if chunk is None or self._open_batch_is_old():  # a silent source, or a slow one
+                if message is not None:
+                    yield from self._process_message(message)
+                if message is None or self._open_batch_is_old():  # a quiet source, or a slow one
                     self._submit_open_batch()
                     yield from self._release(self._sender.collect())
+                self.report.maybe_log_progress()
             if self._terminated_at is None:
                 self._submit_open_batch()
             yield from self._finish()
             outcome = "terminated" if self._terminated_at is not None else "succeeded"
         finally:
-            signal.signal(signal.SIGTERM, previous_handler)
-            self._intake.close()
+            if handle_sigterm:
+                signal.signal(signal.SIGTERM, previous_handler)
             self._sender.close()
             self.report.log_summary(outcome)
         if self._terminated_at is not None:
@@ -93,68 +96,71 @@ class SyncWriter:
         if self._ledger.pending:
             raise AssertionError("states left unreleased after every batch was acknowledged")
 
-    def _finish(self) -> Iterator[AirbyteMessage]:
-        """Wait for the batches in flight, releasing states as they are acknowledged; after SIGTERM, only
-        for the grace period."""
-        while self._sender.in_flight:
-            yield from self._release(self._sender.collect(timeout=STOP_CHECK_SECONDS))
-            if self._terminated_at is not None and time.monotonic() - self._terminated_at > TERMINATION_GRACE_SECONDS:
-                return
+    def _process_message(self, message: Message) -> Iterator[SourceState]:
+        kind = message.__class__
+        if kind is SourceRecord:
+            self.process_record(message)
+        elif kind is SourceState:
+            self._count_records_behind(message)
+            self._ledger.state_received(message)
+            yield from self._release(self._sender.collect())
+        elif message.record:
+            self.report.records_read += 1
+            self._skip(Rejection("unreadable_record"), message)
+        else:
+            self.report.unparsable(message.number, message.problem)
 
-    def _terminate(self, signum: int, frame: object) -> None:
-        """SIGTERM: no new input, no new attempts. Only flags are set here, so that whatever the main thread
-        was doing (parsing, printing a STATE) completes; stdin is swapped for /dev/null so that a read
-        blocked on a stalled source returns at once, as end of input."""
-        self._terminated_at = time.monotonic()
-        self._stop.set()
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.close(devnull)
-
-    def _process_chunk(self, chunk: Chunk) -> Iterator[AirbyteMessage]:
-        first_line, entries = chunk
-        for entry in entries:
-            if self._terminated_at is not None:
-                return
-            kind = entry.__class__
-            if kind is tuple:
-                self.process_record(entry)
-            elif kind is Rejection:
-                self.report.records_read += 1
-                self._skip(entry)
-            elif kind is UnparsableLine:
-                self.report.unparsable(first_line + entry.number)
-            elif entry.type == Type.STATE:
-                self._count_records_behind(entry)
-                self._ledger.state_received(entry)
-                yield from self._release(self._sender.collect())
-
-    def process_record(self, record: EncodedRecord) -> None:
-        """Add one mapped record to the open batch; a full batch goes out."""
+    def process_record(self, record: SourceRecord) -> None:
+        """Map one record into the open batch; a full batch goes out."""
         self.report.records_read += 1
-        body, identity, notes = record
-        if notes:
-            self.report.adjust(notes)
+        if record.stream != self._stream or record.namespace != self._namespace:
+            self._skip(STREAM_NOT_IN_CATALOG)
+            return
+        item = self._mapping.map(record.data, record.emitted_at)
+        if item.__class__ is Rejection:
+            self._skip(item)
+            return
+        if item.notes:
+            self.report.adjust(item.notes)
         if self._open is None:
             self._open = Batch(self._ledger.open_batch())
             self._opened_at = time.monotonic()
-        self._open.bodies.append(body)
-        self._open.identities.append(identity)
+        self._open.bodies.append(orjson.dumps(item.body))
+        self._open.identities.append(item.identity)
         if len(self._open.bodies) >= self._batch_size:
             self.process_batch()
 
     def process_batch(self) -> None:
         """Hand the open batch to the sender (blocking while its window is full) and note what finished."""
         batch, self._open = self._open, None
-        self._acknowledge(self._sender.submit(batch))
-        self.report.maybe_log_progress()
+        self._acknowledge(self._sender.submit(batch, while_waiting=self.report.maybe_log_progress))
 
-    def _count_records_behind(self, state: AirbyteMessage) -> None:
-        """destinationStats.recordCount: the records since the previous STATE, each in Heap or counted as
-        skipped by the time this state is emitted. Airbyte and PyAirbyte report it as committed."""
+    def _finish(self) -> Iterator[SourceState]:
+        """Wait for the batches in flight, releasing states as they are acknowledged; after SIGTERM, only
+        for the grace period."""
+        while self._sender.in_flight:
+            yield from self._release(self._sender.collect(timeout=STOP_CHECK_SECONDS))
+            self.report.maybe_log_progress()
+            if self._terminated_at is not None and time.monotonic() - self._terminated_at > TERMINATION_GRACE_SECONDS:
+                return
+
+    def _terminate(self, signum: int, frame: object) -> None:
+        """SIGTERM: no new input, no new attempts. Only flags are set here, so that whatever the main thread
+        was doing (mapping, printing a STATE) completes; stdin is swapped for /dev/null so that a read
+        blocked on a quiet source returns at once, as end of input."""
+        self._terminated_at = time.monotonic()
+        self._stop.set()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+
+    def _count_records_behind(self, state: SourceState) -> None:
+        """destinationStats.recordCount: the records received since the previous STATE (skipped ones included),
+        as Airbyte's own destination framework counts them; the platform compares it with the source's count."""
         behind = self.report.records_read - self._read_at_last_state
         self._read_at_last_state = self.report.records_read
-        state.state.destinationStats = AirbyteStateStats(recordCount=float(behind))
+        body = state.message["state"]
+        body["destinationStats"] = {**(body.get("destinationStats") or {}), "recordCount": float(behind)}
 
     def _open_batch_is_old(self) -> bool:
         return self._open is not None and time.monotonic() - self._opened_at >= MAX_BATCH_AGE_SECONDS
@@ -178,19 +184,24 @@ class SyncWriter:
         if failure is not None:
             self._fail_delivery(failure)
 
-    def _release(self, results: list[BatchResult]) -> Iterator[AirbyteMessage]:
+    def _release(self, results: list[BatchResult]) -> Iterator[SourceState]:
         self._acknowledge(results)
         for state in self._ledger.releasable():
-            self.report.states_emitted += 1
-            yield state
+            if self._config.dry_run:
+                self.report.state_withheld()
+            else:
+                self.report.states_emitted += 1
+                yield state
 
-    def _skip(self, rejection: Rejection) -> None:
+    def _skip(self, rejection: Rejection, line: BadLine | None = None) -> None:
         self.report.skip(rejection.describe())
         if self._config.on_invalid_record == "fail":
             self._stop.set()
+            where = f"on input line {line.number} ({line.problem})" if line and line.number else ""
             raise AirbyteTracedException(
-                message=f"Record {self.report.records_read} is invalid: {rejection.describe()}. Fix the source "
-                "data or the column mapping, or set on_invalid_record to skip to count and skip such records.",
+                message=f"Record {self.report.records_read} is invalid{where and ' ' + where}: "
+                f"{rejection.describe()}. Fix the source data or the column mapping, or set on_invalid_record "
+                "to skip to count and skip such records.",
                 failure_type=FailureType.config_error,
             )
 

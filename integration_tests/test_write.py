@@ -301,5 +301,5 @@ def test_lines_that_are_not_airbyte_messages_are_skipped_without_logging_their_c
     assert result.returncode == 0, result.describe()
     assert len(heap.events) == 4
     assert len(result.states) == 1
-    assert any("Input line 2 is not an Airbyte message" in line for line in result.log_lines("WARN"))
+    assert any("Input line 2: not JSON" in line for line in result.log_lines("WARN"))
 
