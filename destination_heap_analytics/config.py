@@ -233,6 +233,11 @@ def _api_key(api: Mapping[str, Any]) -> str:
             "api.api_key is required for delete_users: generate one in Heap under Account > Manage > "
             "Privacy & Security (the app_id must be your Main Production environment's)."
         )
+    if not (value.strip().isascii() and value.strip().isprintable()):  # the key itself is never quoted
+        raise ConfigError(
+            "api.api_key holds characters that are not printable ASCII, which no Heap key has: paste the key "
+            "again exactly as Heap shows it."
+        )
     return value.strip()
 
 

@@ -53,9 +53,11 @@ class DestinationHeapAnalytics(Destination):
         hanging in a sender thread must not hold the process open. A closed stdout ends the sync quietly."""
         sys.stdout.reconfigure(line_buffering=True)
         init_uncaught_exception_handler(logger)
+        logging.raiseExceptions = False  # a log line that cannot be written (stdout closed) is no traceback
         try:
             for message in self.run_cmd(self.parse_args(args)):
                 emit(message if isinstance(message, dict) else AirbyteMessageSerializer.dump(message))
+            sys.stdout.flush()
         except AirbyteTracedException as failure:
             logger.error(failure.message)
             trace = AirbyteMessageSerializer.dump(failure.as_airbyte_message())
@@ -64,6 +66,7 @@ class DestinationHeapAnalytics(Destination):
             logging.shutdown()  # flushes the CDK's buffered log handler
             os._exit(1)
         except BrokenPipeError:  # whoever read our output is gone: nothing more can be said
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor flushed at exit
             os._exit(1)
 
     @staticmethod
@@ -79,6 +82,11 @@ class DestinationHeapAnalytics(Destination):
         """The CDK's commands, with the connector's own config rules first: their messages name the field and
         say what to write, where the spec's JSON-schema check (which the CDK runs next) can only say that a
         value is "not valid under any of the given schemas"."""
+        if parsed_args.command == "write" and sys.stdin is None:
+            raise AirbyteTracedException(
+                message="stdin is closed: a write reads the source's messages from stdin; pipe them in.",
+                failure_type=FailureType.config_error,
+            )
         if parsed_args.command in ("check", "write"):
             try:
                 config = self.read_config(config_path=parsed_args.config)
