@@ -29,7 +29,7 @@ REQUIRED_COLUMNS = {
     "delete_users": (),  # identity_column or user_id_column: checked in _mapping
 }
 OPTIONAL_COLUMNS = {
-    "track": ("timestamp_column", "property_columns"),
+    "track": ("timestamp_column", "property_columns", "event_id_column"),
     "add_user_properties": (),
     "add_account_properties": (),
     "identify": ("timestamp_column",),
@@ -65,6 +65,7 @@ PRESETS: dict[str, dict[str, str]] = {
         "timestamp_column": "time",
         "property_columns": "*",
         "excluded_columns": "event_id,user_id,identity,time,type",
+        "event_id_column": "event_id",  # the event's own id: its idempotency key covers that, not the row
     },
     "heap_user_migrations": {
         "api_type": "identify",
@@ -94,6 +95,7 @@ class MappingConfig:
     property_columns: tuple[str, ...] | None = ()
     excluded_columns: frozenset[str] = frozenset()  # fields "*" leaves out
     default_event: str | None = None  # the event name where the event column is empty
+    event_id_column: str | None = None  # track: the event's own id, which its idempotency key then covers
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 Pure functions over plain dicts: no HTTP, no Airbyte types, so every rule is easy to test and fuzz.
 A record either becomes a `HeapItem` (possibly with `notes` on values that had to be adjusted) or a
-`Rejection` that names the reason and the column, never the value (values are personal data).
+`Rejection` that names the reason and the column, never the value (values are personal data). Notes and
+rejections name only what the config names: a configured column, or `*` for every field, never a record's
+own keys (a map keyed by e-mail address makes keys personal data too).
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ MAX_TEXT_LENGTH = 1023  # Heap: event names, property keys and values "under 102
 MAX_SAFE_INTEGER = 2**53 - 1  # past this a JSON number loses digits in Heap; such integers go as text
 # Epoch numbers at or above this are milliseconds: as seconds they would lie past the year 5000.
 EPOCH_MILLIS_THRESHOLD = 100_000_000_000
+# A string in JSON's number syntax (leading zeros allowed) is read as that number: "1e10" as 1e10.
+_JSON_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?", re.ASCII)
 # Heap's own timestamp shape (2017-03-10T22:21:56.123+00:00), milliseconds or microseconds, Z for UTC too.
 # Offset minutes stop at 59: fromisoformat reads -00:60 as -01:00, which the text must then say.
 _HEAP_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{3}|\.\d{6})?(Z|[+-]\d\d:[0-5]\d)", re.ASCII)
 _UTC_OFFSETS = ("Z", "-00:00")
+ALL_FIELDS = "*"  # what notes call a property under property_columns "*": its key may be data
 FORBIDDEN_USER_PROPERTY = "id"  # Heap refuses a user property named id, in any casing
 ARRAY_SEPARATOR = "||"  # how Heap itself stores arrays
 # Columns Airbyte tools add (PyAirbyte's cache: _airbyte_raw_id, _airbyte_extracted_at, _airbyte_meta). They
@@ -57,18 +62,14 @@ class Rejection:
     def describe(self) -> str:
         return f"{self.reason} (column {self.column})" if self.column else self.reason
 
-    def __reduce__(self) -> tuple[type[Rejection], tuple[str, str | None]]:
-        # Rejections cross a pipe from the worker processes. Compiled by mypyc, a frozen dataclass cannot be
-        # unpickled field by field: rebuild it from its fields instead.
-        return Rejection, (self.reason, self.column)
-
 
 class ColumnPath:
     """A configured column, compiled once: a dotted path (`identities.connection`, `items.0.sku`) or JSONPath.
 
     Dotted paths are resolved by a small loop over pre-split segments because they run for every column of
-    every record; jsonpath-ng's `find` costs microseconds a call. Anything written in JSONPath syntax
-    (`$...`, brackets, filters) is handed to jsonpath-ng, which also validates it once here.
+    every record, and jsonpath-ng's general `find` machinery is far heavier than a dict lookup. Anything
+    written in JSONPath syntax (`$...`, brackets, filters) is handed to jsonpath-ng, which also validates it
+    once here.
     """
 
     def __init__(self, column: str) -> None:
@@ -116,9 +117,13 @@ def _walk(value: Any, segments: tuple[tuple[str, int | None], ...]) -> Any:
 
 
 class Mapping:
-    """Maps source records to Heap items for one api_type, with every column path compiled once."""
+    """Maps one stream's records to Heap items for one api_type, with every column path compiled once.
 
-    def __init__(self, config: MappingConfig) -> None:
+    `stream` is the name of the stream the records come from: an event's idempotency key covers it, so the
+    same row loaded from two streams (Heap Connect repeats an event in several tables) is two events."""
+
+    def __init__(self, config: MappingConfig, stream: str = "") -> None:
+        self._stream = stream
         self._identity = ColumnPath(config.identity_column) if config.identity_column else None
         self._event = ColumnPath(config.event_column) if config.event_column else None
         self._timestamp = ColumnPath(config.timestamp_column) if config.timestamp_column else None
@@ -128,6 +133,7 @@ class Mapping:
         self._forbid_id = config.api_type == "add_user_properties"
         self._excluded = config.excluded_columns
         self._default_event = config.default_event
+        self._event_id = ColumnPath(config.event_id_column) if config.event_id_column else None
         builders: dict[str, Callable[[dict[str, Any], int], HeapItem | Rejection]] = {
             "track": self._track,
             "add_user_properties": self._user,
@@ -160,7 +166,8 @@ class Mapping:
         properties = self._collect_properties(record, item.notes)
         if properties:
             item.body["properties"] = properties
-        item.body["idempotency_key"] = idempotency_key(record)
+        event_id = self._event_id.resolve(record) if self._event_id else None
+        item.body["idempotency_key"] = idempotency_key(record, self._stream, event, event_id)
         return item
 
     def _user(self, record: dict[str, Any], emitted_at_ms: int) -> HeapItem | Rejection:
@@ -211,8 +218,8 @@ class Mapping:
             excluded = self._excluded
             if _is_airbyte_copy(record):
                 excluded = excluded | {key for key in record if key.startswith(AIRBYTE_COLUMN_PREFIX)}
-            self._put_fields(properties, "", record, notes, excluded=excluded)
-        else:
+            self._put_fields(properties, "", record, notes, ALL_FIELDS, excluded)
+        else:  # each top-level key is a configured column, so notes may name it
             self._put_fields(properties, "", {path.column: path.resolve(record) for path in self._properties}, notes)
         return properties
 
@@ -227,14 +234,23 @@ class Mapping:
     ) -> None:
         """Every field of an object but the `excluded` ones, nested objects under dotted keys. The hot path of
         every load: plain short text, booleans and ordinary numbers under ordinary names are taken as they
-        are, and only the rest goes through the full rules in _put. Notes name the top-level column
-        (`column`): keys inside a nested object may be data (a map keyed by email, say), and logs never show
-        data."""
+        are, and only the rest goes through the full rules in _put.
+
+        Notes name `column`: `*` under property_columns "*", where any key may be data (a map keyed by
+        e-mail address, say), else the configured column a value came from (a top-level key here, when
+        `column` is empty), never a key found inside the record. Logs never show data.
+
+        Two fields that flatten to one key (`"a.b"` and `"a": {"b": ...}`) keep the first value in the
+        record's order (the order written, for configured columns); the later one is noted as key_collision.
+        """
         for key, value in fields.items():
             if key in excluded:
                 continue
             if prefix:
                 key = prefix + key
+            if key in properties:
+                notes.append(("key_collision", column or key))
+                continue
             kind = value.__class__
             if (
                 kind is str
@@ -247,7 +263,7 @@ class Mapping:
             ) and 2 < len(key) <= MAX_TEXT_LENGTH:
                 properties[key] = value
             elif kind is dict:
-                self._put_fields(properties, key + ".", value, notes, column or key + ".*")
+                self._put_fields(properties, key + ".", value, notes, column or key)
             else:
                 self._put(properties, key, value, notes, column)
 
@@ -258,7 +274,7 @@ class Mapping:
         stay out, names and values Heap cannot hold are noted."""
         if value is None or value == []:  # nothing to say; an empty value must not wipe the property in Heap
             return
-        name = column or key  # what notes call this property
+        name = column or key  # what notes call this property: config-derived, see _put_fields
         length = len(key)
         if not length or length > MAX_TEXT_LENGTH:
             notes.append(("invalid_property_name", name[:40]))
@@ -299,7 +315,23 @@ def _array_element_text(element: Any) -> str:
         return "true" if element else "false"
     if isinstance(element, (int, float)):
         return str(element)
-    return orjson.dumps(element, default=str, option=orjson.OPT_SORT_KEYS).decode()
+    try:
+        return orjson.dumps(element, default=str, option=orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONEncodeError:  # an integer past 64 bits inside (see _writable); deeper than orjson goes
+        return orjson.dumps(_writable(element), default=str, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _writable(value: Any) -> Any:
+    """`value` with integers past 64 bits, which orjson cannot write, as their digits. Records read from
+    stdin never hold one (orjson reads such a number as a float), but the mapping is a plain function: its
+    other callers may pass one, and it must not pass for nesting too deep (orjson raises the same error)."""
+    if isinstance(value, dict):
+        return {key: _writable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_writable(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return str(value)
+    return value
 
 
 def _identifier(path: ColumnPath | None, record: dict[str, Any], field_name: str) -> str | Rejection:
@@ -357,7 +389,10 @@ def _timestamp(path: ColumnPath | None, record: dict[str, Any], emitted_at_ms: i
 
 
 def normalize_timestamp(value: Any) -> str | None:
-    """ISO 8601 with offset from an ISO string, a date, or epoch seconds/milliseconds; None if not a time."""
+    """ISO 8601 with offset from an ISO string, a date, or epoch seconds/milliseconds; None if not a time.
+
+    A string of four or eight digits is an ISO 8601 year (2024) or basic date (20221021), not seconds since
+    1970; any other string in JSON's number syntax ("1489184516", "1e10") is read as that number would be."""
     if isinstance(value, bool):
         return None
     if isinstance(value, str):
@@ -365,8 +400,14 @@ def normalize_timestamp(value: Any) -> str | None:
         if text is not None:
             return text
         text = value.strip()
-        # 20221021 is an ISO 8601 date, not 1970; "2022-..." is no number: no need to try it as one
-        looks_like_date = len(text) == 8 or (len(text) > 4 and text[4] == "-")
+        if text[-1:] == "z":  # RFC 3339 allows a lowercase z for UTC; Python's parsers take only Z
+            text = text[:-1] + "Z"
+            heap_shaped = _heap_time_text(text)
+            if heap_shaped is not None:
+                return heap_shaped
+        digits = text.isascii() and text.isdigit()
+        # "2022-..." is no number: no need to try it as one
+        looks_like_date = (digits and len(text) in (4, 8)) or (len(text) > 4 and text[4] == "-")
         number = None if looks_like_date else _number(text)
         if number is None:
             parsed = _parse_time(text)
@@ -383,7 +424,7 @@ def normalize_timestamp(value: Any) -> str | None:
 
 def _heap_time_text(text: str) -> str | None:
     """What _iso(datetime.fromisoformat(text)) gives, by string slicing, for a time already in Heap's shape
-    (most sources send that): formatting a datetime cost as much as the rest of a track record's mapping."""
+    (most sources send that), so the common case skips building and formatting a datetime."""
     shape = _HEAP_TIME.fullmatch(text)
     if shape is None:
         return None
@@ -400,7 +441,7 @@ def _heap_time_text(text: str) -> str | None:
 
 
 def _parse_time(text: str) -> datetime | None:
-    """The stdlib's ISO 8601 parser first (the common case, several times faster), pendulum for the rest."""
+    """The stdlib's ISO 8601 parser first (the common case, and cheaper), pendulum for the forms it lacks."""
     try:
         parsed = datetime.fromisoformat(text)
         return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
@@ -424,12 +465,15 @@ def _iso(moment: datetime) -> str:
 
 
 def _number(text: str) -> float | int | None:
+    """The number a string spells: JSON's syntax, and the looser forms int() and plain decimals take."""
     try:
         return int(text)
     except ValueError:
         pass
+    if not (_JSON_NUMBER.fullmatch(text) or text.replace(".", "", 1).lstrip("-").isdigit()):
+        return None  # float() would also take "nan", "inf" and "infinity": no times
     try:
-        return float(text) if text.replace(".", "", 1).lstrip("-").isdigit() else None
+        return float(text)
     except ValueError:
         return None
 
@@ -439,14 +483,31 @@ def _is_airbyte_copy(record: dict[str, Any]) -> bool:
     return "_airbyte_raw_id" in record or "_airbyte_extracted_at" in record
 
 
-def idempotency_key(record: dict[str, Any]) -> str:
-    """The same record always gets the same key, so Heap keeps one event however often it is replayed."""
+def idempotency_key(record: dict[str, Any], stream: str = "", event: str = "", event_id: Any = None) -> str:
+    """The key Heap deduplicates events by: the same event always gets the same key, however often it is
+    replayed, and events that differ in stream, name or record get different keys.
+
+    What makes an event distinct is the stream it was loaded from, its event name and its record: the same
+    row in two streams (Heap Connect repeats event_id, user_id and time across its per-event tables) is two
+    events. Where the config names an event_id column (the heap_events preset) and the record has one (a
+    non-blank string or an integer), the key covers (stream, event, event_id) instead of the whole row, so
+    the event keeps its key when other columns of the row change. The columns Airbyte tools add describe
+    the copy, not the event, and are left out.
+
+    The recipe is part of the connector's contract: a changed key makes a replay a second event in Heap.
+    XXH3-128 of the canonical JSON array ["event_id", stream, event, event_id as text] or
+    ["record", stream, event, record with keys sorted].
+    """
+    if isinstance(event_id, str) and event_id.strip() or isinstance(event_id, int) and not isinstance(event_id, bool):
+        return xxh3_128_hexdigest(orjson.dumps(["event_id", stream, event, str(event_id)]))
     if _is_airbyte_copy(record):
         record = {key: value for key, value in record.items() if not key.startswith(AIRBYTE_COLUMN_PREFIX)}
-    try:  # what parsed JSON holds: string keys, JSON values (options for anything else cost 0.2 µs a record)
-        canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-    except orjson.JSONEncodeError:
-        canonical = orjson.dumps(record, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    # XXH3-128: collisions as unlikely as with a cryptographic 128-bit hash for data nobody crafts against
-    # it, at a twentieth of BLAKE2b's cost (0.05 against 0.8 µs a record, measured)
+    parts = ["record", stream, event, record]
+    try:  # what parsed JSON holds: string keys, JSON values
+        canonical = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # anything else (a plain function's caller may pass any dict) as text
+        options = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+        canonical = orjson.dumps(_writable(parts), default=str, option=options)
+    # XXH3-128: for data nobody crafts against it, collisions as unlikely as with a cryptographic 128-bit
+    # hash, and it is far cheaper, which matters as it runs once for every event
     return xxh3_128_hexdigest(canonical)

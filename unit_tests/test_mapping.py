@@ -1,5 +1,6 @@
 """Mapping rules, one by one: each row is a record, a mapping and what Heap must receive."""
 
+import ast
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -181,7 +182,10 @@ def test_string_of_1023_characters_passes_whole():
 def test_user_property_named_id_is_left_out_and_reported(name):
     item = mapped(users(None), {"who": "u1", name: 7, "plan": "pro"})
     assert item.body["properties"] == {"who": "u1", "plan": "pro"}
-    assert item.notes == [("forbidden_property_name", name)]
+    assert item.notes == [("forbidden_property_name", "*")]  # under *, a key may be data: never named
+    item = mapped(users((name, "plan")), {"who": "u1", name: 7, "plan": "pro"})
+    assert item.body["properties"] == {"plan": "pro"}
+    assert item.notes == [("forbidden_property_name", name)]  # a configured column: named
 
 
 def test_track_and_account_properties_may_be_named_id():
@@ -212,7 +216,44 @@ def test_property_keys_are_the_columns_as_written():
 def test_empty_and_overlong_property_names_are_left_out():
     item = mapped(users(None), {"who": "u", "": 1, "k" * 1024: 2})
     assert item.body["properties"] == {"who": "u"}
-    assert [kind for kind, _ in item.notes] == ["invalid_property_name", "invalid_property_name"]
+    assert item.notes == [("invalid_property_name", "*"), ("invalid_property_name", "*")]
+
+
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        ({"who": "u", "a.b": 1, "a": {"b": 2}}, 1),  # the first in the record's order is kept
+        ({"who": "u", "a": {"b": 2}, "a.b": 1}, 2),
+        ({"who": "u", "a": {"b.c": 1, "b": {"c": 2}}}, 1),
+    ],
+)
+def test_keys_that_flatten_to_one_keep_the_first_value_and_are_counted(record, expected):
+    item = mapped(users(None), record)
+    flat = "a.b.c" if "b.c" in record["a"] else "a.b"
+    assert item.body["properties"] == {"who": "u", flat: expected}
+    assert item.notes == [("key_collision", "*")]
+
+
+def test_configured_columns_that_flatten_to_one_key_keep_the_first_written():
+    item = mapped(users(("a.b", "a")), {"who": "u", "a": {"b": 2, "c": 3}})
+    assert item.body["properties"] == {"a.b": 2, "a.c": 3}
+    assert item.notes == [("key_collision", "a")]
+
+
+def test_a_null_leaves_the_key_to_the_other_value():
+    item = mapped(users(None), {"who": "u", "a.b": None, "a": {"b": 2}})
+    assert item.body["properties"] == {"who": "u", "a.b": 2} and item.notes == []
+
+
+def test_notes_never_name_a_key_found_in_the_record():
+    """Under *, every key may be data (a map keyed by e-mail address): notes name no key at all."""
+    secret = "ann@example.com"
+    record = {"who": "u", secret: "x" * 2000, "m": {secret: float("nan")}, "c": {secret: 1}, "c." + secret: 2,
+              "l": [None], "n": {secret: {secret: "y" * 2000}}, "k" * 1024: 1}
+    item = mapped(users(None), record)
+    assert item.notes and all(name == "*" for _, name in item.notes)
+    assert {kind for kind, _ in item.notes} == {"truncated", "unsupported_value", "key_collision",
+                                                "invalid_property_name"}
 
 
 # Identities, account ids, event names.
@@ -305,6 +346,30 @@ def test_non_object_records_are_rejected(record):
         (1489184516123, "2017-03-10T22:21:56.123+00:00"),  # epoch milliseconds
         ("1489184516", "2017-03-10T22:21:56+00:00"),
         ("1489184516123", "2017-03-10T22:21:56.123+00:00"),
+        # an ISO 8601 year or basic date, not seconds since 1970
+        ("2024", "2024-01-01T00:00:00+00:00"),
+        (" 2024 ", "2024-01-01T00:00:00+00:00"),
+        ("0000", None),  # no year 0
+        ("20221021", "2022-10-21T00:00:00+00:00"),
+        ("2024-03", "2024-03-01T00:00:00+00:00"),
+        (2024, "1970-01-01T00:33:44+00:00"),  # a number is epoch seconds, as always
+        # RFC 3339 allows a lowercase z (and t)
+        ("2024-03-01T00:00:00z", "2024-03-01T00:00:00+00:00"),
+        ("2024-03-01T00:00:00.123z", "2024-03-01T00:00:00.123+00:00"),
+        ("2024-03-01t00:00:00z", "2024-03-01T00:00:00+00:00"),
+        ("2024-03-01 00:00:00.5z", "2024-03-01T00:00:00.500+00:00"),
+        ("z", None),
+        # a string in JSON's number syntax is that number
+        ("1e10", "2286-11-20T17:46:40+00:00"),
+        ("1E10", "2286-11-20T17:46:40+00:00"),
+        ("1.489184516123e12", "2017-03-10T22:21:56.123+00:00"),
+        ("1489184516.5", "2017-03-10T22:21:56.500+00:00"),
+        ("1234.567", "1970-01-01T00:20:34.567+00:00"),  # eight characters, but no date
+        ("-1.5e3", "1969-12-31T23:35:00+00:00"),
+        ("-2024", "1969-12-31T23:26:16+00:00"),
+        ("1e400", None),  # no finite number
+        ("nan", None),
+        ("inf", None),
         ("not a time", None),
         ("2017-13-40", None),
         (True, None),
@@ -332,7 +397,7 @@ def test_unparseable_timestamp_rejects_the_record():
 # Idempotency.
 
 
-def test_idempotency_key_is_a_function_of_the_record_only():
+def test_idempotency_key_is_a_function_of_the_record_not_of_when_it_was_read():
     record = {"who": "u", "what": "e", "n": 1, "nested": {"b": 2, "a": 1}}
     first = mapped(track(), record, emitted_at=1)
     replay = mapped(track(), dict(reversed(list(record.items()))), emitted_at=999)
@@ -341,18 +406,94 @@ def test_idempotency_key_is_a_function_of_the_record_only():
     assert first.body["idempotency_key"] != other.body["idempotency_key"]
 
 
-def test_idempotency_key_of_a_parsed_record_is_the_one_earlier_builds_gave():
-    """Keys must not change between builds: a sync resumed under a new build would send replays twice. The
-    fast serialisation of parsed JSON gives the same bytes as the tolerant one, so the same key."""
-    record = {"who": "u", "what": "e", "n": 1, "x": 1.5, "ok": True, "none": None, "l": [1, {"b": 2, "a": "é"}]}
-    tolerant = orjson.dumps(record, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    assert idempotency_key(record) == xxh3_128_hexdigest(tolerant)
+STORED_RECORD = {"who": "ann@example.com", "what": "Signed Up", "n": 1, "x": 1.5, "ok": True, "none": None,
+                 "l": [1, {"b": 2, "a": "é"}]}
+
+
+def test_idempotency_key_recipe_is_stored():
+    """Keys must not change between builds: a sync resumed under a new build would send replays twice. These
+    literals were computed once; a test failing here means the recipe changed, which needs a release note."""
+    assert idempotency_key(STORED_RECORD, "signups", "Signed Up") == "8b4fc355fcf2eb064dd34838572597a2"
+    item = Mapping(MappingConfig(**track(property_columns=None)), "signups").map(STORED_RECORD, EMITTED_AT)
+    assert item.body["idempotency_key"] == "8b4fc355fcf2eb064dd34838572597a2"
+    assert idempotency_key({"event_id": 77}, "pageviews", "pageviews", 77) == "2476bb58e183c17bbfdace6352d2fb8d"
+
+
+def test_idempotency_key_of_a_parsed_record_is_the_same_by_either_serialisation():
+    """The fast serialisation of parsed JSON gives the same bytes as the tolerant one, so the same key."""
+    tolerant = orjson.dumps(["record", "signups", "Signed Up", STORED_RECORD], default=str,
+                            option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    assert idempotency_key(STORED_RECORD, "signups", "Signed Up") == xxh3_128_hexdigest(tolerant)
+
+
+def test_the_same_row_in_two_streams_is_two_events_and_a_replay_is_one():
+    """Heap Connect repeats an event's event_id, user_id and time across its per-event tables."""
+    row = {"event_id": 77, "user_id": 5, "time": "2024-03-01 12:00:00", "type": None, "identity": "ann@x.org"}
+    pageview = preset_item("heap_events", row, "pageviews")
+    pricing = preset_item("heap_events", row, "view_pricing_page")
+    replay = preset_item("heap_events", dict(reversed(list(row.items()))), "pageviews")
+    assert pageview.body["idempotency_key"] != pricing.body["idempotency_key"]
+    assert pageview.body["idempotency_key"] == replay.body["idempotency_key"]
+    # the same event name too (the row's own type): the stream still tells the two apart
+    typed = {**row, "type": "view"}
+    keys = {preset_item("heap_events", typed, stream).body["idempotency_key"] for stream in ("a", "b", "a")}
+    assert len(keys) == 2
+
+
+def test_same_record_in_two_streams_under_any_mapping_is_two_events():
+    record = {"who": "u", "what": "e", "n": 1}
+    first, replay = (Mapping(MappingConfig(**track()), "a").map(record, t) for t in (1, 2))
+    other_stream = Mapping(MappingConfig(**track()), "b").map(record, 1)
+    assert first.body["idempotency_key"] == replay.body["idempotency_key"]
+    assert first.body["idempotency_key"] != other_stream.body["idempotency_key"]
+
+
+def test_the_event_name_is_part_of_the_key():
+    record = {"who": "u", "n": 1}
+    named = [Mapping(MappingConfig(**track(event_column="e"), default_event=name), "s").map(record, 1)
+             for name in ("signup", "login")]
+    assert named[0].body["idempotency_key"] != named[1].body["idempotency_key"]
+
+
+def test_heap_events_key_is_the_events_own_id_where_the_row_has_one():
+    row = {"event_id": 77, "user_id": 5, "time": "2024-03-01 12:00:00", "type": "click", "identity": "ann@x.org"}
+    key = preset_item("heap_events", row, "all_events").body["idempotency_key"]
+    assert key == idempotency_key({}, "all_events", "click", 77)
+    # the same event with a column re-exported differently is still the same event
+    assert preset_item("heap_events", {**row, "country": "NO"}, "all_events").body["idempotency_key"] == key
+    assert preset_item("heap_events", {**row, "event_id": "77"}, "all_events").body["idempotency_key"] == key
+    # another event in the same table, or the same id under another event name, is another event
+    assert preset_item("heap_events", {**row, "event_id": 78}, "all_events").body["idempotency_key"] != key
+    assert preset_item("heap_events", {**row, "type": "view"}, "all_events").body["idempotency_key"] != key
+
+
+@pytest.mark.parametrize("event_id", [None, "", "  ", True, 1.5, {"a": 1}])
+def test_heap_events_rows_without_a_usable_event_id_are_keyed_by_the_whole_row(event_id):
+    row = {"event_id": event_id, "user_id": 5, "time": "2024-03-01 12:00:00", "type": "click", "identity": "a"}
+    key = preset_item("heap_events", row, "all_events").body["idempotency_key"]
+    assert key == idempotency_key(row, "all_events", "click")
+    assert preset_item("heap_events", {**row, "user_id": 6}, "all_events").body["idempotency_key"] != key
+
+
+def test_event_id_is_only_used_where_the_config_names_it():
+    row = {"who": "u", "what": "e", "event_id": 77}
+    assert mapped(track(), row).body["idempotency_key"] == idempotency_key(row, "", "e")
+    assert mapped(track(), {**row, "n": 1}).body["idempotency_key"] != idempotency_key(row, "", "e")
 
 
 def test_idempotency_key_also_takes_what_json_cannot_hold():
     """Mapping is a plain function: a dict with other keys or values still gets a stable key."""
     record = {1: "int key", "when": datetime(2024, 1, 1, tzinfo=UTC)}
     assert idempotency_key(record) == idempotency_key(dict(reversed(list(record.items()))))
+
+
+def test_integers_past_64_bits_are_not_mistaken_for_deep_nesting():
+    """orjson cannot write them (records read from stdin never hold one); the mapping still takes them."""
+    record = {"who": "u", "what": "e", "big": 2**70, "l": [{"k": -(2**70)}]}
+    item = mapped(track(property_columns=("big", "l")), record)
+    assert item.body["properties"] == {"big": str(2**70), "l": f'{{"k":"{-(2**70)}"}}'}
+    assert item.body["idempotency_key"] == idempotency_key(dict(reversed(list(record.items()))), "", "e")
+    assert item.body["idempotency_key"] != idempotency_key({**record, "big": 2**70 + 1}, "", "e")
 
 
 def test_rejections_never_carry_values():
@@ -420,7 +561,7 @@ def preset_item(preset: str, row: dict, stream: str = "table", **api):
     from destination_heap_analytics.config import for_stream, parse_config
 
     config = for_stream(parse_config({"app_id": "11", "preset": preset, **({"api": api} if api else {})}), stream)
-    return Mapping(config.mapping).map(row, EMITTED_AT)
+    return Mapping(config.mapping, stream).map(row, EMITTED_AT)
 
 
 def test_heap_users_preset():
@@ -466,7 +607,10 @@ def test_notes_inside_nested_objects_name_the_column_not_the_keys():
     record = {"who": "u", "votes": {"ann@example.com": "x" * 2000, "bob@example.com": None}}
     item = mapped(users(None), record)
     assert item.body["properties"]["votes.ann@example.com"] == "x" * 1023
-    assert item.notes == [("truncated", "votes.*")]
+    assert item.notes == [("truncated", "*")]
+    item = mapped(users(("votes",)), record)
+    assert item.body["properties"]["votes.ann@example.com"] == "x" * 1023
+    assert item.notes == [("truncated", "votes")]
 
 
 def test_an_eight_digit_timestamp_is_a_basic_iso_date():
@@ -488,3 +632,33 @@ def test_records_nested_too_deep_to_walk_are_rejected_not_crashing():
     assert mapped(track(property_columns=("who",)), {"who": "u", "what": "e", "deep": deep}) == Rejection(
         "too_deeply_nested"
     )
+
+
+def _reasons_in(source: str) -> set[str]:
+    """Every reason a `Rejection(...)` call in the source can carry: its first argument, a literal, an
+    f-string over `field_name` (expanded for each field `_identifier` is called with) or a choice of those."""
+    tree = ast.parse(source)
+    fields = {node.args[2].value for node in ast.walk(tree) if isinstance(node, ast.Call)
+              and getattr(node.func, "id", None) == "_identifier" and isinstance(node.args[2], ast.Constant)}
+
+    def texts(node: ast.expr) -> set[str]:
+        if isinstance(node, ast.IfExp):
+            return texts(node.body) | texts(node.orelse)
+        if isinstance(node, ast.Constant):
+            return {node.value}
+        assert isinstance(node, ast.JoinedStr), ast.dump(node)
+        return {"".join(part.value if isinstance(part, ast.Constant) else field for part in node.values)
+                for field in fields}
+
+    return {reason for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and getattr(node.func, "id", None) == "Rejection" for reason in texts(node.args[0])}
+
+
+def test_every_reason_mapping_gives_is_listed_in_the_readme():
+    """The README's list of reasons is what users read to understand a skipped record: it must be complete."""
+    root = Path(__file__).resolve().parent.parent
+    reasons = _reasons_in((root / "destination_heap_analytics" / "mapping.py").read_text())
+    assert {"too_deeply_nested", "record_not_an_object", "missing_identity", "invalid_account_id_type",
+            "missing_user_id", "invalid_timestamp", "no_properties"} <= reasons
+    listed = (root / "README.md").read_text().split("**Invalid records**", 1)[1].split("\n\n", 1)[0]
+    assert {reason for reason in reasons if f"`{reason}`" not in listed} == set()
