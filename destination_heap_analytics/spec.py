@@ -38,6 +38,13 @@ COLUMNS: dict[str, tuple[str, str, list[str]]] = {
         "record's emitted_at.",
         ["updated_at"],
     ),
+    "event_id_column": (
+        "Event ID Column",
+        "Optional: a column holding an ID unique to each event (Heap Connect's event_id). When a record has one, "
+        "it alone (with the stream and event name) makes the event's idempotency key; otherwise the whole record "
+        "does.",
+        ["event_id"],
+    ),
     "account_id_column": (
         "Account ID Column",
         "The column holding the account ID. Heap applies account properties once its Account ID setting is "

@@ -45,7 +45,7 @@ STREAM_NOT_IN_CATALOG = Rejection("stream_not_in_catalog")
 class SyncWriter:
     def __init__(self, config: HeapConfig, stream: str, namespace: str | None = None) -> None:
         self._config = config
-        self._mapping = Mapping(config.mapping)
+        self._mapping = Mapping(config.mapping, stream)
         self._stream = stream
         self._namespace = namespace or None
         self._stop = threading.Event()
