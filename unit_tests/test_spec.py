@@ -461,7 +461,7 @@ def test_spec_is_backward_compatible_with_the_published_0_1_0_or_declares_its_br
         f"{len(comparison.compatible)} compatible change(s)"
     )
     for kind, changes in (("Breaking", comparison.breaking), ("Compatible", comparison.compatible)):
-        print(f"{kind} changes:")
+        print(f"{kind} changes:" + ("" if changes else " none"))
         for change in changes:
             print(f"  - {change}")
     data = metadata()["data"]
