@@ -35,6 +35,17 @@ OPTIONAL_COLUMNS = {
     "identify": ("timestamp_column",),
     "delete_users": ("identity_column", "user_id_column"),
 }
+
+
+def option_columns(api_type: str) -> tuple[str, ...]:
+    """Every column field an api option has, in form order: the spec's option properties (spec.py) and the
+    fields parse_config reads are both this list. excluded_columns belongs where property_columns does."""
+    names = [*REQUIRED_COLUMNS[api_type], *OPTIONAL_COLUMNS[api_type]]
+    if "property_columns" in names:
+        names.append("excluded_columns")
+    return tuple(names)
+
+
 MAX_BATCH = {"delete_users": 10_000}  # Heap's bulk maximum per api_type; 1000 for the ingestion APIs
 BULK_FORM = {"identify": False, "delete_users": True}  # where Heap offers only one form, it is used
 # Single requests are small and spend their time waiting on the network: more of them in flight.
@@ -120,7 +131,8 @@ def parse_config(raw: Mapping[str, Any]) -> HeapConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError("The config must be a JSON object.")
     api = raw.get("api")
-    preset = api.get("api_type") if isinstance(api, Mapping) and api.get("api_type") in PRESETS else None
+    api_type = api.get("api_type") if isinstance(api, Mapping) else None
+    preset = api_type if isinstance(api_type, str) and api_type in PRESETS else None
     mapping = _mapping(_with_preset(api, preset))
     max_batch = MAX_BATCH.get(mapping.api_type, 1000)
     bulk = BULK_FORM.get(mapping.api_type, _boolean(raw, "bulk", True))
@@ -194,7 +206,11 @@ def _with_preset(api: Any, preset: str | None) -> Any:
     api taking precedence over the preset's."""
     if preset is None:
         return api
-    written = {key: value for key, value in api.items() if value not in (None, "") and key != "api_type"}
+    written = {
+        key: value
+        for key, value in api.items()
+        if key != "api_type" and not (isinstance(value, str) and not value.strip())
+    }
     return PRESETS[preset] | written
 
 
@@ -205,7 +221,7 @@ def _mapping(api: Any) -> MappingConfig:
             f"tables: {', '.join(PRESETS)}."
         )
     api_type = api.get("api_type")
-    if api_type not in API_TYPES:
+    if not isinstance(api_type, str) or api_type not in API_TYPES:
         raise ConfigError(
             f"api.api_type is {api_type!r}; it must be one of: {', '.join(API_TYPES)}, "
             f"or a preset for Heap Connect's tables: {', '.join(PRESETS)}."
@@ -216,7 +232,7 @@ def _mapping(api: Any) -> MappingConfig:
     for name in OPTIONAL_COLUMNS[api_type]:
         columns[name] = _column(api, name, api_type, required=False)
     columns["property_columns"] = _property_columns(columns.get("property_columns"))
-    excluded = api.get("excluded_columns") or ""
+    excluded = api.get("excluded_columns", "") if "excluded_columns" in option_columns(api_type) else ""
     if not isinstance(excluded, str):
         raise ConfigError("api.excluded_columns must be a comma-separated list of field names.")
     columns["excluded_columns"] = frozenset(name.strip() for name in excluded.split(",") if name.strip())
@@ -245,6 +261,8 @@ def _api_key(api: Mapping[str, Any]) -> str:
 
 def _column(api: Mapping[str, Any], name: str, api_type: str, required: bool) -> str | None:
     value = api.get(name)
+    if value is None and name in api:  # the spec's column fields are strings: null is not "not set"
+        raise ConfigError(f"api.{name} must be a column name (a string), got null; leave it out to unset it.")
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
             raise ConfigError(f"api.{name} is required for api_type {api_type}: name the record column to use.")

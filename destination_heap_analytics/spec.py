@@ -14,11 +14,11 @@ from airbyte_cdk.models import ConnectorSpecification, ConnectorSpecificationSer
 
 from destination_heap_analytics.config import (
     INVALID_RECORD_POLICIES,
-    OPTIONAL_COLUMNS,
     PRESETS,
     REQUIRED_COLUMNS,
     US_BASE_URL,
     WHOLE_NUMBER_BOUNDS,
+    option_columns,
 )
 
 DOCUMENTATION_URL = "https://docs.airbyte.com/integrations/destinations/heap-analytics"
@@ -109,9 +109,10 @@ def connection_specification() -> dict[str, Any]:
         "app_id": {
             "type": "string",
             "title": "Environment ID",
+            # Digits only, as parse_config checks with a message naming app_id. No `pattern` here: the 0.1.0
+            # spec took any string, and a pattern would make saved 0.1.0 configs invalid (a breaking change).
             "description": "The ID of the Heap environment to load into, digits only (Heap: Account > Manage > "
             "Projects).",
-            "pattern": "^[0-9]+$",
             "examples": ["11"],
         },
         "base_url": {
@@ -207,10 +208,8 @@ def connector_specification() -> ConnectorSpecification:
 
 
 def _api_option(api_type: str) -> dict[str, Any]:
-    names = [*REQUIRED_COLUMNS[api_type], *OPTIONAL_COLUMNS[api_type]]
-    if "property_columns" in names:
-        names.append("excluded_columns")
-    fields = {"api_key": API_KEY} if api_type == "delete_users" else {}
+    names = option_columns(api_type)
+    fields = {"api_key": dict(API_KEY)} if api_type == "delete_users" else {}
     fields |= {name: _column(name, DELETE_USERS_HELP if api_type == "delete_users" else None) for name in names}
     required = ["api_type", *REQUIRED_COLUMNS[api_type], *(["api_key"] if api_type == "delete_users" else [])]
     return _option(api_type, API_TITLES[api_type], None, fields, required)
@@ -218,10 +217,7 @@ def _api_option(api_type: str) -> dict[str, Any]:
 
 def _preset_option(preset: str) -> dict[str, Any]:
     api_type = PRESETS[preset]["api_type"]
-    names = [*REQUIRED_COLUMNS[api_type], *OPTIONAL_COLUMNS[api_type], "property_columns", "excluded_columns"]
-    if "property_columns" not in PRESETS[preset]:
-        names = [name for name in names if name not in ("property_columns", "excluded_columns")]
-    fields = {name: _column(name) for name in dict.fromkeys(names)}
+    fields = {name: _column(name) for name in option_columns(api_type)}
     title, description = PRESET_TITLES[preset]
     return _option(preset, title, description, fields, ["api_type"])
 
@@ -229,7 +225,14 @@ def _preset_option(preset: str) -> dict[str, Any]:
 def _option(
     api_type: str, title: str, description: str | None, fields: dict[str, Any], required: list[str]
 ) -> dict[str, Any]:
-    properties = {"api_type": {"type": "string", "const": api_type, "default": api_type}} | fields
+    discriminator = {
+        "type": "string",
+        "const": api_type,
+        "default": api_type,
+        "title": "API Type",
+        "description": f"{api_type}: {title}.",
+    }
+    properties = {"api_type": discriminator} | fields
     for order, field in enumerate(properties.values()):
         field["order"] = order
     option = {"type": "object", "title": title, "required": required, "properties": properties}

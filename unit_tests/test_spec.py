@@ -1,0 +1,554 @@
+"""The spec (spec.py) against the rules (config.py), the documented configs, Airbyte's form rules, the published
+0.1.0 spec and metadata.yaml.
+
+The bug these tests exist for: `check` said SUCCEEDED for a config that the spec, and so Airbyte's UI and
+PyAirbyte, refuse. So: whatever the spec refuses, parse_config must refuse too; and where the spec accepts and
+parse_config refuses, its message must name the field to fix.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from airbyte_cdk.models import ConnectorSpecificationSerializer
+from airbyte_cdk.models.connector_metadata import MetadataFile
+from airbyte_cdk.test.standard_tests._spec_compatibility import compare_specs, declared_breaking_changes
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft7Validator
+
+from destination_heap_analytics.config import (
+    API_TYPES,
+    EU_BASE_URL,
+    PRESETS,
+    REQUIRED_COLUMNS,
+    US_BASE_URL,
+    WHOLE_NUMBER_BOUNDS,
+    ConfigError,
+    option_columns,
+    parse_config,
+)
+from destination_heap_analytics.spec import connection_specification, connector_specification
+
+ROOT = Path(__file__).resolve().parents[1]
+# The spec Airbyte's registry published for destination-heap-analytics 0.1.0 (its destination_heap_analytics/spec.json).
+PUBLISHED_SPEC_PATH = Path(__file__).with_name("published_spec_0.1.0.json")
+PUBLISHED_VERSION = "0.1.0"
+
+SPEC = connection_specification()
+VALIDATOR = Draft7Validator(SPEC)
+API_OPTIONS = SPEC["properties"]["api"]["oneOf"]
+OPTION_BY_TYPE = {option["properties"]["api_type"]["const"]: option for option in API_OPTIONS}
+PLACEHOLDER_APP_ID = "11"  # what a documented config fragment is wrapped with
+
+
+def spec_errors(config: Any) -> list[str]:
+    return sorted(
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in VALIDATOR.iter_errors(config)
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The documented configs: README.md, docs/*.md and sample_files/config_*.json
+
+
+def fenced_json_blocks(text: str) -> list[tuple[int, str]]:
+    """(first line number, body) of every ```json / ~~~json fenced block (also json5/jsonc), indented or not."""
+    blocks: list[tuple[int, str]] = []
+    fence: str | None = None
+    is_json = False
+    start = 0
+    body: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if fence is None:
+            match = re.match(r"(`{3,}|~{3,})\s*([\w+-]*)", stripped)
+            if match:
+                fence, is_json, start, body = match[1], match[2].lower() in ("json", "json5", "jsonc"), number + 1, []
+        elif stripped.startswith(fence) and not stripped[len(fence) :].strip():
+            if is_json:
+                blocks.append((start, "\n".join(body)))
+            fence = None
+        else:
+            body.append(line)
+    return blocks
+
+
+def documented_configs() -> tuple[list[Any], list[Any]]:
+    """pytest params of (config) for every config the docs and sample files show, and of (source, body) for
+    every json block that mentions app_id or api_type but is not JSON.
+
+    The rule for a fenced json block: an object with `app_id` is a whole config, checked as written; an object
+    with `api` but no `app_id` is a config shown without its environment, and one with `api_type` (and neither)
+    is an `api` object: both are wrapped into a whole config with app_id "11". Anything else (a record, a
+    catalog, a message, a list) is not a config and is skipped.
+    """
+    found: list[Any] = []
+    broken: list[Any] = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for line, body in fenced_json_blocks(path.read_text(encoding="utf-8")):
+            source = f"{path.relative_to(ROOT)}:{line}"
+            try:
+                block = json.loads(body)
+            except ValueError:
+                if '"app_id"' in body or '"api_type"' in body:
+                    broken.append(pytest.param(source, body, id=source))
+                continue
+            if not isinstance(block, dict):
+                continue
+            if "app_id" in block:
+                config = block
+            elif "api" in block:
+                config = {"app_id": PLACEHOLDER_APP_ID, **block}
+            elif "api_type" in block:
+                config = {"app_id": PLACEHOLDER_APP_ID, "api": block}
+            else:
+                continue
+            found.append(pytest.param(config, id=source))
+    for path in sorted((ROOT / "sample_files").glob("config_*.json")):
+        found.append(pytest.param(json.loads(path.read_text()), id=str(path.relative_to(ROOT))))
+    return found, broken
+
+
+DOCUMENTED, BROKEN_DOCUMENTED = documented_configs()
+
+
+@pytest.mark.parametrize("config", DOCUMENTED)
+def test_documented_config_is_valid(config):
+    assert not spec_errors(config), spec_errors(config)
+    parse_config(config)
+
+
+@pytest.mark.parametrize("source, body", BROKEN_DOCUMENTED)
+def test_documented_config_is_json(source, body):
+    pytest.fail(f"{source}: a json block that shows a config is not valid JSON:\n{body}")
+
+
+def test_sample_files_use_the_current_shape():
+    """Presets are api options now: no sample keeps the old top-level `preset`; the three api types of the
+    0.1.0 connector each have a sample, and samples point at a local server only."""
+    samples = {path.name: json.loads(path.read_text()) for path in (ROOT / "sample_files").glob("config_*.json")}
+    assert samples
+    for name, sample in samples.items():
+        assert "preset" not in sample, f"{name}: the top-level preset is gone; use api.api_type"
+        assert sample["api"]["api_type"] in OPTION_BY_TYPE, name
+        base_url = sample.get("base_url", US_BASE_URL)
+        assert base_url.startswith("http://127.0.0.1:"), f"{name}: samples point at the local stand-in only"
+    assert {"track", "add_user_properties", "add_account_properties"} <= {
+        s["api"]["api_type"] for s in samples.values()
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Airbyte's form rules
+
+
+def walk_properties(schema: dict, path: str = ""):
+    """(path, name, property schema, sibling properties) for every property, options included."""
+    for name, prop in schema.get("properties", {}).items():
+        yield f"{path}{name}", name, prop, schema["properties"]
+        yield from walk_properties(prop, f"{path}{name}.")
+        for index, option in enumerate(prop.get("oneOf", [])):
+            yield from walk_properties(option, f"{path}{name}[{index}].")
+
+
+def test_every_oneof_option_is_a_titled_object_told_apart_by_a_const_api_type():
+    found_oneof = False
+    for path, _, prop, _ in walk_properties(SPEC):
+        if "oneOf" not in prop:
+            continue
+        found_oneof = True
+        assert prop.get("type") == "object", path
+        consts = []
+        for index, option in enumerate(prop["oneOf"]):
+            where = f"{path}.oneOf[{index}]"
+            assert option.get("type") == "object", where
+            assert isinstance(option.get("title"), str) and option["title"].strip(), where
+            discriminator = option.get("properties", {}).get("api_type")
+            assert discriminator is not None, f"{where} has no api_type"
+            assert discriminator.get("type") == "string" and "const" in discriminator, where
+            assert "api_type" in option.get("required", []), where
+            consts.append(discriminator["const"])
+        assert len(consts) == len(set(consts)), f"{path}: api_type consts repeat: {consts}"
+        titles = [option["title"] for option in prop["oneOf"]]
+        assert len(titles) == len(set(titles)), f"{path}: option titles repeat: {titles}"
+    assert found_oneof
+    assert set(OPTION_BY_TYPE) == set(API_TYPES) | set(PRESETS)
+
+
+def test_every_property_has_title_description_and_an_order_unique_on_its_level():
+    for path, _, prop, _ in walk_properties(SPEC):
+        for key in ("title", "description"):
+            assert isinstance(prop.get(key), str) and prop[key].strip(), f"{path} has no {key}"
+        assert isinstance(prop.get("order"), int), f"{path} has no order"
+    levels = [SPEC, *API_OPTIONS]
+    for level in levels:
+        orders = [prop["order"] for prop in level["properties"].values()]
+        assert len(orders) == len(set(orders)), f"orders repeat on the level of {level.get('title')}: {orders}"
+
+
+def test_secrets_are_marked_and_only_secrets():
+    secrets = {path for path, _, prop, _ in walk_properties(SPEC) if prop.get("airbyte_secret")}
+    assert secrets == {"api[4].api_key"}, secrets
+    assert OPTION_BY_TYPE["delete_users"]["properties"]["api_key"]["airbyte_secret"] is True
+
+
+def test_spec_and_rules_name_the_same_fields_and_requirements():
+    """By construction (config.option_columns): each option's properties and required list are the rules'."""
+    for api_type in API_TYPES:
+        option = OPTION_BY_TYPE[api_type]
+        expected = {"api_type", *option_columns(api_type)} | ({"api_key"} if api_type == "delete_users" else set())
+        assert set(option["properties"]) == expected, api_type
+        required = {"api_type", *REQUIRED_COLUMNS[api_type]} | ({"api_key"} if api_type == "delete_users" else set())
+        assert set(option["required"]) == required, api_type
+    for preset, mapping in PRESETS.items():
+        option = OPTION_BY_TYPE[preset]
+        assert set(option["properties"]) == {"api_type", *option_columns(mapping["api_type"])}, preset
+        assert option["required"] == ["api_type"], preset
+    for name, (low, high) in WHOLE_NUMBER_BOUNDS.items():
+        prop = SPEC["properties"][name]
+        assert (prop["type"], prop["minimum"], prop["maximum"]) == ("integer", low, high), name
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The property: parse_config never accepts what the spec refuses; where it alone refuses, it names the field
+
+COLUMN_NAMES = sorted({name for option in API_OPTIONS for name in option["properties"]} - {"api_type", "api_key"})
+VALID_COLUMN = st.sampled_from(["email", "identities.connection", " plan ", "name,plan,address.city", "*", "type"])
+BAD_COLUMN = st.sampled_from(["", "   ", "a,,b", "a,*", ",", None, 5, 2.5, True, [], ["email"], {"x": 1}])
+WRONG_TYPES = st.sampled_from([None, 0, 1, -1, 2.5, True, False, "", " ", "text", [], {}, ["x"], {"a": 1}])
+
+
+class Case:
+    """A generated config with the fields it made questionable (wrong, boundary or left out) on the side."""
+
+    def __init__(self) -> None:
+        self.config: dict[str, Any] = {}
+        self.questionable: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"config={self.config!r} questionable={sorted(self.questionable)}"
+
+
+@st.composite
+def field_value(draw, target: dict, name: str, case: Case, valid, invalid, present_weight: int = 7) -> None:
+    """Sets target[name] to a valid value, a questionable one, or leaves it out (questionable too)."""
+    roll = draw(st.integers(0, 9))
+    if roll < present_weight - 2:
+        target[name] = draw(valid)
+    elif roll < present_weight:
+        target[name] = draw(st.one_of(invalid, WRONG_TYPES))
+        case.questionable.add(name)
+    else:
+        case.questionable.add(name)
+
+
+def whole_number(name: str):
+    low, high = WHOLE_NUMBER_BOUNDS[name]
+    high_for_all = min(high, 1000) if name == "batch_size" else high
+    valid = st.one_of(st.integers(low, high_for_all), st.sampled_from([float(low), float(high_for_all)]))
+    invalid = st.sampled_from([low - 1, high + 1, high_for_all + 1, high, 2**63, 5.5, float("inf"), str(low), True])
+    return valid, invalid
+
+
+@st.composite
+def api_object(draw, case: Case) -> Any:
+    roll = draw(st.integers(0, 19))
+    if roll == 0:
+        case.questionable.add("api")
+        return draw(st.one_of(WRONG_TYPES, st.sampled_from(["track", "heap_users"])))
+    api: dict[str, Any] = {}
+    # The option comes from the spec (its api_type consts) and the rules (API_TYPES and PRESETS) alike.
+    kind = draw(st.sampled_from(sorted(set(OPTION_BY_TYPE) | set(API_TYPES) | set(PRESETS))))
+    if roll == 1:
+        api["api_type"] = draw(st.one_of(WRONG_TYPES, st.sampled_from(["TRACK", "nope", "preset", " track"])))
+        case.questionable.add("api_type")
+    elif roll == 2:
+        case.questionable.add("api_type")
+    else:
+        api["api_type"] = kind
+    declared = [name for name in OPTION_BY_TYPE[kind]["properties"] if name not in ("api_type", "api_key")]
+    rules = list(option_columns(PRESETS[kind]["api_type"] if kind in PRESETS else kind))
+    others = draw(st.lists(st.sampled_from(COLUMN_NAMES), max_size=2))
+    for name in dict.fromkeys([*declared, *rules, *others]):
+        draw(field_value(api, name, case, VALID_COLUMN, BAD_COLUMN, present_weight=6))
+    if kind == "delete_users" or draw(st.integers(0, 9)) == 0:
+        draw(field_value(api, "api_key", case, st.sampled_from(["heap-delete-key-0123", " k "]), st.just("  "), 8))
+    if draw(st.integers(0, 9)) == 0:
+        api[draw(st.sampled_from(["preset", "unknown", "order"]))] = draw(WRONG_TYPES)
+    if kind == "delete_users" and ("identity_column" in api) == ("user_id_column" in api):
+        case.questionable |= {"identity_column", "user_id_column"}  # the rule: exactly one of the two
+    return api
+
+
+@st.composite
+def configs(draw) -> Case:
+    case = Case()
+    config = case.config
+    draw(
+        field_value(
+            config,
+            "app_id",
+            case,
+            st.sampled_from(["11", "1234567890", "007"]),
+            st.sampled_from(["", " 11", "11 ", "11\n", "abc", "1a", "１１", "-1", 11]),
+            8,
+        )
+    )
+    draw(
+        field_value(
+            config,
+            "base_url",
+            case,
+            st.sampled_from(
+                [
+                    US_BASE_URL,
+                    EU_BASE_URL,
+                    US_BASE_URL + "/",
+                    "http://127.0.0.1:8765",
+                    "http://localhost:1",
+                    "http://[::1]:9",
+                ]
+            ),
+            st.sampled_from(
+                [
+                    "",
+                    " ",
+                    "heapanalytics.com",
+                    "ftp://heapanalytics.com",
+                    "http://example.com",
+                    "https://user:pw@heapanalytics.com",
+                    "https://heapanalytics.com?x=1",
+                    "https://heapanalytics.com#f",
+                    "https://",
+                    "http://127.0.0.1:99999",
+                    "https://heap analytics.com",
+                    "https://heapanalytics.com\\x",
+                ]
+            ),
+            6,
+        )
+    )
+    api = draw(api_object(case))
+    if api is not None or draw(st.booleans()):
+        config["api"] = api
+    else:
+        case.questionable.add("api")
+    for name in ("bulk", "dry_run"):
+        draw(field_value(config, name, case, st.booleans(), st.sampled_from(["true", 1, 0]), 3))
+    draw(
+        field_value(
+            config,
+            "on_invalid_record",
+            case,
+            st.sampled_from(["skip", "fail"]),
+            st.sampled_from(["SKIP", "ignore", " skip"]),
+            3,
+        )
+    )
+    for name in WHOLE_NUMBER_BOUNDS:
+        valid, invalid = whole_number(name)
+        draw(field_value(config, name, case, valid, invalid, 3))
+    if draw(st.integers(0, 9)) == 0:  # extra fields, the old top-level preset among them
+        config[draw(st.sampled_from(["preset", "unknown_setting", "order"]))] = draw(
+            st.one_of(WRONG_TYPES, st.sampled_from(list(PRESETS)))
+        )
+    return case
+
+
+def named_fields(message: str, names: set[str]) -> set[str]:
+    return {name for name in names if re.search(rf"(?<![\w]){re.escape(name)}(?![\w])", message)}
+
+
+def check_agreement(case: Case) -> None:
+    errors = spec_errors(case.config)
+    try:
+        parse_config(case.config)
+    except ConfigError as error:
+        if not errors:  # the spec accepts, the rules refuse: the message must name a field that was questionable
+            assert named_fields(str(error), case.questionable), (
+                f"parse_config refused a config the spec accepts without naming the field to fix: {error}\n{case}"
+            )
+        return
+    assert not errors, f"parse_config accepted a config the spec refuses ({errors}):\n{case}"
+
+
+def _case(config: dict, *questionable: str) -> Case:
+    case = Case()
+    case.config, case.questionable = config, set(questionable)
+    return case
+
+
+TRACK = {"api_type": "track", "identity_column": "email", "event_column": "action"}
+
+
+@example(_case({"app_id": "11", "api": {**TRACK, "timestamp_column": None}}, "timestamp_column"))
+@example(_case({"app_id": "11", "api": {**TRACK, "excluded_columns": None}}, "excluded_columns"))
+@example(_case({"app_id": "11", "api": {"api_type": "heap_events", "identity_column": None}}, "identity_column"))
+@example(_case({"app_id": "11", "api": {"api_type": []}}, "api_type"))
+@example(_case({"app_id": "11", "api": {"api_type": {"track": 1}}}, "api_type"))
+@example(_case({"app_id": "11\n", "api": {"api_type": "heap_users"}}, "app_id"))
+@example(
+    _case(
+        {
+            "app_id": "11",
+            "api": {"api_type": "identify", "user_id_column": "u", "identity_column": "i", "excluded_columns": 5},
+        },
+        "excluded_columns",
+    )
+)
+@example(_case({"app_id": "11", "api": {"api_type": "delete_users", "api_key": "k" * 10}}, "identity_column"))
+@given(case=configs())
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+def test_parse_config_never_accepts_what_the_spec_refuses(case):
+    check_agreement(case)
+
+
+@st.composite
+def valid_configs(draw) -> dict:
+    """Configs the rules call valid, for each api option and preset: the spec must accept them too (else the
+    UI blocks a config the connector would run)."""
+    kind = draw(st.sampled_from(sorted(OPTION_BY_TYPE)))
+    api: dict[str, Any] = {"api_type": kind}
+    api_type = PRESETS[kind]["api_type"] if kind in PRESETS else kind
+    for name in option_columns(api_type):
+        required = kind not in PRESETS and name in REQUIRED_COLUMNS[api_type]
+        if required or (api_type != "delete_users" and draw(st.booleans())):
+            api[name] = draw(st.sampled_from(["email", "a.b", "x,y"] if name != "excluded_columns" else ["a,b", ""]))
+    if api_type == "delete_users":
+        api[draw(st.sampled_from(["identity_column", "user_id_column"]))] = "email"
+        api["api_key"] = "heap-delete-key"
+    config = {"app_id": draw(st.from_regex(r"[0-9]{1,12}", fullmatch=True)), "api": api}
+    if draw(st.booleans()):
+        config["base_url"] = draw(st.sampled_from([US_BASE_URL, EU_BASE_URL, "http://127.0.0.1:8765"]))
+    for name, (low, high) in WHOLE_NUMBER_BOUNDS.items():
+        if draw(st.booleans()):
+            config[name] = draw(st.integers(low, min(high, 1000) if name == "batch_size" else high))
+    return config
+
+
+@given(config=valid_configs())
+@settings(max_examples=500, deadline=None)
+def test_what_the_rules_accept_the_spec_accepts(config):
+    parse_config(config)
+    assert not spec_errors(config)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Backward compatibility with the published 0.1.0 spec, and metadata.yaml
+
+
+def metadata() -> dict:
+    return yaml.safe_load((ROOT / "metadata.yaml").read_text())
+
+
+def spec_comparison():
+    published = json.loads(PUBLISHED_SPEC_PATH.read_text())
+    current = ConnectorSpecificationSerializer.dump(connector_specification())
+    return compare_specs(published, current)
+
+
+def test_spec_is_backward_compatible_with_the_published_0_1_0_or_declares_its_breaking_changes():
+    comparison = spec_comparison()
+    print(
+        f"\ncompare_specs(published {PUBLISHED_VERSION}, current): {len(comparison.breaking)} breaking, "
+        f"{len(comparison.compatible)} compatible change(s)"
+    )
+    for kind, changes in (("Breaking", comparison.breaking), ("Compatible", comparison.compatible)):
+        print(f"{kind} changes:" + ("" if changes else " none"))
+        for change in changes:
+            print(f"  - {change}")
+    data = metadata()["data"]
+    declared = declared_breaking_changes(data, PUBLISHED_VERSION, data["dockerImageTag"])
+    if comparison.breaking:
+        assert declared, (
+            f"breaking changes since {PUBLISHED_VERSION} not declared under data.releases.breakingChanges in "
+            "metadata.yaml:\n" + "\n".join(comparison.breaking)
+        )
+        for version in declared:
+            scoped = data["releases"]["breakingChanges"][version].get("scopedImpact")
+            assert scoped is None or scoped, version
+    else:
+        assert not declared, f"metadata.yaml declares breaking changes {declared} that the spec does not have"
+
+
+def published_spec_configs():
+    """Configs the 0.1.0 spec accepted (what saved connections hold): the current spec must accept them too."""
+    published = json.loads(PUBLISHED_SPEC_PATH.read_text())["connectionSpecification"]
+    options = published["properties"]["api"]["oneOf"]
+
+    @st.composite
+    def build(draw):
+        option = draw(st.sampled_from(options))
+        api = {}
+        for name, prop in option["properties"].items():
+            if "const" in prop:
+                api[name] = prop["const"]
+            elif name in option["required"] or draw(st.booleans()):
+                api[name] = draw(st.sampled_from(["*", "email", "", " ", "a,,b", *prop.get("examples", [])]))
+        return {"app_id": draw(st.text(max_size=6)), "base_url": draw(st.text(max_size=30)), "api": api}
+
+    return build()
+
+
+@given(config=published_spec_configs())
+@settings(max_examples=300, deadline=None)
+def test_a_config_the_published_spec_accepted_the_current_spec_accepts(config):
+    """What compare_specs claims, checked on configs: no saved 0.1.0 config becomes invalid on upgrade."""
+    assert Draft7Validator(json.loads(PUBLISHED_SPEC_PATH.read_text())["connectionSpecification"]).is_valid(config)
+    assert not spec_errors(config)
+    check_agreement(_case(config, "app_id", "base_url", *config["api"]))
+
+
+def test_metadata_is_what_the_registry_reads():
+    loaded = MetadataFile.from_file(ROOT / "metadata.yaml")
+    data = metadata()["data"]
+    setup_py = (ROOT / "setup.py").read_text()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    version = re.search(r'version="([^"]+)"', setup_py)[1]
+    package = re.search(r'name="([^"]+)"', setup_py)[1]
+    assert loaded.data.dockerImageTag == version == re.search(r"io\.airbyte\.version=(\S+)", dockerfile)[1]
+    assert loaded.data.dockerRepository == "airbyte/destination-heap-analytics"
+    assert loaded.data.connectorBuildOptions.baseImage == re.search(r"ARG BASE_IMAGE=(\S+)", dockerfile)[1]
+    assert re.fullmatch(
+        r"docker\.io/airbyte/python-connector-base:[\d.]+@sha256:[0-9a-f]{64}",
+        loaded.data.connectorBuildOptions.baseImage,
+    )
+    assert data["remoteRegistries"] == {"pypi": {"enabled": True, "packageName": package}}
+    assert data["supportsDbt"] is False and data["supportsNormalization"] is False
+    assert data["documentationUrl"] == connector_specification().documentationUrl
+    assert data["connectorType"] == "destination" and data["definitionId"]
+    # releases as Airbyte's ConnectorReleases schema has it (additionalProperties false; breakingChanges has at
+    # least one entry, each keyed by a version, with a message and an upgrade deadline)
+    releases = data["releases"]
+    assert set(releases) <= {
+        "releaseCandidates",
+        "rolloutConfiguration",
+        "breakingChanges",
+        "migrationDocumentationUrl",
+    }
+    for key, change in releases.get("breakingChanges", {}).items():
+        assert re.fullmatch(r"\d+\.\d+\.\d+", str(key)), key
+        assert set(change) <= {
+            "upgradeDeadline",
+            "message",
+            "migrationDocumentationUrl",
+            "scopedImpact",
+            "deadlineAction",
+        }
+        assert isinstance(change["message"], str) and change["message"].strip(), key
+        datetime.date.fromisoformat(str(change["upgradeDeadline"]))
+    if "breakingChanges" in releases:
+        assert releases["breakingChanges"], "breakingChanges needs at least one entry (minProperties 1)"
+    assert set(releases.get("rolloutConfiguration", {})) <= {
+        "enableProgressiveRollout",
+        "initialPercentage",
+        "maxPercentage",
+        "advanceDelayMinutes",
+    }
