@@ -49,13 +49,17 @@ def test_a_0_1_0_config_parses_unchanged_with_defaults():
         (" a , b,c ", ("a", "b", "c")),
         ("identities.provider", ("identities.provider",)),
         ("*", None),
-        (None, ()),
         ("", ()),
     ],
 )
 def test_property_columns(value, expected):
     api = dict(TRACK, property_columns=value)
     assert parse_config(config(api=api)).mapping.property_columns == expected
+
+
+def test_a_null_column_is_refused_as_the_spec_refuses_it():
+    with pytest.raises(ConfigError, match="api.property_columns must be a column name"):
+        parse_config(config(api=dict(TRACK, property_columns=None)))
 
 
 @pytest.mark.parametrize(
@@ -72,8 +76,10 @@ def test_accepted_base_urls(url, expected):
     assert parse_config(config(base_url=url)).base_url == expected
 
 
-def test_app_id_as_a_number_is_accepted():
-    assert parse_config(config(app_id=11)).app_id == "11"
+@pytest.mark.parametrize("app_id", [11, " 11", "11 ", "eleven"])
+def test_app_id_is_digits_as_text_as_the_spec_says(app_id):
+    with pytest.raises(ConfigError, match="app_id must be your Heap environment ID as text, digits only"):
+        parse_config(config(app_id=app_id))
 
 
 @pytest.mark.parametrize(
@@ -142,8 +148,6 @@ def test_delete_users_batches_up_to_ten_thousand_and_hides_the_key():
         parse_config(config(batch_size=10_000))
 
 
-def test_preset_errors():
-    with pytest.raises(ConfigError, match="preset must be one of heap_users, heap_events, heap_user_migrations"):
-        parse_config({"app_id": "11", "preset": "heap_accounts"})
-    with pytest.raises(ConfigError, match="preset heap_users loads through api_type add_user_properties"):
-        parse_config({"app_id": "11", "preset": "heap_users", "api": {"api_type": "track"}})
+def test_an_unknown_preset_names_the_presets():
+    with pytest.raises(ConfigError, match="or a preset for Heap Connect's tables: heap_users, heap_events"):
+        parse_config({"app_id": "11", "api": {"api_type": "heap_accounts"}})

@@ -560,7 +560,7 @@ def test_delete_users_items(columns, record, expected):
 def preset_item(preset: str, row: dict, stream: str = "table", **api):
     from destination_heap_analytics.config import for_stream, parse_config
 
-    config = for_stream(parse_config({"app_id": "11", "preset": preset, **({"api": api} if api else {})}), stream)
+    config = for_stream(parse_config({"app_id": "11", "api": {"api_type": preset, **api}}), stream)
     return Mapping(config.mapping, stream).map(row, EMITTED_AT)
 
 
