@@ -77,3 +77,32 @@ def test_throttling_slows_down_and_honours_retry_after():
 )
 def test_pacing_applies_where_heap_publishes_a_limit(api_type, bulk, per_minute, paced):
     assert (Pacer.for_api(api_type, bulk, per_minute, 1000, sleep=lambda seconds: None) is not None) == paced
+
+
+def steady_interval(paced: Pacer, clock: FakeClock, batches: int = 5) -> float:
+    """Seconds between batches of 1000 once the burst is spent."""
+    for _ in range(2):
+        paced.wait_for(["u"] * 1000)
+    started = clock.now
+    for _ in range(batches):
+        paced.wait_for(["u"] * 1000)
+    return (clock.now - started) / batches
+
+
+def test_a_429_without_retry_after_slows_the_pace_and_accepted_requests_restore_it():
+    clock = FakeClock()
+    paced = pacer(clock)
+    assert steady_interval(paced, clock) == pytest.approx(4.0)  # 1000 events at 250 a second
+    paced.throttled(retry_after=None)
+    assert steady_interval(paced, clock) == pytest.approx(4.0 / 0.7, rel=0.01)  # slower: 70% of the rate
+    for _ in range(15):  # each accepted request gives back 2% of the configured rate
+        paced.accepted()
+    assert steady_interval(paced, clock) == pytest.approx(4.0)
+
+
+def test_repeated_429s_slow_down_to_a_floor_and_never_stop():
+    clock = FakeClock()
+    paced = pacer(clock)
+    for _ in range(50):
+        paced.throttled(retry_after=None)
+    assert steady_interval(paced, clock) == pytest.approx(40.0)  # 10% of the rate, the floor
