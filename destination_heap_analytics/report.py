@@ -44,6 +44,13 @@ class SyncReport:
         if self.unparsable_lines <= UNPARSABLE_LINES_LOGGED:
             logger.warning(f"Input line {number}: {problem}; skipped (content not logged).")
 
+    def unreadable_record(self, number: int, problem: str) -> None:
+        """A line meant as a RECORD that no parser can use: counted as a skipped record; the first few are
+        logged by position and a fixed description, never by content."""
+        self.skip("unreadable_record")
+        if self.skipped["unreadable_record"] <= UNPARSABLE_LINES_LOGGED:
+            logger.warning(f"Input line {number} ({problem}): an invalid record, skipped (content not logged).")
+
     def state_withheld(self) -> None:
         """Dry run: a STATE would move the source's cursor past records that were never sent."""
         if not self.states_withheld:

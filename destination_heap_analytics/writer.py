@@ -106,7 +106,8 @@ class SyncWriter:
             yield from self._release(self._sender.collect())
         elif message.record:
             self.report.records_read += 1
-            self._skip(Rejection("unreadable_record"), message)
+            self.report.unreadable_record(message.number, message.problem)
+            self._stop_on_invalid(Rejection("unreadable_record"), message)
         else:
             self.report.unparsable(message.number, message.problem)
 
@@ -193,8 +194,11 @@ class SyncWriter:
                 self.report.states_emitted += 1
                 yield state
 
-    def _skip(self, rejection: Rejection, line: BadLine | None = None) -> None:
+    def _skip(self, rejection: Rejection) -> None:
         self.report.skip(rejection.describe())
+        self._stop_on_invalid(rejection)
+
+    def _stop_on_invalid(self, rejection: Rejection, line: BadLine | None = None) -> None:
         if self._config.on_invalid_record == "fail":
             self._stop.set()
             where = f"on input line {line.number} ({line.problem})" if line and line.number else ""
