@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from destination_heap_analytics.intake import WORKER_SWITCH
-from integration_tests.conftest import (
+from integration_tests.support import (
     TRACK_API,
     catalog,
     config,

@@ -8,7 +8,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from destination_heap_analytics.config import MappingConfig
-from destination_heap_analytics.heap_standin import _ENDPOINTS
 from destination_heap_analytics.mapping import (
     _HEAP_TIME,
     HeapItem,
@@ -18,6 +17,7 @@ from destination_heap_analytics.mapping import (
     _parse_time,
     normalize_timestamp,
 )
+from heap_standin.rules import ENDPOINTS
 
 PATHS = {"track": "/api/track", "add_user_properties": "/api/add_user_properties",
          "add_account_properties": "/api/add_account_properties"}
@@ -61,7 +61,7 @@ def test_any_json_maps_to_a_valid_item_or_a_rejection(mapping, record, emitted_a
     if isinstance(result, Rejection):
         assert result.reason and isinstance(result.reason, str)
         return
-    error = _ENDPOINTS[PATHS[mapping.api_type]].item_error(result.body)
+    error = ENDPOINTS[PATHS[mapping.api_type]].item_error(result.body)
     assert error is None, error
     for value in result.body.get("properties", {}).values():
         assert not isinstance(value, float) or math.isfinite(value)
