@@ -20,7 +20,6 @@ setup(
     entry_points={
         "console_scripts": [
             "destination-heap-analytics=destination_heap_analytics.run:run",
-            "heap-standin=destination_heap_analytics.heap_standin:main",
         ]
     },
 )

@@ -196,8 +196,11 @@ class InputFiles:
 class Standin:
     def __init__(self, python: Path, workdir: Path, extra_args: list[str]) -> None:
         self._stderr = open(workdir / f"standin-{len(extra_args)}-{os.getpid()}.err", "wb")  # noqa: SIM115
-        command = [str(python), "-m", "destination_heap_analytics.heap_standin", "--port", "0", "--summary-only"]
-        self.proc = subprocess.Popen(command + extra_args, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        # heap_standin is a development package at the repository root, not installed: run it from there.
+        command = [str(python), "-m", "heap_standin", "--port", "0", "--summary-only"]
+        self.proc = subprocess.Popen(
+            command + extra_args, stdout=subprocess.PIPE, stderr=self._stderr, text=True, cwd=ROOT
+        )
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
         if not match:

@@ -14,7 +14,7 @@ from airbyte_cdk.models import (
 )
 
 from destination_heap_analytics import DestinationHeapAnalytics
-from integration_tests.conftest import USER_API, catalog, config, people, record, run_connector
+from integration_tests.support import USER_API, catalog, config, people, record, run_connector
 
 
 def platform_stream_state(state_id: int, position: int, records: int) -> dict:

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from destination_heap_analytics.heap_standin import HeapStandin
-from integration_tests.conftest import (
+from heap_standin import HeapStandin
+from integration_tests.support import (
     PROJECT_ROOT,
     run_connector,
     run_setup_script,

@@ -22,21 +22,19 @@ from pathlib import Path
 
 import pytest
 
-from destination_heap_analytics.heap_standin import Fault, HeapStandin
+from heap_standin import Fault, HeapStandin
 from integration_tests import reliability
 from integration_tests.adversarial import (
     STREAM,
-    Result,
     assert_loaded_once,
     assert_no_record_values,
     event_config,
     event_indices,
     events_catalog,
     lines,
-    run_command,
     state_message,
 )
-from integration_tests.conftest import record, records_of
+from integration_tests.support import Result, record, records_of, run_connector
 
 RECORDS = 2000
 STATE_EVERY = 250
@@ -73,8 +71,9 @@ def run_write(
 ) -> Result:
     """Run the installed connector's write with `messages` as stdin (from a file); `during` runs meanwhile."""
     stdin = lines(*map(json.dumps, messages))
-    catalog = events_catalog()
-    result = run_command(tmp_path, "write", config, catalog=catalog, stdin=stdin, during=during, timeout=timeout)
+    result = run_connector(
+        "write", config, events_catalog(), stdin=stdin, directory=tmp_path, on_start=during, timeout=timeout
+    )
     assert_no_record_values(result, records_of(messages), keys=("note",))
     return result
 
@@ -82,8 +81,9 @@ def run_write(
 def assert_states_covered(result: Result, heap: HeapStandin, first: int = 0) -> None:
     """No STATE claims a record the stand-in does not hold."""
     held = set(event_indices(heap))
-    assert result.states == sorted(set(result.states)), f"states repeated or out of order: {result.states}"
-    for last in result.states:
+    states = result.cursors()
+    assert states == sorted(set(states)), f"states repeated or out of order: {states}"
+    for last in states:
         missing = [i for i in range(first, last + 1) if i not in held]
         assert not missing, f"STATE last={last} emitted, but {len(missing)} records up to it are not in Heap"
 
@@ -99,7 +99,7 @@ def when(condition: Callable[[], bool], process: subprocess.Popen, timeout: floa
 
 @pytest.fixture
 def standin(heap: HeapStandin) -> HeapStandin:
-    """conftest's stand-in, answering each request 2 ms late."""
+    """The `heap` fixture's stand-in, answering each request 2 ms late."""
     heap.set_latency(2)
     return heap
 
@@ -134,12 +134,12 @@ def test_storm_loses_nothing_doubles_nothing(storm: str, standin: HeapStandin, t
         reliability.record(f"faults_injected_{kind}", count)
     rows = [_data(i) for i in range(RECORDS)]
     result = run_write(tmp_path, _config(standin), _messages(rows))
-    assert result.code == 0, result.describe()
+    assert result.returncode == 0, result.describe()
     assert not result.errors, result.describe()
-    assert result.states[-1] == RECORDS - 1
+    assert result.cursors()[-1] == RECORDS - 1
     assert standin.stats()["faults_served"] == len(faults), "not every injected fault was met"
-    assert result.seconds < 60, f"the storm took {result.seconds:.0f} s"
-    summary = result.summary_line()
+    assert result.duration < 60, f"the storm took {result.duration:.0f} s"
+    summary = result.summary_line
     retries = re.search(r"\((\d+) retries", summary)
     assert retries and int(retries[1]) > 0, f"the connector reports no retries after a storm: {summary}"
     assert_loaded_once(standin, set(range(RECORDS)))
@@ -168,9 +168,9 @@ def test_server_gone_for_two_seconds_then_back(with_faults: bool, standin: HeapS
     rows = [_data(i) for i in range(RECORDS)]
     result = run_write(tmp_path, _config(standin, max_retries=12), _messages(rows), during=take_server_away)
     assert outage.get("to"), "the outage never happened"
-    assert result.code == 0, result.describe()
-    assert result.states[-1] == RECORDS - 1
-    assert result.seconds < 90, f"took {result.seconds:.0f} s"
+    assert result.returncode == 0, result.describe()
+    assert result.cursors()[-1] == RECORDS - 1
+    assert result.duration < 90, f"took {result.duration:.0f} s"
     assert_loaded_once(standin, set(range(RECORDS)))
     assert_states_covered(result, standin)
 
@@ -195,7 +195,7 @@ def test_retry_after_is_honoured(standin: HeapStandin, tmp_path: Path) -> None:
 
     rows = [_data(i) for i in range(200)]
     result = run_write(tmp_path, _config(standin, max_concurrent_requests=1), _messages(rows), during=watch_429)
-    assert result.code == 0, result.describe()
+    assert result.returncode == 0, result.describe()
     assert answered and first_accepted
     waited = first_accepted[0] - answered[0]
     assert waited >= 1.4, f"retried {waited:.2f} s after a 429 that asked for 1.5 s"
@@ -229,24 +229,24 @@ def test_retries_exhausted_fail_clearly_and_resume_completes(kind: str, standin:
         reliability.record(f"faults_injected_{kind}")
 
     result = run_write(tmp_path, config, _messages(rows), during=break_heap, timeout=90)
-    assert result.code != 0, result.describe()
-    assert result.seconds < 45, f"giving up took {result.seconds:.0f} s"
+    assert result.returncode != 0, result.describe()
+    assert result.duration < 45, f"giving up took {result.duration:.0f} s"
     assert result.errors, f"no TRACE error\n{result.describe()}"
     error = result.errors[-1]
     assert error["failure_type"] == "transient_error", result.describe()
     assert "Traceback" not in error["message"]
     assert "run the sync again" in error["message"].lower() or "resume" in error["message"].lower(), error["message"]
-    assert result.states[-1:] != [RECORDS - 1], "the last STATE claims a load that failed"
+    assert result.cursors()[-1:] != [RECORDS - 1], "the last STATE claims a load that failed"
     assert_states_covered(result, standin)
 
     # Heap is back: Airbyte re-runs from the last state the failed attempt emitted, and the load completes.
     if kind == "server_gone_for_good":
         standin.start()
     _drain_faults(standin)
-    resume_from = result.states[-1] + 1 if result.states else 0
+    resume_from = result.cursors()[-1] + 1 if result.cursors() else 0
     rerun = run_write(tmp_path, config, _messages(rows[resume_from:]))
-    assert rerun.code == 0, rerun.describe()
-    assert rerun.states[-1] == RECORDS - 1
+    assert rerun.returncode == 0, rerun.describe()
+    assert rerun.cursors()[-1] == RECORDS - 1
     assert_loaded_once(standin, set(range(RECORDS)))
 
 
@@ -286,11 +286,11 @@ def test_bulk_rejection_isolates_bad_items_at_bounded_cost(
     config["api"]["property_columns"] = "i,bad"
     result = run_write(tmp_path, config, _messages(rows))
 
-    assert result.code == 0, result.describe()
-    assert result.states[-1] == 999
+    assert result.returncode == 0, result.describe()
+    assert result.cursors()[-1] == 999
     good = set(range(1000)) - set(BAD)
     assert_loaded_once(standin, good)
-    skipped = result.skipped()
+    skipped = result.skipped
     assert list(skipped.values()) == [len(BAD)], result.describe()
     reason = next(iter(skipped))
     assert reason.startswith("rejected_by_heap: "), reason

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from destination_heap_analytics.heap_standin import HeapStandin
+from heap_standin import HeapStandin
 from integration_tests import reliability
-from integration_tests.adversarial import Result, event_config, events_catalog, lines, run_command
+from integration_tests.adversarial import event_config, events_catalog, lines
 from integration_tests.adversarial import record_line as rec
 from integration_tests.adversarial import state_line as state
+from integration_tests.support import Result, run_connector
 
 # ------------------------------------------------------------------------------------------------------------
 # Helpers
@@ -31,7 +32,12 @@ def event(i: int, **extra: object) -> dict:
 
 def run_write(tmp_path: Path, heap: HeapStandin, stdin: bytes, timeout: float = 120.0, **api: str) -> Result:
     config = event_config(heap, api, max_retries=2)
-    return run_command(tmp_path, "write", config, catalog=events_catalog(), stdin=stdin, timeout=timeout)
+    return run_connector("write", config, events_catalog(), stdin=stdin, directory=tmp_path, timeout=timeout)
+
+
+def counts(result: Result) -> dict[str, int]:
+    """Records read, sent and skipped, from the Sync summary line."""
+    return {key: result.summary[key] for key in ("read", "sent", "skipped")}
 
 
 def by_index(heap: HeapStandin) -> dict[int, dict]:
@@ -98,14 +104,14 @@ def test_hostile_lines_are_skipped_by_line_number_and_the_sync_succeeds(heap: He
     assert len(secrets) >= 15
     result.assert_clean(*secrets)
 
-    assert result.states == [-1, 1, 4], "every STATE, the first one before any record included, comes out in order"
-    reported = result.unparsable_lines()
+    assert result.cursors() == [-1, 1, 4], "every STATE, the first one before any record included, comes out in order"
+    reported = result.unparsable_lines
     assert reported[: len(GARBAGE)] == list(range(2, 2 + len(GARBAGE))), f"line numbers reported: {reported}"
     assert len(reported) <= 20, f"{len(reported)} per-line warnings: a flood of junk must not flood the log"
-    total = [text for text in result.logs("WARN") if "input lines were not Airbyte messages" in text]
+    total = [text for text in result.log_lines("WARN") if "input lines were not Airbyte messages" in text]
     assert total and total[-1].startswith(f"{len(GARBAGE) + 1 + 2000} "), total
-    assert result.skipped() == {"stream_not_in_catalog": 3, "record_not_an_object": 5}, result.describe()
-    assert result.summary() == {"read": 13, "sent": 5, "skipped": 8}
+    assert result.skipped == {"stream_not_in_catalog": 3, "record_not_an_object": 5}, result.describe()
+    assert counts(result) == {"read": 13, "sent": 5, "skipped": 8}
 
     held = by_index(heap)
     assert sorted(held) == [0, 1, 2, 3, 4], sorted(held)
@@ -121,8 +127,8 @@ def test_empty_input_is_a_successful_summarised_sync(heap: HeapStandin, tmp_path
         reliability.record("hostile_inputs_tried")
         result = run_write(tmp_path, heap, stdin)
         result.assert_clean()
-        assert result.states == []
-        assert result.summary() == {"read": 0, "sent": 0, "skipped": 0}
+        assert result.cursors() == []
+        assert counts(result) == {"read": 0, "sent": 0, "skipped": 0}
     assert heap.stats()["requests"] == 0
 
 
@@ -130,7 +136,7 @@ def test_state_only_input_emits_every_state(heap: HeapStandin, tmp_path: Path) -
     reliability.record("hostile_inputs_tried")
     result = run_write(tmp_path, heap, lines(state(-1), state(-1), state(0)))
     result.assert_clean()
-    assert result.states == [-1, -1, 0]
+    assert result.cursors() == [-1, -1, 0]
     assert heap.stats()["requests"] == 0
 
 
@@ -158,13 +164,13 @@ def test_50mb_records_have_a_defined_outcome(heap: HeapStandin, tmp_path: Path) 
     reliability.record("hostile_inputs_tried", 4)
     result = run_write(tmp_path, heap, lines(*stream), timeout=180)
     result.assert_clean("BBBBBBBBBBBBBBBBBBBBBBBB", "UUUUUUUUUUUUUUUUUUUUUUUUUU", "EEEEEEEEEEEEEEEEEEEEEEEE")
-    assert result.states == [5]
-    assert result.skipped() == {"identity_too_long (column user)": 1, "event_too_long (column event)": 1}
-    assert result.summary() == {"read": 6, "sent": 4, "skipped": 2}
+    assert result.cursors() == [5]
+    assert result.skipped == {"identity_too_long (column user)": 1, "event_too_long (column event)": 1}
+    assert counts(result) == {"read": 6, "sent": 4, "skipped": 2}
     held = by_index(heap)
     assert sorted(held) == [0, 1, 2, 5]
     assert held[1]["properties"]["blob"] == "B" * 1023
-    assert any("truncated blob" in text for text in result.logs("WARN")), result.describe()
+    assert any("truncated blob" in text for text in result.log_lines("WARN")), result.describe()
     assert len(held[2]["properties"]) == len(many) + 3  # user, event, i and every p#####
 
 
@@ -183,10 +189,10 @@ def test_deeply_nested_data_has_a_defined_outcome(depth: int, heap: HeapStandin,
     reliability.record("hostile_inputs_tried")
     result = run_write(tmp_path, heap, lines(rec(event(0)), line, rec(event(2)), state(2)))
     result.assert_clean("SECRET-DEEP-LEAF")
-    assert result.states == [2]
+    assert result.cursors() == [2]
     held = by_index(heap)
     assert {0, 2} <= set(held)
-    accounted = 1 in held or sum(result.skipped().values()) == 1 or result.unparsable_lines() == [2]
+    accounted = 1 in held or sum(result.skipped.values()) == 1 or result.unparsable_lines == [2]
     assert accounted, f"the depth-{depth} record vanished without a word\n{result.describe()}"
 
 
@@ -199,7 +205,7 @@ def _big_integer_run(values: list[int], heap: HeapStandin, tmp_path: Path) -> di
     reliability.record("hostile_inputs_tried", len(values))
     result = run_write(tmp_path, heap, lines(rec(data), state(0)))
     result.assert_clean()
-    assert result.states == [0]
+    assert result.cursors() == [0]
     return by_index(heap)[0]["properties"]
 
 
@@ -231,8 +237,8 @@ def test_invalid_utf8_lines_are_skipped_by_line_number(heap: HeapStandin, tmp_pa
     reliability.record("hostile_inputs_tried", len(bad))
     result = run_write(tmp_path, heap, lines(rec(event(0)), *bad, rec(event(1)), state(1)))
     result.assert_clean("SECRET-UTF8-A", "SECRET-UTF8-B")
-    assert result.states == [1]
-    held, reported = by_index(heap), set(result.unparsable_lines())
+    assert result.cursors() == [1]
+    held, reported = by_index(heap), set(result.unparsable_lines)
     assert {0, 1} <= set(held)
     # Line 2 is a record with two bad bytes in a value: reported and skipped, or delivered with U+FFFD.
     assert 2 in reported or 10 in held, result.describe()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from integration_tests.conftest import (
+from integration_tests.support import (
     TRACK_API,
     USER_API,
     StateWatcher,

@@ -13,7 +13,6 @@ Python block-buffers a piped stdout, which only delays states, making the check 
 
 from __future__ import annotations
 
-import json
 import random
 import signal
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from destination_heap_analytics.heap_standin import Fault, HeapStandin
+from heap_standin import Fault, HeapStandin
 from integration_tests import reliability
 from integration_tests.adversarial import (
     EMITTED_AT,
@@ -35,9 +34,8 @@ from integration_tests.adversarial import (
     events_catalog,
     record_line,
     state_line,
-    write_inputs,
 )
-from integration_tests.conftest import CONNECTOR, loopback_env
+from integration_tests.support import Result, run_connector
 
 TOTAL = 50_000
 STATE_EVERY = 500
@@ -45,6 +43,7 @@ SEED = 20240531
 MIN_KILL_POINTS = 20
 SIGTERM_POINTS = 5
 TERM_EXIT_BOUND_SECONDS = 15.0  # 10 s grace for requests in flight, plus room to exit
+CUT_RUN_TIMEOUT = 150.0  # up to 60 s to reach the cut point, up to 60 s to exit after it, and room
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -78,74 +77,35 @@ def load(tmp_path_factory: pytest.TempPathFactory) -> Load:
     return Load(path, offsets)
 
 
-def _write_config(directory: Path, heap: HeapStandin, **overrides: object) -> list[str]:
-    """config.json and catalog.json in `directory`; the connector arguments naming them."""
+def _config(heap: HeapStandin, **overrides: object) -> dict:
     tuning = {"batch_size": 200, "max_concurrent_requests": 3, "request_timeout_seconds": 2, "max_retries": 10}
-    config = event_config(heap, {"property_columns": "i"}, **{**tuning, **overrides})
-    return write_inputs(directory, config, events_catalog())
+    return event_config(heap, {"property_columns": "i"}, **{**tuning, **overrides})
 
 
 # ------------------------------------------------------------------------------------------------------------
-# One connector run, watched line by line
+# One connector run (support.run_connector), watched line by line while it runs
 
 
 @dataclass
-class Run:
-    process: subprocess.Popen
+class Watch:
+    """What a run has printed so far, as its lines arrive (run_connector's on_message), for cutting it there."""
+
     heap: HeapStandin
-    started: float = field(default_factory=time.monotonic)
+    process: subprocess.Popen | None = None
     states: list[int] = field(default_factory=list)  # "last" of every STATE, in order
     snapshots: list[tuple[int, int]] = field(default_factory=list)  # (state's last, events the stand-in held then)
-    messages: list[dict] = field(default_factory=list)
-    bad_lines: list[bytes] = field(default_factory=list)  # stdout lines that are not one JSON message
-    stderr: str = ""
+    messages: int = 0
     condition: threading.Condition = field(default_factory=threading.Condition)
-    threads: list[threading.Thread] = field(default_factory=list)
 
-    @classmethod
-    def start(cls, load: Load, offset: int, heap: HeapStandin, inputs: list[str]) -> Run:
-        """`write` with the arguments naming the config and catalog, reading `load` from `offset` on."""
-        with open(load.path, "rb") as stdin:
-            stdin.seek(offset)
-            process = subprocess.Popen(
-                [CONNECTOR, "write", *inputs],
-                stdin=stdin,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=loopback_env(),
-            )
-        run = cls(process, heap)
-        run.threads = [
-            threading.Thread(target=run._read_stdout, daemon=True),
-            threading.Thread(target=run._read_stderr, daemon=True),
-        ]
-        for thread in run.threads:
-            thread.start()
-        return run
-
-    def _read_stdout(self) -> None:
-        for raw in self.process.stdout:
-            if not raw.endswith(b"\n"):
-                break  # a line cut by the kill is no message at all
-            try:
-                message = json.loads(raw)
-            except json.JSONDecodeError:
-                with self.condition:
-                    self.bad_lines.append(raw)
-                continue
-            with self.condition:
-                if message.get("type") == "STATE":
-                    last = message["state"]["stream"]["stream_state"]["last"]
-                    # The stand-in's event list only grows: its length now bounds what was acknowledged.
-                    self.snapshots.append((last, len(self.heap.events)))
-                    self.states.append(last)
-                self.messages.append(message)
-                self.condition.notify_all()
+    def on_message(self, message: dict) -> None:
         with self.condition:
+            if message["type"] == "STATE":
+                last = message["state"]["stream"]["stream_state"]["last"]
+                # The stand-in's event list only grows: its length now bounds what was acknowledged.
+                self.snapshots.append((last, len(self.heap.events)))
+                self.states.append(last)
+            self.messages += 1
             self.condition.notify_all()
-
-    def _read_stderr(self) -> None:
-        self.stderr = self.process.stderr.read().decode(errors="replace")
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float = 60.0) -> bool:
         """True once predicate() holds; False if the process ended first."""
@@ -157,26 +117,39 @@ class Run:
                 self.condition.wait(0.002)
         return True
 
-    def finish(self, timeout: float = 60.0) -> int:
-        try:
-            code = self.process.wait(timeout)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
-            for thread in self.threads:
-                thread.join(10)
-        return code
 
-    def traces(self) -> list[dict]:
-        return [m["trace"] for m in self.messages if m.get("type") == "TRACE"]
+def _run(
+    load: Load,
+    offset: int,
+    heap: HeapStandin,
+    config: dict,
+    during: Callable[[Watch], None] | None = None,
+    timeout: float = CUT_RUN_TIMEOUT,
+) -> tuple[Watch, Result]:
+    """`write` reading `load` from `offset` on; `during(watch)` runs meanwhile (to cut the run, say). Lines that
+    are not one message, or cut by a kill, are the test's to judge (strict=False)."""
+    watch = Watch(heap)
 
-    def describe(self) -> str:
-        tail = "\n".join(json.dumps(m)[:400] for m in self.messages[-8:])
-        return f"exit {self.process.returncode}; last messages:\n{tail}\nstderr:\n{self.stderr[-2000:]}"
+    def started(process: subprocess.Popen) -> None:
+        watch.process = process
+        if during is not None:
+            during(watch)
+
+    result = run_connector(
+        "write",
+        config,
+        events_catalog(),
+        stdin_file=load.path,
+        stdin_offset=offset,
+        on_message=watch.on_message,
+        on_start=started,
+        strict=False,
+        timeout=timeout,
+    )
+    return watch, result
 
 
-def _cut(run: Run, rng: random.Random, modes: tuple[str, ...] = ("states", "requests", "delay")) -> str:
+def _cut(run: Watch, rng: random.Random, modes: tuple[str, ...] = ("states", "requests", "delay")) -> str:
     """Wait for a random point of the run (or its end); returns what the point was."""
     mode = rng.choice(modes)
     if mode == "states":
@@ -210,7 +183,7 @@ def _maybe_inject(heap: HeapStandin, rng: random.Random) -> str | None:
     return kind
 
 
-def _check_states(runs: list[Run], heap: HeapStandin) -> None:
+def _check_states(runs: list[Watch], heap: HeapStandin) -> None:
     """Every STATE that left any run came after every record up to its index was in the stand-in."""
     position: dict[int, int] = {}
     for index, event in enumerate(heap.events):
@@ -232,11 +205,16 @@ def _check_final(heap: HeapStandin) -> None:
     assert_loaded_once(heap, set(range(TOTAL)))
     keys = Counter(event["idempotency_key"] for event in heap.events)
     assert len(keys) == TOTAL, "two stored events share an idempotency key"
-    reliability.record("replays_absorbed_by_idempotency", heap.stats()["events_deduplicated"])
+    reliability.record("replays_absorbed_by_idempotency", heap.duplicates_dropped)
 
 
-def _resume_point(run: Run, load: Load, offset: int) -> int:
-    return load.resume_offset[run.states[-1]] if run.states else offset
+def _resume_point(result: Result, load: Load, offset: int) -> int:
+    states = result.cursors()
+    return load.resume_offset[states[-1]] if states else offset
+
+
+def _describe(result: Result) -> str:
+    return f"{result.describe()}\nlines that were not one message: {result.bad_lines[:2]}"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -244,41 +222,49 @@ def _resume_point(run: Run, load: Load, offset: int) -> int:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_then_resume_loads_everything_once(load: Load, tmp_path: Path) -> None:
+def test_sigkill_at_random_points_then_resume_loads_everything_once(load: Load) -> None:
     rng = random.Random(SEED)
     heap = HeapStandin(latency_ms=5).start()
     try:
-        inputs = _write_config(tmp_path, heap)
-        runs: list[Run] = []
+        config = _config(heap)
+        watches: list[Watch] = []
         offset, kills, began = 0, 0, time.monotonic()
         while kills < MIN_KILL_POINTS:
             _maybe_inject(heap, rng)
-            run = Run.start(load, offset, heap, inputs)
-            runs.append(run)
-            point = _cut(run, rng)
-            if run.process.poll() is None:
-                run.process.send_signal(signal.SIGKILL)
+            cut: dict[str, object] = {}
+
+            def kill_at_a_random_point(run: Watch, cut: dict = cut) -> None:
+                cut["point"] = _cut(run, rng)
+                if run.process.poll() is None:
+                    run.process.send_signal(signal.SIGKILL)
+                    cut["killed"] = True
+
+            watch, result = _run(load, offset, heap, config, kill_at_a_random_point)
+            watches.append(watch)
+            if cut.get("killed"):
                 kills += 1
                 reliability.record("kill_points_survived")
-            code = run.finish()
-            if code == 0:  # the load ended before this kill point: nothing left to cut
+            if result.returncode == 0:  # the load ended before this kill point: nothing left to cut
                 break
-            assert code == -signal.SIGKILL, f"run {len(runs)} ({point}) ended by itself with {code}\n{run.describe()}"
-            assert run.states == sorted(set(run.states)), f"states out of order or repeated: {run.states}"
-            assert not run.bad_lines, f"stdout lines that are not one message: {run.bad_lines[:2]}"
-            _check_states([run], heap)
-            offset = _resume_point(run, load, offset)
+            number, point, code = len(watches), cut.get("point"), result.returncode
+            assert code == -signal.SIGKILL, f"run {number} ({point}) ended by itself with {code}\n{_describe(result)}"
+            states = result.cursors()
+            assert states == watch.states, "the runner and the watch saw different states"
+            assert states == sorted(set(states)), f"states out of order or repeated: {states}"
+            assert not result.bad_lines, f"stdout lines that are not one message: {result.bad_lines[:2]}"
+            _check_states([watch], heap)
+            offset = _resume_point(result, load, offset)
             held = heap.stats()["events_stored"]
-            print(f"SIGKILL {kills} {point}: states {run.states[:1]}..{run.states[-1:]}, {held} events in Heap")
+            print(f"SIGKILL {kills} {point}: states {states[:1]}..{states[-1:]}, {held} events in Heap")
         assert kills >= MIN_KILL_POINTS, f"only {kills} kill points landed before the load completed"
 
-        final = Run.start(load, offset, heap, inputs)
-        runs.append(final)
-        assert final.finish(90) == 0, final.describe()
-        assert final.states and final.states[-1] == TOTAL - 1, final.describe()
-        assert not final.traces(), final.describe()
-        assert not final.bad_lines, final.bad_lines[:2]
-        _check_states(runs, heap)
+        final_watch, final = _run(load, offset, heap, config, timeout=90)
+        watches.append(final_watch)
+        assert final.returncode == 0, _describe(final)
+        assert final.cursors() and final.cursors()[-1] == TOTAL - 1, _describe(final)
+        assert not final.traces, _describe(final)
+        assert not final.bad_lines and not final.cut_line, final.bad_lines[:2]
+        _check_states(watches, heap)
         _check_final(heap)
         assert time.monotonic() - began < 150, "kill/resume took far longer than it should"
     finally:
@@ -286,58 +272,62 @@ def test_sigkill_at_random_points_then_resume_loads_everything_once(load: Load, 
 
 
 @pytest.mark.slow
-def test_sigterm_drains_emits_only_acknowledged_states_and_resume_completes(load: Load, tmp_path: Path) -> None:
+def test_sigterm_drains_emits_only_acknowledged_states_and_resume_completes(load: Load) -> None:
     rng = random.Random(SEED + 1)
     heap = HeapStandin(latency_ms=5).start()
     try:
-        inputs = _write_config(tmp_path, heap)
-        runs: list[Run] = []
+        config = _config(heap)
+        watches: list[Watch] = []
         offset, terminated = 0, 0
         failure_types: Counter = Counter()
         completed = False
         while terminated < SIGTERM_POINTS:
             _maybe_inject(heap, rng)
-            run = Run.start(load, offset, heap, inputs)
-            runs.append(run)
-            # A SIGTERM must find the connector writing (before that, Python's default action applies):
-            # wait for a STATE or a request, then cut at a random point. Not right after a STATE line: where
-            # the signal lands while messages are printed or STATEs parsed is the subject of
-            # test_sigterm_while_states_stream_out_keeps_the_protocol; this test is about the data promise.
-            run.wait_until(lambda r=run: bool(r.states) or heap.stats()["in_flight"] > 0)
-            point = _cut(run, rng, modes=("requests", "delay"))
-            if run.process.poll() is not None:
-                assert run.finish() == 0, run.describe()
+            cut: dict[str, object] = {}
+
+            def terminate_at_a_random_point(run: Watch, cut: dict = cut) -> None:
+                # A SIGTERM must find the connector writing (before that, Python's default action applies):
+                # wait for a STATE or a request, then cut at a random point. Not right after a STATE line: where
+                # the signal lands while messages are printed or STATEs parsed is the subject of
+                # test_sigterm_while_states_stream_out_keeps_the_protocol; this test is about the data promise.
+                run.wait_until(lambda: bool(run.states) or heap.stats()["in_flight"] > 0)
+                cut["point"] = _cut(run, rng, modes=("requests", "delay"))
+                if run.process.poll() is None:
+                    cut["signalled"] = time.monotonic()
+                    run.process.send_signal(signal.SIGTERM)
+
+            watch, result = _run(load, offset, heap, config, terminate_at_a_random_point)
+            watches.append(watch)
+            if "signalled" not in cut:  # the load ended before the cut point
+                assert result.returncode == 0, _describe(result)
                 completed = True
                 break
-            signalled = time.monotonic()
-            run.process.send_signal(signal.SIGTERM)
-            code = run.finish(60)
-            took = time.monotonic() - signalled
+            code, point, states = result.returncode, cut["point"], result.cursors()
+            took = result.ended_at - cut["signalled"]
             terminated += 1
             reliability.record("kill_points_survived")
-            assert run.states == sorted(set(run.states)), run.states
-            _check_states([run], heap)
+            assert states == sorted(set(states)), states
+            _check_states([watch], heap)
             if code == 0:  # the SIGTERM was lost (see the test named above): the load ran to its end
                 failure_types["sigterm_ignored"] += 1
-                assert run.states[-1] == TOTAL - 1, run.describe()
+                assert states[-1] == TOTAL - 1, _describe(result)
                 completed = True
                 break
-            assert took < TERM_EXIT_BOUND_SECONDS, f"exit took {took:.1f} s after SIGTERM\n{run.describe()}"
-            errors = [t["error"] for t in run.traces() if t.get("type") == "ERROR"]
-            assert errors, f"no TRACE error after SIGTERM ({point})\n{run.describe()}"
-            failure_types[errors[-1]["failure_type"]] += 1
-            offset = _resume_point(run, load, offset)
-            print(f"SIGTERM {terminated} {point}: exit {code} after {took:.2f} s, states {run.states[-1:]}")
+            assert took < TERM_EXIT_BOUND_SECONDS, f"exit took {took:.1f} s after SIGTERM\n{_describe(result)}"
+            assert result.errors, f"no TRACE error after SIGTERM ({point})\n{_describe(result)}"
+            failure_types[result.errors[-1]["failure_type"]] += 1
+            offset = _resume_point(result, load, offset)
+            print(f"SIGTERM {terminated} {point}: exit {code} after {took:.2f} s, states {states[-1:]}")
         print(f"TRACE failure types after SIGTERM: {dict(failure_types)}")
         assert terminated >= SIGTERM_POINTS or failure_types["sigterm_ignored"], f"only {terminated} SIGTERMs landed"
         assert failure_types["transient_error"] >= 1, f"no SIGTERM ended as the README says: {dict(failure_types)}"
 
         if not completed:
-            final = Run.start(load, offset, heap, inputs)
-            runs.append(final)
-            assert final.finish(90) == 0, final.describe()
-            assert final.states[-1] == TOTAL - 1
-        _check_states(runs, heap)
+            final_watch, final = _run(load, offset, heap, config, timeout=90)
+            watches.append(final_watch)
+            assert final.returncode == 0, _describe(final)
+            assert final.cursors()[-1] == TOTAL - 1
+        _check_states(watches, heap)
         _check_final(heap)
     finally:
         heap.stop()
@@ -346,21 +336,24 @@ def test_sigterm_drains_emits_only_acknowledged_states_and_resume_completes(load
 def test_sigterm_exits_within_grace_even_when_a_request_hangs(tmp_path: Path) -> None:
     heap = HeapStandin().start()
     try:
-        inputs = _write_config(tmp_path, heap, request_timeout_seconds=30, max_concurrent_requests=2, batch_size=100)
+        config = _config(heap, request_timeout_seconds=30, max_concurrent_requests=2, batch_size=100)
         lines = [_record_line(i) for i in range(1000)] + [state_line(999)]
         path = tmp_path / "messages.jsonl"
         path.write_text("\n".join(lines) + "\n")
         heap.inject(Fault(hang_seconds=18), Fault(hang_seconds=18))
         reliability.record("faults_injected_hang", 2)
-        run = Run.start(Load(path, {}), 0, heap, inputs)
-        assert run.wait_until(lambda: heap.stats()["in_flight"] >= 2, timeout=30), run.describe()
-        signalled = time.monotonic()
-        run.process.send_signal(signal.SIGTERM)
-        code = run.finish(60)
-        took = time.monotonic() - signalled
+        signalled: list[float] = []
+
+        def terminate_while_requests_hang(run: Watch) -> None:
+            assert run.wait_until(lambda: heap.stats()["in_flight"] >= 2, timeout=30), "no request ever hung"
+            signalled.append(time.monotonic())
+            run.process.send_signal(signal.SIGTERM)
+
+        _, result = _run(Load(path, {}), 0, heap, config, terminate_while_requests_hang, timeout=90)
+        took = result.ended_at - signalled[0]
         reliability.record("kill_points_survived")
-        assert code != 0
-        assert [t for t in run.traces() if t.get("type") == "ERROR"], run.describe()
+        assert result.returncode != 0
+        assert result.errors, _describe(result)
         assert took < TERM_EXIT_BOUND_SECONDS, f"the connector exited {took:.1f} s after SIGTERM"
     finally:
         heap.stop()
@@ -375,20 +368,21 @@ def test_sigterm_while_states_stream_out_keeps_the_protocol(tmp_path: Path) -> N
             handle.write(_record_line(i) + "\n" + state_line(i) + "\n")
     heap = HeapStandin().start()
     try:
-        inputs = _write_config(tmp_path, heap, batch_size=100, max_concurrent_requests=4)
-        for attempt in range(16):  # the race is won about a third of the time; 16 misses in a row: ~0.3 %
-            run = Run.start(Load(path, {}), 0, heap, inputs)
-            assert run.wait_until(lambda r=run: len(r.states) >= 50), run.describe()
+        config = _config(heap, batch_size=100, max_concurrent_requests=4)
+
+        def terminate_while_states_stream_out(run: Watch) -> None:
+            assert run.wait_until(lambda: len(run.states) >= 50), "fewer than 50 states came out"
             run.process.send_signal(signal.SIGTERM)
-            code = run.finish(60)
+
+        for attempt in range(16):  # the race is won about a third of the time; 16 misses in a row: ~0.3 %
+            watch, result = _run(Load(path, {}), 0, heap, config, terminate_while_states_stream_out, timeout=120)
             reliability.record("kill_points_survived")
-            assert code != 0, run.describe()
-            _check_states([run], heap)
-            glued = run.bad_lines[0][:300] if run.bad_lines else b""
-            assert not run.bad_lines, f"attempt {attempt}: a stdout line holding more than one message: {glued!r}"
-            errors = [t["error"] for t in run.traces() if t.get("type") == "ERROR"]
-            assert errors, f"attempt {attempt}: no TRACE\n{run.describe()}"
-            assert errors[-1]["failure_type"] == "transient_error", f"attempt {attempt}: {errors[-1]}"
-            assert not errors[-1].get("stack_trace"), f"attempt {attempt}: a stack trace in the TRACE"
+            assert result.returncode != 0, _describe(result)
+            _check_states([watch], heap)
+            glued = result.bad_lines[0][:300] if result.bad_lines else ""
+            assert not result.bad_lines, f"attempt {attempt}: a stdout line holding more than one message: {glued!r}"
+            assert result.errors, f"attempt {attempt}: no TRACE\n{_describe(result)}"
+            assert result.errors[-1]["failure_type"] == "transient_error", f"attempt {attempt}: {result.errors[-1]}"
+            assert not result.errors[-1].get("stack_trace"), f"attempt {attempt}: a stack trace in the TRACE"
     finally:
         heap.stop()

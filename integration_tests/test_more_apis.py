@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from destination_heap_analytics.heap_standin import HeapStandin
-from integration_tests.conftest import (
+from heap_standin import HeapStandin
+from integration_tests.support import (
     catalog,
     config,
     interleave,

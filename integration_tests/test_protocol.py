@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from integration_tests.conftest import (
+from integration_tests.support import (
     CONNECTOR,
     PROJECT_ROOT,
     TRACK_API,

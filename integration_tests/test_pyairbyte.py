@@ -28,8 +28,8 @@ from typing import Any
 import pendulum
 import pytest
 
-from destination_heap_analytics.heap_standin import HeapStandin
-from integration_tests.conftest import CONNECTOR, PROJECT_ROOT, config, outbound_guard, run_setup_script
+from heap_standin import HeapStandin
+from integration_tests.support import CONNECTOR, PROJECT_ROOT, config, outbound_guard, run_setup_script
 
 SETUP = PROJECT_ROOT / "scripts" / "setup-pyairbyte.sh"
 SETUP_TIMEOUT = 1800  # from scratch about 2 minutes here; cached, well under a second

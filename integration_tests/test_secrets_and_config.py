@@ -24,19 +24,23 @@ from typing import Any
 
 import pytest
 
-from destination_heap_analytics.heap_standin import HeapStandin
+from heap_standin import HeapStandin
 from integration_tests import reliability
 from integration_tests.adversarial import (
-    Result,
     assert_no_record_values,
-    assert_no_traceback,
     event_config,
     events_catalog,
     record_line,
-    run_command,
     state_line,
 )
-from integration_tests.conftest import CONNECTOR, OutboundRecorder, assert_check_failed
+from integration_tests.support import (
+    CONNECTOR,
+    OutboundRecorder,
+    Result,
+    assert_check_failed,
+    assert_no_traceback,
+    run_connector,
+)
 
 CREDENTIAL_WORDS = ("key", "secret", "token", "password", "credential")
 LOOPBACK = "127.0.0.1,localhost,::1"
@@ -44,7 +48,7 @@ LOOPBACK = "127.0.0.1,localhost,::1"
 
 # ------------------------------------------------------------------------------------------------------------
 # A recording proxy: any request the connector makes to a non-loopback host lands there, never on the network.
-# Each test has its own (runs go in parallel here, while conftest's shared guard is cleared by every run).
+# Each test has its own (runs go in parallel here, while support's shared guard is cleared by every run).
 
 
 def _recorder() -> OutboundRecorder:
@@ -71,7 +75,7 @@ def run(
     else:
         catalog = None
     config = raw_config if raw_config is not None else config
-    return run_command(directory, command, config, catalog=catalog, stdin=stdin, env=env)
+    return run_connector(command, config, catalog, stdin=stdin, directory=directory, env=env, timeout=120)
 
 
 def valid_config(base_url: str, **overrides: Any) -> dict:
@@ -179,7 +183,7 @@ def test_check_fails_with_a_message_saying_what_to_fix(case: str, config_runs: C
 def test_write_fails_with_config_error_before_sending_anything(case: str, config_runs: ConfigRuns) -> None:
     result = config_runs.write[case]
     _, words = _config_cases("http://127.0.0.1:1")[case]
-    assert result.code != 0, result.describe()
+    assert result.returncode != 0, result.describe()
     assert result.errors, f"no TRACE error\n{result.describe()}"
     error = result.errors[-1]
     assert error["failure_type"] == "config_error", result.describe()
@@ -203,7 +207,7 @@ def test_check_reports_an_unreadable_config_file(case: str, config_runs: ConfigR
 @pytest.mark.parametrize("case", list(UNREADABLE))
 def test_write_reports_an_unreadable_config_file_as_config_error(case: str, config_runs: ConfigRuns) -> None:
     result = config_runs.write[case]
-    assert result.code != 0
+    assert result.returncode != 0
     assert result.errors and result.errors[-1]["failure_type"] == "config_error", result.describe()
     assert_no_traceback(result)
 
@@ -293,12 +297,12 @@ def test_record_values_never_appear_in_any_output(tmp_path: Path) -> None:
         )
         check = run(tmp_path / "check", "check", config, recorder.env(LOOPBACK))
         reliability.record("hostile_inputs_tried", len(invalid) + 2)
-        assert skip.code == 0, skip.describe()
-        assert fail.code != 0 and fail.errors, fail.describe()
+        assert skip.returncode == 0, skip.describe()
+        assert fail.returncode != 0 and fail.errors, fail.describe()
         assert "invalid_timestamp" in fail.errors[-1]["message"], fail.describe()
         assert check.statuses[0]["status"] == "SUCCEEDED", check.describe()
         for result in (skip, fail, check):
-            assert f"LEAK-{token}" not in result.output_without_states(), result.describe()
+            assert f"LEAK-{token}" not in result.output_without_states, result.describe()
             assert_no_traceback(result)
         assert len(heap.events) == len(good) + 1  # the good ones, and the one with a truncated essay
         assert not recorder.seen
@@ -319,12 +323,12 @@ def test_two_stream_catalog_is_a_config_error_naming_both(tmp_path: Path) -> Non
         stdin += record_line({"user": "SECRET-TWO-B", "event": "e"}, stream="beta_stream") + "\n"
         catalog = events_catalog("alpha_stream", "beta_stream")
         result = run(tmp_path, "write", valid_config(heap.url), recorder.env(LOOPBACK), catalog=catalog, stdin=stdin)
-        assert result.code != 0, result.describe()
+        assert result.returncode != 0, result.describe()
         error = result.errors[-1]
         assert error["failure_type"] == "config_error"
         assert "alpha_stream" in error["message"] and "beta_stream" in error["message"], error["message"]
         assert_no_traceback(result)
-        assert "SECRET-TWO" not in result.output_without_states()
+        assert "SECRET-TWO" not in result.output_without_states
         assert heap.stats()["requests"] == 0 and not recorder.seen
     finally:
         recorder.close()
@@ -454,8 +458,8 @@ def _secret_scan(tmp_path: Path, path: tuple[str, ...]) -> None:
         if _option_declaring(_spec_schema(), path) is not None:  # the credential is in use: Heap's refusal shows
             refused = runs["check, credential refused"]
             assert refused.statuses[0]["status"] == "FAILED", refused.describe()
-        assert runs["write"].code == 0, runs["write"].describe()
-        assert runs["write, bad config"].code != 0
+        assert runs["write"].returncode == 0, runs["write"].describe()
+        assert runs["write, bad config"].returncode != 0
         for heap in (accepting, refusing):
             assert secret not in json.dumps(heap.events + heap.users + heap.accounts), "a credential sent as data"
         assert not recorder.seen

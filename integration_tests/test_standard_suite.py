@@ -36,10 +36,7 @@ from airbyte_cdk.test.standard_tests.pytest_hooks import pytest_generate_tests  
 
 from destination_heap_analytics import DestinationHeapAnalytics
 
-try:  # the stand-in may move to a top-level package
-    from heap_standin import HeapStandin  # type: ignore[import-not-found]
-except ImportError:
-    from destination_heap_analytics.heap_standin import HeapStandin
+from heap_standin import HeapStandin
 
 CONNECTOR_ROOT = Path(__file__).resolve().parents[1]
 STANDIN_PLACEHOLDER = "http://127.0.0.1:8765"  # what the scenario configs name; see acceptance-test-config.yml

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from integration_tests.conftest import USER_API, catalog, config, person, record, run_connector
+from integration_tests.support import USER_API, catalog, config, person, record, run_connector
 
 STATE = '{"type": "STATE", "state": {"type": "STREAM", "id": 7, "stream": {"stream_descriptor": {"name": "users"}, ' \
     '"stream_state": {"position": 1}}}}'

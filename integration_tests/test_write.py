@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from integration_tests.conftest import (
+from integration_tests.support import (
     HEX32,
     TRACK_API,
     USER_API,

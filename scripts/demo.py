@@ -6,9 +6,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from destination_heap_analytics.heap_standin import HeapStandin
-
 ROOT = Path(__file__).resolve().parent.parent
+# The stand-in is a development package of this checkout (heap_standin/), not part of the installed connector.
+sys.path.insert(0, str(ROOT))
+
+from heap_standin import HeapStandin  # noqa: E402
+
 SAMPLES = ROOT / "sample_files"
 CONNECTOR = str(Path(sys.executable).parent / "destination-heap-analytics")
 LOADS = [

@@ -19,7 +19,7 @@ import orjson
 import pytest
 import requests
 
-from destination_heap_analytics.heap_standin import Fault, HeapStandin
+from heap_standin import Fault, HeapStandin
 
 TRACK = "/api/track"
 USERS = "/api/add_user_properties"
@@ -374,6 +374,7 @@ def test_idempotency_key_deduplicates_per_app_first_wins(heap):
         ("2", "k1", None),
     ]
     assert (heap.stats()["events_stored"], heap.stats()["events_deduplicated"]) == (5, 2)
+    assert heap.duplicates_dropped == 2  # the "sent twice" figure, as tests read it
 
 
 def test_reject_when_predicate_rejects_whole_batch(heap):
@@ -494,6 +495,7 @@ def test_reset_forgets_data_and_faults(heap):
     heap.inject(Fault(status=500))
     heap.reset()
     assert heap.stats()["requests"] == 0
+    assert heap.duplicates_dropped == 0
     assert post(heap, TRACK, {"app_id": "1", **event(idempotency_key="k")}).status_code == 200
     assert len(heap.events) == 1
 
@@ -560,6 +562,7 @@ def test_summary_mode_keeps_exact_counts_only():
         assert standin.events == standin.users == standin.accounts == []
         stats = standin.stats()
         assert (stats["events_stored"], stats["events_deduplicated"]) == (600, 400)
+        assert standin.duplicates_dropped == 400
         assert (stats["users_stored"], stats["accounts_stored"], stats["distinct_accounts"]) == (1, 1, 1)
 
 
@@ -590,7 +593,7 @@ def test_control_endpoints(heap):
 
 
 def run_cli(*args: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "destination_heap_analytics.heap_standin", *args]
+    command = [sys.executable, "-m", "heap_standin", *args]
     return subprocess.Popen(
         command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -685,3 +688,14 @@ def test_deletion_rules(body, message):
         answer = requests.post(heap.url + DELETION, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=5)
         assert answer.status_code == 400 and message in answer.text
         assert heap.deleted_users == []
+
+
+def test_the_standin_imports_nothing_from_the_connector():
+    """It checks the connector independently: a rule it took from the product would hide a shared mistake."""
+    code = (
+        "import sys, heap_standin, heap_standin.__main__; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'destination_heap_analytics'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -9,7 +9,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from destination_heap_analytics.config import MappingConfig
-from destination_heap_analytics.heap_standin import _ENDPOINTS
 from destination_heap_analytics.mapping import (
     _HEAP_TIME,
     HeapItem,
@@ -19,6 +18,7 @@ from destination_heap_analytics.mapping import (
     _parse_time,
     normalize_timestamp,
 )
+from heap_standin.rules import ENDPOINTS
 
 PATHS = {"track": "/api/track", "add_user_properties": "/api/add_user_properties",
          "add_account_properties": "/api/add_account_properties"}
@@ -75,7 +75,7 @@ def test_any_json_maps_to_a_valid_item_or_a_rejection(mapping, record, stream, e
 
 
 def _assert_valid_item(mapping: MappingConfig, item: HeapItem) -> None:
-    error = _ENDPOINTS[PATHS[mapping.api_type]].item_error(item.body)
+    error = ENDPOINTS[PATHS[mapping.api_type]].item_error(item.body)
     assert error is None, error
     for value in item.body.get("properties", {}).values():
         assert not isinstance(value, float) or math.isfinite(value)

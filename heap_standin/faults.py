@@ -1,0 +1,34 @@
+"""Misbehaviour on purpose: what the stand-in does instead of answering a request (see HeapStandin.inject)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One misbehaviour, applied to one future ``/api/*`` request.
+
+    Exactly one kind per fault: ``status`` (answer that status, optionally with ``Retry-After``),
+    ``hang_seconds`` (say nothing for that long, then close the connection) or ``reset`` (close with RST).
+    """
+
+    status: int | None = None
+    retry_after: float | None = None
+    hang_seconds: float | None = None
+    reset: bool = False
+
+    def __post_init__(self) -> None:
+        kinds = (self.status is not None) + (self.hang_seconds is not None) + bool(self.reset)
+        if kinds != 1:
+            raise ValueError("a Fault needs exactly one of status, hang_seconds or reset")
+        if self.retry_after is not None and self.status is None:
+            raise ValueError("retry_after only goes with status")
+        if self.status is not None and not 400 <= self.status <= 599:
+            raise ValueError("a Fault status must be an HTTP error status (400..599)")
+
+
+def faults_from_dicts(specs: Iterable[dict]) -> list[Fault]:
+    """Build faults from the JSON shape the /_standin/faults endpoint takes."""
+    return [Fault(**spec) for spec in specs]
