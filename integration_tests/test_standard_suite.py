@@ -35,7 +35,6 @@ from airbyte_cdk.test.standard_tests._job_runner import run_test_job
 from airbyte_cdk.test.standard_tests.pytest_hooks import pytest_generate_tests  # noqa: F401
 
 from destination_heap_analytics import DestinationHeapAnalytics
-
 from heap_standin import HeapStandin
 
 CONNECTOR_ROOT = Path(__file__).resolve().parents[1]
