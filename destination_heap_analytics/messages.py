@@ -61,7 +61,7 @@ def read_lines(stdin: BinaryIO) -> Iterator[bytes | None]:
     """Stdin's lines, and None each time no input has come for PAUSE_SECONDS. Reads the file descriptor
     itself: a buffered reader blocks in readline and cannot say that nothing is coming."""
     descriptor = stdin.fileno()
-    pending = b""  # the start of a line a later read ends
+    pending: list[bytes] = []  # the start of a line that a later read ends, read by read (a line may be long)
     while True:
         if not select.select([descriptor], [], [], PAUSE_SECONDS)[0]:
             yield None
@@ -69,11 +69,17 @@ def read_lines(stdin: BinaryIO) -> Iterator[bytes | None]:
         chunk = os.read(descriptor, READ_SIZE)
         if not chunk:
             break
-        lines = (pending + chunk).split(b"\n")
-        pending = lines.pop()
+        if b"\n" not in chunk:
+            pending.append(chunk)
+            continue
+        lines = chunk.split(b"\n")
+        if pending:
+            lines[0] = b"".join((*pending, lines[0]))
+        last = lines.pop()  # empty when the read ended with a newline
+        pending = [last] if last else []
         yield from lines
     if pending:
-        yield pending
+        yield b"".join(pending)
 
 
 def parse_lines(lines: Iterable[bytes | None]) -> Iterator[Message]:

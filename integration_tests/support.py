@@ -278,7 +278,7 @@ SUMMARY = re.compile(
 )
 SKIPPED_PREFIX = "Records skipped, by reason: "
 TRACEBACK = "Traceback (most recent call last)"
-NOT_A_MESSAGE = re.compile(r"Input line (\d+) is not an Airbyte message")
+NOT_A_MESSAGE = re.compile(r"Input line (\d+): ")
 
 
 @dataclass
