@@ -5,14 +5,12 @@ from __future__ import annotations
 import io
 import json
 import socket
-import subprocess
 import sys
 
 import pytest
 
 from integration_tests.support import (
     CONNECTOR,
-    PROJECT_ROOT,
     TRACK_API,
     USER_API,
     OutboundRecorder,
@@ -74,27 +72,6 @@ def test_each_message_leaves_in_one_write(monkeypatch):
         assert text.endswith("\n") and json.loads(text)["type"], f"a write that is not one whole message: {text!r}"
 
 
-def test_main_py_entry_prints_the_same_spec():
-    """`python main.py spec` (the Docker entry) works and matches the console script."""
-    console = run_connector("spec")
-    process = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "main.py"), "spec"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert process.returncode == 0, process.stderr
-    lines = [json.loads(line) for line in process.stdout.splitlines() if line.strip()]
-    assert [m["type"] for m in lines] == ["SPEC"]
-    assert lines[0]["spec"] == console.messages[0]["spec"]
-
-
-# ------------------------------------------------------------------------------------------------------------
-# check
-
-
-@pytest.mark.parametrize("kind", ["track", "user_properties", "account_properties"])
 def test_check_succeeds_for_sample_configs_and_writes_nothing(heap, kind):
     result = run_connector("check", sample_config(kind, heap))
     assert result.returncode == 0, result.describe()
