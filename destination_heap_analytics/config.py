@@ -22,14 +22,14 @@ EU_BASE_URL = "https://c.eu.heap-api.com"
 API_TYPES = ("track", "add_user_properties", "add_account_properties", "identify", "delete_users")
 # Which column fields each api_type requires, and which it may have.
 REQUIRED_COLUMNS = {
-    "track": ("identity_column", "event_column"),
+    "track": ("identity_column",),  # and exactly one of event_column, event_name: checked in _mapping
     "add_user_properties": ("identity_column", "property_columns"),
     "add_account_properties": ("account_id_column", "property_columns"),
     "identify": ("user_id_column", "identity_column"),
     "delete_users": (),  # identity_column or user_id_column: checked in _mapping
 }
 OPTIONAL_COLUMNS = {
-    "track": ("timestamp_column", "property_columns", "event_id_column"),
+    "track": ("event_column", "event_name", "timestamp_column", "property_columns", "event_id_column"),
     "add_user_properties": (),
     "add_account_properties": (),
     "identify": ("timestamp_column",),
@@ -46,6 +46,11 @@ def option_columns(api_type: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+# Pairs of fields of which an api_type needs exactly one: (first, second, what they say)
+EXACTLY_ONE = {
+    "track": (("event_column", "event_name", "the column holding the event name, or one event name for every record"),),
+    "delete_users": (("identity_column", "user_id_column", "the column naming the users to delete"),),
+}
 MAX_BATCH = {"delete_users": 10_000}  # Heap's bulk maximum per api_type; 1000 for the ingestion APIs
 BULK_FORM = {"identify": False, "delete_users": True}  # where Heap offers only one form, it is used
 # Single requests are small and spend their time waiting on the network: more of them in flight.
@@ -105,59 +110,132 @@ class MappingConfig:
     # None: every field of the record ("*"); otherwise the columns in the order written.
     property_columns: tuple[str, ...] | None = ()
     excluded_columns: frozenset[str] = frozenset()  # fields "*" leaves out
+    event_name: str | None = None  # track: every record of the stream is this event (instead of event_column)
     default_event: str | None = None  # the event name where the event column is empty
     event_id_column: str | None = None  # track: the event's own id, which its idempotency key then covers
 
 
 @dataclass(frozen=True)
-class HeapConfig:
-    app_id: str
-    base_url: str
+class StreamConfig:
+    """How the records of one stream load: its Heap mapping and the request settings that follow from it."""
+
     mapping: MappingConfig
     bulk: bool = True  # resolved: always False for identify, always True for delete_users
     batch_size: int = 1000
+    preset: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # delete_users only; a secret, never logged
+    stream: str | None = None  # the stream it maps; None: the top-level api, for the stream no entry names
+    namespace: str | None = None
+
+
+@dataclass(frozen=True)
+class HeapConfig:
+    """A whole sync's settings: Heap's environment and host, the limits, and a mapping per stream."""
+
+    app_id: str
+    base_url: str
+    streams: tuple[StreamConfig, ...]
     on_invalid_record: str = "skip"
     max_concurrent_requests: int = 8
     track_events_per_minute: int = BULK_TRACK_EVENTS_PER_MINUTE
     request_timeout_seconds: float = 30.0
     max_retries: int = 6
     dry_run: bool = False
-    preset: str | None = None
-    api_key: str | None = field(default=None, repr=False)  # delete_users only; a secret, never logged
 
 
 def parse_config(raw: Mapping[str, Any]) -> HeapConfig:
     """Validate a raw config (the JSON the user wrote) and return the typed config it describes."""
     if not isinstance(raw, Mapping):
         raise ConfigError("The config must be a JSON object.")
-    api = raw.get("api")
-    api_type = api.get("api_type") if isinstance(api, Mapping) else None
-    preset = api_type if isinstance(api_type, str) and api_type in PRESETS else None
-    mapping = _mapping(_with_preset(api, preset))
-    max_batch = MAX_BATCH.get(mapping.api_type, 1000)
-    bulk = BULK_FORM.get(mapping.api_type, _boolean(raw, "bulk", True))
+    entries = raw.get("streams")
+    if entries is not None and not isinstance(entries, list):
+        raise ConfigError("streams must be a list of {\"stream\": ..., \"api\": {...}} entries.")
+    streams = [_stream(raw, entry, f"streams[{index}]") for index, entry in enumerate(entries or ())]
+    if "api" in raw or not streams:
+        streams.insert(0, _stream(raw, {"api": raw.get("api")}, ""))
+    _no_stream_twice(streams)
+    bulk = any(stream.bulk for stream in streams)
     return HeapConfig(
         app_id=_app_id(raw.get("app_id")),
         base_url=_base_url(raw.get("base_url", US_BASE_URL)),
-        mapping=mapping,
-        bulk=bulk,
-        batch_size=_integer(raw, "batch_size", max_batch, highest=max_batch),
+        streams=tuple(streams),
         on_invalid_record=_choice(raw, "on_invalid_record", "skip", INVALID_RECORD_POLICIES),
         max_concurrent_requests=_integer(raw, "max_concurrent_requests", DEFAULT_CONCURRENCY[bulk]),
         track_events_per_minute=_integer(raw, "track_events_per_minute", BULK_TRACK_EVENTS_PER_MINUTE),
         request_timeout_seconds=float(_integer(raw, "request_timeout_seconds", 30)),
         max_retries=_integer(raw, "max_retries", 6),
         dry_run=_boolean(raw, "dry_run", False),
-        preset=preset,
-        api_key=_api_key(raw.get("api") or {}) if mapping.api_type == "delete_users" else None,
     )
 
 
-def for_stream(config: HeapConfig, stream: str) -> HeapConfig:
-    """The config for loading one named stream: the heap_events preset names events after their table."""
-    if config.preset != "heap_events":
-        return config
-    return replace(config, mapping=replace(config.mapping, default_event=stream))
+StreamKey = tuple[str, str | None]  # a catalog stream's name and namespace
+
+
+def streams_for_catalog(config: HeapConfig, catalog: list[StreamKey]) -> dict[StreamKey, StreamConfig]:
+    """The mapping of each (stream, namespace) of the catalog: the entry of `streams` that names it, else the
+    top-level api, which maps the one stream no entry names. Streams left without one are refused, by name."""
+    named = [stream for stream in config.streams if stream.stream is not None]
+    top_level = next((stream for stream in config.streams if stream.stream is None), None)
+    chosen: dict[tuple[str, str | None], StreamConfig] = {}
+    unmapped = []
+    for name, namespace in catalog:
+        entry = next((s for s in named if s.stream == name and s.namespace in (None, namespace)), None)
+        if entry is None:
+            unmapped.append((name, namespace))
+        else:
+            chosen[(name, namespace)] = entry
+    if len(unmapped) == 1 and top_level is not None:
+        chosen[unmapped.pop()] = top_level
+    if unmapped:
+        names = ", ".join(name if namespace is None else f"{namespace}.{name}" for name, namespace in unmapped)
+        example = ", ".join(f'{{"stream": "{name}", "api": {{"api_type": ...}}}}' for name, _ in unmapped[:2])
+        raise ConfigError(
+            f"No Heap mapping for the stream(s) {names}. Map each stream of the connection in streams, for "
+            f"example \"streams\": [{example}]; the top-level api maps one stream only."
+        )
+    return {
+        key: replace(stream, mapping=replace(stream.mapping, default_event=key[0]))
+        if stream.preset == "heap_events"
+        else stream
+        for key, stream in chosen.items()
+    }
+
+
+def _stream(raw: Mapping[str, Any], entry: Any, where: str) -> StreamConfig:
+    """One mapping: the top-level api (where "") or an entry of streams (where "streams[i]")."""
+    prefix = f"{where}." if where else ""
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where} must be an object such as {{\"stream\": \"users\", \"api\": {{...}}}}.")
+    stream = namespace = None
+    if where:
+        stream = entry.get("stream")
+        if not isinstance(stream, str) or not stream.strip():
+            raise ConfigError(f"{prefix}stream is required: the name of the stream this entry maps.")
+        namespace = entry.get("namespace")
+        if namespace is not None and not isinstance(namespace, str):
+            raise ConfigError(f"{prefix}namespace must be text (the stream's namespace), or left out.")
+    api = entry.get("api")
+    api_type = api.get("api_type") if isinstance(api, Mapping) else None
+    preset = api_type if isinstance(api_type, str) and api_type in PRESETS else None
+    mapping = _mapping(_with_preset(api, preset), f"{prefix}api")
+    max_batch = MAX_BATCH.get(mapping.api_type, 1000)
+    return StreamConfig(
+        mapping=mapping,
+        bulk=BULK_FORM.get(mapping.api_type, _boolean(raw, "bulk", True)),
+        batch_size=_integer(raw, "batch_size", max_batch, highest=max_batch),
+        preset=preset,
+        api_key=_api_key(api, f"{prefix}api") if mapping.api_type == "delete_users" else None,
+        stream=stream.strip() if stream else None,
+        namespace=namespace or None,
+    )
+
+
+def _no_stream_twice(streams: list[StreamConfig]) -> None:
+    seen = set()
+    for stream in streams:
+        if stream.stream is not None and (stream.stream, stream.namespace) in seen:
+            raise ConfigError(f"streams maps the stream {stream.stream} twice: keep one entry for it.")
+        seen.add((stream.stream, stream.namespace))
 
 
 def is_loopback_host(host: str) -> bool:
@@ -203,7 +281,7 @@ def _base_url(value: Any) -> str:
 
 def _with_preset(api: Any, preset: str | None) -> Any:
     """A preset (api.api_type heap_users, ...) as the mapping it stands for, with every column the user set in
-    api taking precedence over the preset's."""
+    api taking precedence over the preset's (a fixed event_name over the preset's event column)."""
     if preset is None:
         return api
     written = {
@@ -211,68 +289,72 @@ def _with_preset(api: Any, preset: str | None) -> Any:
         for key, value in api.items()
         if key != "api_type" and not (isinstance(value, str) and not value.strip())
     }
-    return PRESETS[preset] | written
+    preset_columns = dict(PRESETS[preset])
+    if "event_name" in written:  # a fixed event name stands instead of the preset's event column
+        del preset_columns["event_column"]
+    return preset_columns | written
 
 
-def _mapping(api: Any) -> MappingConfig:
+def _mapping(api: Any, where: str) -> MappingConfig:
+    """One api object (at `where`: "api" or "streams[i].api") -> the mapping it describes."""
     if not isinstance(api, Mapping):
         raise ConfigError(
-            f"api is missing. Set api.api_type to one of: {', '.join(API_TYPES)}, or a preset for Heap Connect's "
-            f"tables: {', '.join(PRESETS)}."
+            f"{where} is missing. Set {where}.api_type to one of: {', '.join(API_TYPES)}, or a preset for Heap "
+            f"Connect's tables: {', '.join(PRESETS)}; or map each stream in streams."
         )
     api_type = api.get("api_type")
     if not isinstance(api_type, str) or api_type not in API_TYPES:
         raise ConfigError(
-            f"api.api_type is {api_type!r}; it must be one of: {', '.join(API_TYPES)}, "
+            f"{where}.api_type is {api_type!r}; it must be one of: {', '.join(API_TYPES)}, "
             f"or a preset for Heap Connect's tables: {', '.join(PRESETS)}."
         )
     columns: dict[str, Any] = {}
     for name in REQUIRED_COLUMNS[api_type]:
-        columns[name] = _column(api, name, api_type, required=True)
+        columns[name] = _column(api, name, f"{where}.{name}", api_type, required=True)
     for name in OPTIONAL_COLUMNS[api_type]:
-        columns[name] = _column(api, name, api_type, required=False)
-    columns["property_columns"] = _property_columns(columns.get("property_columns"))
+        columns[name] = _column(api, name, f"{where}.{name}", api_type, required=False)
+    columns["property_columns"] = _property_columns(columns.get("property_columns"), f"{where}.property_columns")
     excluded = api.get("excluded_columns", "") if "excluded_columns" in option_columns(api_type) else ""
     if not isinstance(excluded, str):
-        raise ConfigError("api.excluded_columns must be a comma-separated list of field names.")
+        raise ConfigError(f"{where}.excluded_columns must be a comma-separated list of field names.")
     columns["excluded_columns"] = frozenset(name.strip() for name in excluded.split(",") if name.strip())
-    if api_type == "delete_users" and (columns["identity_column"] is None) == (columns["user_id_column"] is None):
-        raise ConfigError(
-            "api_type delete_users needs exactly one of api.identity_column or api.user_id_column: "
-            "the column naming the users to delete."
-        )
+    for first, second, what in EXACTLY_ONE.get(api_type, ()):
+        if (columns[first] is None) == (columns[second] is None):
+            raise ConfigError(
+                f"api_type {api_type} needs exactly one of {where}.{first} or {where}.{second}: {what}."
+            )
     return MappingConfig(api_type=api_type, **columns)
 
 
-def _api_key(api: Mapping[str, Any]) -> str:
+def _api_key(api: Mapping[str, Any], where: str) -> str:
     value = api.get("api_key")
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(
-            "api.api_key is required for delete_users: generate one in Heap under Account > Manage > "
+            f"{where}.api_key is required for delete_users: generate one in Heap under Account > Manage > "
             "Privacy & Security (the app_id must be your Main Production environment's)."
         )
     if not (value.strip().isascii() and value.strip().isprintable()):  # the key itself is never quoted
         raise ConfigError(
-            "api.api_key holds characters that are not printable ASCII, which no Heap key has: paste the key "
+            f"{where}.api_key holds characters that are not printable ASCII, which no Heap key has: paste the key "
             "again exactly as Heap shows it."
         )
     return value.strip()
 
 
-def _column(api: Mapping[str, Any], name: str, api_type: str, required: bool) -> str | None:
+def _column(api: Mapping[str, Any], name: str, where: str, api_type: str, required: bool) -> str | None:
     value = api.get(name)
     if value is None and name in api:  # the spec's column fields are strings: null is not "not set"
-        raise ConfigError(f"api.{name} must be a column name (a string), got null; leave it out to unset it.")
+        raise ConfigError(f"{where} must be a column name (a string), got null; leave it out to unset it.")
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
-            raise ConfigError(f"api.{name} is required for api_type {api_type}: name the record column to use.")
+            raise ConfigError(f"{where} is required for api_type {api_type}: name the record column to use.")
         return None
     if not isinstance(value, str):
-        raise ConfigError(f"api.{name} must be a column name (a string), got {type(value).__name__}.")
+        raise ConfigError(f"{where} must be a column name (a string), got {type(value).__name__}.")
     return value.strip()
 
 
-def _property_columns(value: str | None) -> tuple[str, ...] | None:
+def _property_columns(value: str | None, where: str) -> tuple[str, ...] | None:
     if value is None:
         return ()
     if value == ALL_PROPERTIES:
@@ -280,11 +362,11 @@ def _property_columns(value: str | None) -> tuple[str, ...] | None:
     names = tuple(name.strip() for name in value.split(","))
     if any(not name for name in names):
         raise ConfigError(
-            "api.property_columns has an empty name; write a comma-separated list such as "
+            f"{where} has an empty name; write a comma-separated list such as "
             "\"name,plan,address.city\", or * for every field."
         )
     if ALL_PROPERTIES in names:
-        raise ConfigError("api.property_columns: use * alone for every field, not inside a list.")
+        raise ConfigError(f"{where}: use * alone for every field, not inside a list.")
     return names
 
 

@@ -38,6 +38,12 @@ COLUMNS: dict[str, tuple[str, str, list[str]]] = {
         "record's emitted_at.",
         ["updated_at"],
     ),
+    "event_name": (
+        "Event Name",
+        "Instead of Event Column: one event name for every record of the stream (a table of orders is all "
+        "\"Order Placed\").",
+        ["Order Placed"],
+    ),
     "event_id_column": (
         "Event ID Column",
         "Optional: a column holding an ID unique to each event (Heap Connect's event_id). When a record has one, "
@@ -123,11 +129,34 @@ def connection_specification() -> dict[str, Any]:
             "default": US_BASE_URL,
             "examples": [US_BASE_URL, "https://c.eu.heap-api.com"],
         },
-        "api": {
-            "type": "object",
-            "title": "API Type",
-            "description": "Which Heap API the records load through, and which columns feed it. " + COLUMN_HELP,
-            "oneOf": [_api_option(api_type) for api_type in API_TITLES] + [_preset_option(p) for p in PRESETS],
+        "api": _api("Which Heap API the records of the connection's stream load through, and which columns feed it."),
+        "streams": {
+            "type": "array",
+            "title": "Stream Mappings",
+            "description": "To load several streams in one connection: a Heap mapping for each stream. API Type "
+            "above then maps the one stream no entry names, if any.",
+            "items": {
+                "type": "object",
+                "title": "Stream Mapping",
+                "required": ["stream", "api"],
+                "properties": {
+                    "stream": {
+                        "type": "string",
+                        "title": "Stream",
+                        "description": "The name of the stream, as the source calls it.",
+                        "examples": ["users", "orders"],
+                        "order": 0,
+                    },
+                    "namespace": {
+                        "type": "string",
+                        "title": "Namespace",
+                        "description": "Optional: the stream's namespace (a schema, say), where two streams share a "
+                        "name.",
+                        "order": 1,
+                    },
+                    "api": _api("How this stream's records load into Heap.") | {"order": 2},
+                },
+            },
         },
         "dry_run": {
             "type": "boolean",
@@ -189,7 +218,7 @@ def connection_specification() -> dict[str, Any]:
         "$schema": "http://json-schema.org/draft-07/schema#",
         "title": "Heap Analytics Destination Spec",
         "type": "object",
-        "required": ["app_id", "api"],
+        "required": ["app_id"],  # and api or streams: parse_config says which is missing
         "additionalProperties": True,
         "properties": properties,
     }
@@ -205,6 +234,15 @@ def connector_specification() -> ConnectorSpecification:
             "connectionSpecification": connection_specification(),
         }
     )
+
+
+def _api(description: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "title": "API Type",
+        "description": f"{description} {COLUMN_HELP}",
+        "oneOf": [_api_option(api_type) for api_type in API_TITLES] + [_preset_option(p) for p in PRESETS],
+    }
 
 
 def _api_option(api_type: str) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from destination_heap_analytics.config import ConfigError, parse_config
+from destination_heap_analytics.config import ConfigError, parse_config, streams_for_catalog
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_files"
 
@@ -37,9 +37,9 @@ def test_a_0_1_0_config_parses_unchanged_with_defaults():
     }
     parsed = parse_config(legacy)
     assert parsed.base_url == "https://heapanalytics.com"
-    assert parsed.mapping.property_columns == ("blocked", "created_at", "name")
-    assert parsed.mapping.timestamp_column == "updated_at"
-    assert (parsed.bulk, parsed.batch_size, parsed.on_invalid_record) == (True, 1000, "skip")
+    assert parsed.streams[0].mapping.property_columns == ("blocked", "created_at", "name")
+    assert parsed.streams[0].mapping.timestamp_column == "updated_at"
+    assert (parsed.streams[0].bulk, parsed.streams[0].batch_size, parsed.on_invalid_record) == (True, 1000, "skip")
     assert parsed.max_concurrent_requests == 8 and parsed.track_events_per_minute == 15000
 
 
@@ -54,7 +54,7 @@ def test_a_0_1_0_config_parses_unchanged_with_defaults():
 )
 def test_property_columns(value, expected):
     api = dict(TRACK, property_columns=value)
-    assert parse_config(config(api=api)).mapping.property_columns == expected
+    assert parse_config(config(api=api)).streams[0].mapping.property_columns == expected
 
 
 def test_a_null_column_is_refused_as_the_spec_refuses_it():
@@ -123,7 +123,7 @@ def test_config_must_be_an_object():
 def test_identify_and_dry_run():
     parsed = parse_config(config(api={"api_type": "identify", "user_id_column": "u", "identity_column": "i"},
                                  dry_run=True))
-    assert parsed.mapping.user_id_column == "u" and parsed.dry_run is True
+    assert parsed.streams[0].mapping.user_id_column == "u" and parsed.dry_run is True
     with pytest.raises(ConfigError, match="api.user_id_column is required for api_type identify"):
         parse_config(config(api={"api_type": "identify", "identity_column": "i"}))
 
@@ -143,7 +143,8 @@ def test_delete_users_config_errors(api, message):
 
 def test_delete_users_batches_up_to_ten_thousand_and_hides_the_key():
     parsed = parse_config(config(api={"api_type": "delete_users", "api_key": "s3cret", "user_id_column": "u"}))
-    assert parsed.batch_size == 10_000 and parsed.api_key == "s3cret" and "s3cret" not in repr(parsed)
+    deletion = parsed.streams[0]
+    assert deletion.batch_size == 10_000 and deletion.api_key == "s3cret" and "s3cret" not in repr(parsed)
     with pytest.raises(ConfigError, match="from 1 to 1000"):
         parse_config(config(batch_size=10_000))
 
@@ -151,3 +152,94 @@ def test_delete_users_batches_up_to_ten_thousand_and_hides_the_key():
 def test_an_unknown_preset_names_the_presets():
     with pytest.raises(ConfigError, match="or a preset for Heap Connect's tables: heap_users, heap_events"):
         parse_config({"app_id": "11", "api": {"api_type": "heap_accounts"}})
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Several streams in one connection
+
+USERS = {"api_type": "add_user_properties", "identity_column": "email", "property_columns": "*"}
+ORDERS = {"api_type": "track", "identity_column": "email", "event_name": "Order Placed"}
+
+
+def test_each_stream_gets_its_own_mapping_and_the_top_level_api_maps_the_one_left():
+    parsed = parse_config(
+        {
+            "app_id": "11",
+            "api": TRACK,
+            "streams": [{"stream": "users", "api": USERS}, {"stream": "orders", "api": ORDERS}],
+        }
+    )
+    chosen = streams_for_catalog(parsed, [("users", None), ("orders", "shop"), ("events", None)])
+    assert chosen[("users", None)].mapping.api_type == "add_user_properties"
+    assert chosen[("orders", "shop")].mapping.event_name == "Order Placed"
+    assert chosen[("events", None)].mapping.event_column == "event"  # the top-level api
+
+
+def test_streams_alone_need_no_top_level_api():
+    parsed = parse_config({"app_id": "11", "streams": [{"stream": "users", "api": USERS}]})
+    assert [stream.stream for stream in parsed.streams] == ["users"]
+
+
+def test_a_namespace_narrows_an_entry_to_that_namespace():
+    parsed = parse_config({"app_id": "11", "streams": [{"stream": "users", "namespace": "crm", "api": USERS}]})
+    assert streams_for_catalog(parsed, [("users", "crm")])
+    with pytest.raises(ConfigError, match="No Heap mapping for the stream"):
+        streams_for_catalog(parsed, [("users", "billing")])
+
+
+@pytest.mark.parametrize(
+    "raw, catalog, message",
+    [
+        ({"api": TRACK}, [("users", None), ("orders", None)], "No Heap mapping for the stream(s) users, orders"),
+        ({"streams": [{"stream": "users", "api": USERS}]}, [("users", None), ("orders", "shop")],
+         'shop.orders. Map each stream of the connection in streams, for example "streams": [{"stream": "orders"'),
+    ],
+)
+def test_unmapped_streams_are_refused_by_name_with_the_way_to_map_them(raw, catalog, message):
+    with pytest.raises(ConfigError) as refused:
+        streams_for_catalog(parse_config({"app_id": "11", **raw}), catalog)
+    assert message in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({}, "api is missing"),
+        ({"streams": "users"}, "streams must be a list"),
+        ({"streams": [{"api": USERS}]}, "streams[0].stream is required"),
+        ({"streams": [{"stream": "u", "api": {"api_type": "track", "identity_column": "e"}}]},
+         "exactly one of streams[0].api.event_column or streams[0].api.event_name"),
+        ({"streams": [{"stream": "u", "api": USERS}, {"stream": "u", "api": USERS}]}, "maps the stream u twice"),
+        ({"streams": [{"stream": "u", "api": {"api_type": "delete_users", "identity_column": "e"}}]},
+         "streams[0].api.api_key is required"),
+    ],
+)
+def test_stream_entry_errors_name_the_entry_and_the_field(raw, message):
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"app_id": "11", **raw})
+    assert message in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "api, expected",
+    [
+        ({"api_type": "track", "identity_column": "e", "event_name": "Order Placed"}, ("Order Placed", None)),
+        ({"api_type": "track", "identity_column": "e", "event_column": "kind"}, (None, "kind")),
+        ({"api_type": "heap_events", "event_name": "Viewed Pricing"}, ("Viewed Pricing", None)),
+        ({"api_type": "heap_events"}, (None, "type")),
+    ],
+)
+def test_a_fixed_event_name_or_an_event_column(api, expected):
+    mapping = parse_config({"app_id": "11", "api": api}).streams[0].mapping
+    assert (mapping.event_name, mapping.event_column) == expected
+
+
+def test_track_with_both_an_event_name_and_an_event_column_is_refused():
+    with pytest.raises(ConfigError, match="exactly one of api.event_column or api.event_name"):
+        parse_config(config(api=dict(TRACK, event_name="Signed Up")))
+
+
+def test_the_heap_events_preset_names_events_after_each_stream():
+    parsed = parse_config({"app_id": "11", "api": {"api_type": "heap_events"}})
+    chosen = streams_for_catalog(parsed, [("pageviews", None)])
+    assert chosen[("pageviews", None)].mapping.default_event == "pageviews"

@@ -558,10 +558,10 @@ def test_delete_users_items(columns, record, expected):
 
 
 def preset_item(preset: str, row: dict, stream: str = "table", **api):
-    from destination_heap_analytics.config import for_stream, parse_config
+    from destination_heap_analytics.config import parse_config, streams_for_catalog
 
-    config = for_stream(parse_config({"app_id": "11", "api": {"api_type": preset, **api}}), stream)
-    return Mapping(config.mapping, stream).map(row, EMITTED_AT)
+    config = parse_config({"app_id": "11", "api": {"api_type": preset, **api}})
+    return Mapping(streams_for_catalog(config, [(stream, None)])[(stream, None)].mapping, stream).map(row, EMITTED_AT)
 
 
 def test_heap_users_preset():
