@@ -20,8 +20,9 @@ Refusals (400, 413, 422). When Heap's text names an item (`postBody.events[3]...
 item), the request is halved until each refused item stands alone: the good ones are delivered. When it
 names none (a wrong app_id, a 413), the first item is sent alone to tell a refused request from a refused
 item; refused too, and with nothing of this sync accepted yet, it is the request: the sync stops with a
-config error, after two requests rather than twice the batch. A 413 for a single item also stops it. A
-refused deletion is never skipped: it stops the sync.
+config error, after two requests rather than twice the batch. So does a batch whose first three items,
+tried alone before anything was accepted, are refused with the same answer (whatever item Heap names), and
+a 413 for a single item. A refused deletion is never skipped: it stops the sync.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ MAX_ANSWER_BYTES = 64 * 1024
 # Heap publishes no maximum body size: 4 MB keeps a request far from common proxy and gateway limits (10 MB
 # and more) while a batch of 1000 ordinary items (1 to 2 kB each) still fits.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
+# Items refused one by one with the same answer, before anything was accepted: taken as the request refused.
+SAME_REFUSALS_FOR_REQUEST = 3
 MAX_WINDOW_BYTES = 32 * 1024 * 1024  # bodies queued or in flight at once, whatever the number of batches
 INITIAL_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 30.0
@@ -651,7 +654,7 @@ class BatchSender:
                 "check base_url, and any proxy between this host and Heap.",
                 transient=False,
             )
-        if rejection.names_item or request_ok or self._client.accepted_any:
+        if request_ok or self._client.accepted_any or (rejection.names_item and not _same_refusals(result, rejection)):
             result.rejected.append(rejection.reason)
             return
         raise DeliveryError(
@@ -659,6 +662,15 @@ class BatchSender:
             f"this sync. Nothing more is sent. {CHECK_BASE_URL}",
             transient=False,
         )
+
+
+
+def _same_refusals(result: BatchResult, rejection: HeapRejected) -> bool:
+    """Nothing of the batch delivered, and its first items tried alone all refused with this same answer: it is
+    the request, whatever item Heap names (a few more requests tell it, not twice the batch)."""
+    refused = result.rejected
+    alike = set(refused) <= {rejection.reason}
+    return result.delivered == 0 and alike and len(refused) + 1 >= SAME_REFUSALS_FOR_REQUEST
 
 
 def _log_deletion_request(answer: Answer, users: int) -> None:

@@ -344,3 +344,25 @@ def test_a_state_never_leaves_before_every_batch_holding_an_earlier_record_is_ac
             for state in ledger.releasable():
                 needed = set(batch_of_record[: state_after[state]])
                 assert needed <= acknowledged, f"state {state} left before batches {needed - acknowledged}"
+
+
+def test_every_item_refused_alone_with_the_same_answer_is_the_request_found_in_a_few_requests():
+    def answer(items):
+        raise HeapRejected(400, "postBody.users[0].properties should be object")
+
+    client = FakeClient(answer)
+    (result,) = run_batches(sender_for(USER_API, client), user_batches(1, 1000, 1000))
+    assert isinstance(result.failure, DeliveryError) and not result.failure.transient
+    assert "refused the request itself" in str(result.failure)
+    assert len(client.requests) <= 10 + 4, f"{len(client.requests)} requests"
+
+
+def test_a_few_items_refused_alike_once_heap_accepted_the_sync_are_skipped():
+    def answer(items):
+        if any(item["identity"] in ("u1", "u2", "u3", "u4") for item in items):
+            raise HeapRejected(400, "postBody.users[0].properties should be object")
+
+    client = FakeClient(answer)
+    client.accepted_any = True
+    (result,) = run_batches(sender_for(USER_API, client), user_batches(1, 8, 8))
+    assert result.failure is None and (result.delivered, len(result.rejected)) == (4, 4)
