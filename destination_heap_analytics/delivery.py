@@ -1,9 +1,28 @@
 """Stage 3: getting batches of Heap items into Heap, and knowing exactly which ones got there.
 
-`HeapClient` sends one request with retries (429, 5xx, timeouts, dropped connections) over one connection
-pool, the one requests sets up for base_url (its proxy and TLS handling). `BatchSender` runs several
-batches at once on a thread pool, bisects a rejected bulk request until the bad items are isolated, and
-hands each finished batch back as a `BatchResult`.
+`HeapClient` sends one request with retries (408, 429, 5xx, timeouts, dropped connections) over one
+connection pool, the one requests sets up for base_url (its proxy and TLS handling). Each attempt is bounded
+as a whole by `request_timeout_seconds`, Heap's answer included, and at most `MAX_ANSWER_BYTES` of the
+answer are read. A 2xx counts as an acknowledgement only if it is Heap's answer (`{}`, `OK` or a JSON object).
+
+`BatchSender` runs several batches at once on a thread pool, in a window bounded in batches and in bytes,
+and hands each finished batch back as a `BatchResult`.
+
+Per-key order. Heap's user and account properties are last-write-wins and identify is order-sensitive, so
+the updates of one key (identity, account ID, user_id) must reach Heap in input order. Each batch carries
+the ordering key of each item (none for track: events carry their own time). When a batch is submitted, it
+is made to wait for the earlier batches, still unfinished, that hold one of its keys; batches without a
+shared key run in parallel. The pool starts batches in submission order, so a batch only ever waits for one
+already running: no deadlock. Within a batch, retries repeat the same request, and the halves of a refused
+request go one after the other, so the order holds there too. A batch whose predecessor failed is not sent.
+
+Refusals (400, 413, 422). When Heap's text names an item (`postBody.events[3]...`, or a field of a single
+item), the request is halved until each refused item stands alone: the good ones are delivered. When it
+names none (a wrong app_id, a 413), the first item is sent alone to tell a refused request from a refused
+item; refused too, and with nothing of this sync accepted yet, it is the request: the sync stops with a
+config error, after two requests rather than twice the batch. So does a batch whose first three items,
+tried alone before anything was accepted, are refused with the same answer (whatever item Heap names), and
+a 413 for a single item. A refused deletion is never skipped: it stops the sync.
 """
 
 from __future__ import annotations
@@ -14,13 +33,14 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from destination_heap_analytics.config import HeapConfig
@@ -50,16 +70,39 @@ AUTH_TOKEN_PATH = "/api/public/v0/auth_token"
 TOKEN_RENEWAL_SECONDS = 240.0  # Heap's tokens last 5 minutes: renew with a minute to spare
 DRY_RUN_SAMPLES = 3
 STOP_CHECK_SECONDS = 0.25  # how often a wait for Heap looks whether the sync is stopping
-REJECTED_STATUSES = (400, 413, 422)  # the request's content is refused: split it to find the bad items
+REJECTED_STATUSES = (400, 413, 422)  # the request's content is refused: retrying the same body cannot help
 CONFIG_STATUSES = (401, 403, 404, 405)  # wrong host, path or app: no retry can help
+# Heap's answers are a few bytes; a bigger one is not Heap's, and reading it whole could exhaust memory.
+MAX_ANSWER_BYTES = 64 * 1024
+# Heap publishes no maximum body size: 4 MB keeps a request far from common proxy and gateway limits (10 MB
+# and more) while a batch of 1000 ordinary items (1 to 2 kB each) still fits.
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+# Items refused one by one with the same answer, before anything was accepted: taken as the request refused.
+SAME_REFUSALS_FOR_REQUEST = 3
+MAX_WINDOW_BYTES = 32 * 1024 * 1024  # bodies queued or in flight at once, whatever the number of batches
 INITIAL_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 30.0
 MAX_RETRY_AFTER_SECONDS = 300.0
 CONNECT_TIMEOUT_SECONDS = 10.0
 USER_AGENT = "destination-heap-analytics/0.2.0"
-_QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
-_HEAP_ERROR = re.compile(r"^(?P<path>postBody[\w.\[\]]*)(?: (?P<rule>[^\n]*))?$")
+CHECK_BASE_URL = "Check base_url (US: https://heapanalytics.com, EU: https://c.eu.heap-api.com) and app_id."
+_TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")  # printable ASCII: a token goes into a header line
+_PATH = re.compile(r"postBody(?:\.[A-Za-z_]\w{0,63}|\[\d{1,9}\])*")
 _POSITION = re.compile(r"\[\d+\]")
+_ITEM_PATH = re.compile(r"postBody\.(?:(?:events|users|accounts)\[\d+\]|(?!(?:app_id|events|users|accounts)\b)\w)")
+# The rules of Heap's error texts that are kept; anything after them, and any other wording, may quote a
+# record's values and is dropped. Longest first, so that "should be object" wins over "should be".
+HEAP_RULES = sorted(
+    (
+        "should be object", "should be array", "should be string", "should be number", "should be integer",
+        "should be boolean", "should be a finite number", "should be a numeric string", "should be valid JSON",
+        "should not be empty", "should not be set", "is required", "is too long", "is invalid", "should be",
+        "should not be",
+    ),
+    key=len,
+    reverse=True,
+)
+UNEXPLAINED = "refused (Heap's wording is not logged: it may quote record values)"
 
 
 class DeliveryError(Exception):
@@ -71,16 +114,108 @@ class DeliveryError(Exception):
 
 
 class HeapRejected(Exception):
-    """Heap refused the request's content (400-class): retrying the same body cannot succeed."""
+    """Heap refused the request's content (400, 413, 422): retrying the same body cannot succeed. `text` is
+    Heap's own wording, which may quote record values: only `reason` may be logged."""
 
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"HTTP {status}: {reason}")
+    def __init__(self, status: int, text: str) -> None:
         self.status = status
-        self.reason = reason
+        self.text = text
+        self.reason = heap_reason(text)
+        super().__init__(f"HTTP {status}: {self.reason}")
+
+    @property
+    def names_item(self) -> bool:
+        """Heap's text points into one item: the refusal is about that item, not the request."""
+        return _ITEM_PATH.match(self.text.strip()) is not None
 
 
 class TokenUnavailable(Exception):
     """No deletion token could be had this time (throttled, server error): worth retrying."""
+
+
+class TokenRefused(Exception):
+    """The deletion endpoint answered 401 to the token it was given."""
+
+
+class AnswerTimeout(requests.Timeout):
+    """The request, answer included, took longer than its deadline."""
+
+
+@dataclass
+class Answer:
+    """Heap's answer: its status, headers and (at most MAX_ANSWER_BYTES of) its body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+def exchange(session: requests.Session, url: str, timeout: tuple[float, float], **kwargs: Any) -> Answer:
+    """POST and read the answer within `timeout` = (connect, whole request) seconds. Redirects are not
+    followed: a body (or a key) must never go to another host than base_url's."""
+    deadline = time.monotonic() + timeout[1]
+    response = session.post(url, timeout=timeout, stream=True, allow_redirects=False, **kwargs)
+    complete = False
+    try:
+        body, complete = _read_answer(response.raw, deadline)
+    finally:
+        if complete:
+            response.raw.release_conn()  # the connection is clean: back to the pool
+        else:
+            response.raw.close()  # unread bytes would confuse the next request on this connection
+    return Answer(response.status_code, response.headers, body)
+
+
+def _read_answer(raw: urllib3.HTTPResponse, deadline: float) -> tuple[bytes, bool]:
+    """(the body, whether it was read to its end), reading at most MAX_ANSWER_BYTES + 1. Each socket read
+    waits no longer than the time left, so a server that trickles its answer cannot outlast the deadline."""
+    sock = getattr(raw.connection, "sock", None)
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_ANSWER_BYTES:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AnswerTimeout("Heap's answer did not arrive whole in time")
+        if sock is not None:
+            sock.settimeout(left)
+        try:
+            chunk = raw.read1(MAX_ANSWER_BYTES + 1 - size)
+        except urllib3.exceptions.ReadTimeoutError:
+            raise AnswerTimeout("Heap's answer did not arrive whole in time") from None
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            raise requests.ConnectionError(f"broken answer ({type(error).__name__})") from None
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)[:MAX_ANSWER_BYTES], False
+
+
+def is_heap_acknowledgement(body: bytes) -> bool:
+    """Heap acknowledges with `{}`, `OK` or (deletions) a JSON object; an HTML page is some other server's."""
+    text = body.strip()
+    if text.upper() == b"OK":
+        return True
+    try:
+        return isinstance(orjson.loads(text), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def heap_reason(text: str) -> str:
+    """Heap's refusal, safe to log: its field path with list positions masked ("postBody.events[n].properties")
+    and its rule from HEAP_RULES ("should be object"); "…" marks wording dropped after the rule. Values are
+    never kept: any other wording becomes a fixed phrase."""
+    path, _, rule = text.strip().partition(" ")
+    if _PATH.fullmatch(path) is None:
+        return UNEXPLAINED
+    path = _POSITION.sub("[n]", path)
+    for known in HEAP_RULES:
+        if rule == known:
+            return f"{path} {known}"
+        if rule.startswith(known) and not rule[len(known)].isalnum():
+            return f"{path} {known} …"
+    return f"{path} {UNEXPLAINED}"
 
 
 class DeletionAuth:
@@ -108,21 +243,46 @@ class DeletionAuth:
             self._token = None
 
     def _fetch(self) -> str:
-        response = self._session.post(self._url, auth=self._credentials, timeout=self._timeout)
-        if response.status_code in (401, 403):
+        try:
+            answer = exchange(self._session, self._url, self._timeout, auth=self._credentials)
+        except UnicodeEncodeError:  # HTTP Basic carries Latin-1 only; the error would quote the key
             raise DeliveryError(
-                f"Heap refused the api_key for app_id {self._credentials[0]} (HTTP {response.status_code}). "
+                "api.api_key holds a character HTTP Basic authentication cannot carry: check the key.",
+                transient=False,
+            ) from None
+        status = answer.status
+        if status in (401, 403):
+            raise DeliveryError(
+                f"Heap refused the api_key for app_id {self._credentials[0]} (HTTP {status}). "
                 "Check api.api_key, and that app_id is your Main Production environment's.",
                 transient=False,
             )
-        if response.status_code == 429 or response.status_code >= 500:
-            raise TokenUnavailable(f"auth token: HTTP {response.status_code}")
-        try:
-            return str(response.json()["access_token"])
-        except (ValueError, KeyError, TypeError):
+        if status in (408, 429) or status >= 500:
+            raise TokenUnavailable(f"auth token: HTTP {status}")
+        if 300 <= status < 400:
             raise DeliveryError(
-                f"Heap's auth token answer (HTTP {response.status_code}) had no access_token.", transient=False
-            ) from None
+                f"Heap's auth token endpoint answered with a redirect (HTTP {status}); the api_key is sent to "
+                f"base_url's host only. {CHECK_BASE_URL}",
+                transient=False,
+            )
+        return _access_token(answer)
+
+
+def _access_token(answer: Answer) -> str:
+    """The token of Heap's answer; never quoted in a message (it is a credential)."""
+    try:
+        token = orjson.loads(answer.body)["access_token"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise DeliveryError(
+            f"Heap's auth token answer (HTTP {answer.status}) had no access_token. {CHECK_BASE_URL}", transient=False
+        ) from None
+    if not isinstance(token, str) or _TOKEN.fullmatch(token) is None:
+        raise DeliveryError(
+            f"Heap's auth token answer (HTTP {answer.status}) holds an access_token that is not printable "
+            f"ASCII text (not shown). {CHECK_BASE_URL}",
+            transient=False,
+        )
+    return token
 
 
 class DeliveryStopped(Exception):
@@ -167,6 +327,7 @@ class HeapClient:
         self._pacer = pacer
         self._stop = stop
         self.counters = DeliveryCounters()
+        self.accepted_any = False  # Heap acknowledged a request of this sync: app_id and base_url are right
         self.session = requests.Session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.max_concurrent_requests, max_retries=0)
         self.session.mount("http://", adapter)
@@ -175,9 +336,10 @@ class HeapClient:
         needs_token = config.mapping.api_type == "delete_users" and not config.dry_run
         self._auth = DeletionAuth(config, self.session, self._timeout) if needs_token else None
 
-    def post(self, path: str, body: bytes, identities: list[str | None]) -> requests.Response:
+    def post(self, path: str, body: bytes, identities: list[str | None]) -> Answer:
         """Deliver one body; returns Heap's acknowledgement. Raises HeapRejected, DeliveryError."""
         url = self._base_url + path
+        token_renewed = False
         for attempt in range(self._max_retries + 1):
             if self._stop.is_set():
                 raise DeliveryStopped()
@@ -187,9 +349,20 @@ class HeapClient:
                     self.counters.paced(started, time.monotonic())
                 if self._stop.is_set():
                     raise DeliveryStopped()
-            response, problem, retry_after = self._attempt(url, body, retried=attempt > 0)
-            if response is not None:
-                return response
+            try:
+                answer, problem, retry_after = self._attempt(url, body, retried=attempt > 0)
+            except TokenRefused:
+                if token_renewed:  # a fresh token refused too: the key or app is wrong, not the token's age
+                    raise DeliveryError(
+                        f"Heap answered HTTP 401 at {url} even with a freshly issued token. Check api.api_key, "
+                        "and that app_id is your Main Production environment's.",
+                        transient=False,
+                    ) from None
+                self._auth.invalidate()  # the token expired early: fetch a new one and try again
+                token_renewed = True
+                answer, problem, retry_after = None, "HTTP 401 (token renewed)", None
+            if answer is not None:
+                return answer
             if attempt < self._max_retries:
                 self._stop.wait(_backoff(attempt, retry_after))
         raise DeliveryError(
@@ -199,15 +372,15 @@ class HeapClient:
             transient=True,
         )
 
-    def _attempt(self, url: str, body: bytes, retried: bool) -> tuple[requests.Response | None, str, float | None]:
+    def _attempt(self, url: str, body: bytes, retried: bool) -> tuple[Answer | None, str, float | None]:
         """One request: (Heap's acknowledgement, "", None), or (None, what went wrong, Retry-After) to retry."""
         try:
             headers = self._auth.headers() if self._auth else None
-            response = self.session.post(url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False)
+            answer = exchange(self.session, url, self._timeout, data=body, headers=headers)
         except requests.ConnectionError as error:  # connect timeouts included: nothing reached Heap
             self.counters.count("connection_error", retried)
             return None, f"connection failed ({type(error).__name__})", None
-        except requests.Timeout:
+        except requests.Timeout:  # no whole answer within request_timeout_seconds
             self.counters.count("timeout", retried)
             return None, "timed out", None
         except requests.RequestException as error:  # a broken answer: the request may or may not have landed
@@ -216,29 +389,36 @@ class HeapClient:
         except TokenUnavailable as error:
             self.counters.count("token_unavailable", retried)
             return None, str(error), None
-        status = response.status_code
+        status = answer.status
         self.counters.count(str(status), retried)
         if 200 <= status < 300:
-            if self._pacer:
-                self._pacer.accepted()
-            return response, "", None
+            return self._acknowledgement(url, answer), "", None
         if status in REJECTED_STATUSES:
-            raise HeapRejected(status, _without_values(response.content.decode("utf-8", "replace")))
-        if status == 401 and self._auth:  # the token expired early: fetch a new one and try again
-            self._auth.invalidate()
-            return None, "HTTP 401 (token renewed)", None
-        if status == 429 or status >= 500:
-            retry_after = _retry_after(response)
+            raise HeapRejected(status, answer.body.decode("utf-8", "replace"))
+        if status == 401 and self._auth:
+            raise TokenRefused()
+        if status in (408, 429) or status >= 500:  # 408: Heap gave up waiting for the request, as a timeout
+            retry_after = _retry_after(answer)
             if status == 429 and self._pacer:
                 self._pacer.throttled(retry_after)
             return None, f"HTTP {status}", retry_after
-        if status in CONFIG_STATUSES:
+        if status in CONFIG_STATUSES or 300 <= status < 400:
+            raise DeliveryError(f"Heap answered HTTP {status} at {url}. {CHECK_BASE_URL}", transient=False)
+        raise DeliveryError(f"Heap answered an unexpected HTTP {status} at {url}.", transient=False)
+
+    def _acknowledgement(self, url: str, answer: Answer) -> Answer:
+        """A 2xx counts only if it is Heap's answer: a wrong base_url that answers 200 must not "succeed"."""
+        if not is_heap_acknowledgement(answer.body):
+            what = "an HTML page" if answer.body.lstrip()[:1] == b"<" else "a body Heap never sends"
             raise DeliveryError(
-                f"Heap answered HTTP {status} at {url}. Check base_url (US: https://heapanalytics.com, "
-                "EU: https://c.eu.heap-api.com) and app_id.",
+                f"{url} answered HTTP {answer.status} with {what}, not Heap's acknowledgement: nothing is taken "
+                f"as delivered. {CHECK_BASE_URL}",
                 transient=False,
             )
-        raise DeliveryError(f"Heap answered an unexpected HTTP {status} at {url}.", transient=False)
+        if self._pacer:
+            self._pacer.accepted()
+        self.accepted_any = True
+        return answer
 
 
 def _backoff(attempt: int, retry_after: float | None) -> float:
@@ -247,33 +427,23 @@ def _backoff(attempt: int, retry_after: float | None) -> float:
     return max(jittered, retry_after or 0.0)
 
 
-def _retry_after(response: requests.Response) -> float | None:
+def _retry_after(answer: Answer) -> float | None:
     try:
-        return min(MAX_RETRY_AFTER_SECONDS, max(0.0, float(response.headers["Retry-After"])))
+        return min(MAX_RETRY_AFTER_SECONDS, max(0.0, float(answer.headers["Retry-After"])))
     except (KeyError, ValueError):
         return None
 
 
-def _without_values(text: str) -> str:
-    """Heap's 400 text, safe to log: the field path Heap names ("postBody.events[0].properties") with list
-    positions masked, and its rule only in Heap's schema form ("should be object"), quotes masked. Any other
-    wording may echo a record's values, so it is not kept."""
-    match = _HEAP_ERROR.match(text.strip())
-    if match is None:
-        return "refused (Heap's wording is not logged: it may quote record values)"
-    path, rule = _POSITION.sub("[n]", match["path"]), match["rule"] or ""
-    if rule.startswith("should "):
-        return f"{path} {_QUOTED.sub('…', rule)}"[:200]
-    return f"{path} refused (Heap's wording is not logged: it may quote record values)"
-
-
 @dataclass
 class Batch:
-    """Heap items in input order: each one's JSON, and the identity it counts against in rate limits."""
+    """Heap items in input order: each one's JSON, the identity it counts against in rate limits and the key
+    its order is kept by (none for track), and the bytes of its bodies."""
 
     number: int
     bodies: list[bytes] = field(default_factory=list)
     identities: list[str | None] = field(default_factory=list)
+    keys: list[Hashable] = field(default_factory=list)
+    size: int = 0
 
 
 @dataclass
@@ -284,8 +454,19 @@ class BatchResult:
     failure: DeliveryError | DeliveryStopped | None = None  # set: the batch is not (wholly) in Heap
 
 
+class _Turn:
+    """A submitted batch as the later batches that share a key with it see it: done yet, and delivered?"""
+
+    def __init__(self, batch: Batch) -> None:
+        self.keys = set(batch.keys) - {None}
+        self.size = batch.size
+        self.done = threading.Event()
+        self.delivered = False
+
+
 class BatchSender:
-    """Delivers batches concurrently with a bounded window: `submit` blocks while the window is full."""
+    """Delivers batches concurrently, each key's in input order, with a window bounded in batches and bytes:
+    `submit` blocks while the window is full."""
 
     def __init__(self, config: HeapConfig, client: HeapClient, stop: threading.Event) -> None:
         self._endpoint = ENDPOINTS[config.mapping.api_type]
@@ -305,19 +486,25 @@ class BatchSender:
         self._pool = ThreadPoolExecutor(config.max_concurrent_requests, thread_name_prefix="heap-sender")
         # Finished batches arrive here through a done-callback: collecting costs the same whatever the window.
         self._finished: queue.SimpleQueue[Future[BatchResult]] = queue.SimpleQueue()
+        self._turns: dict[int, _Turn] = {}  # batch number -> its turn, until collected
+        self._last_turn: dict[Hashable, _Turn] = {}  # key -> the latest unfinished batch holding it
         self.in_flight = 0
+        self.bytes_in_flight = 0
 
     def submit(self, batch: Batch, while_waiting: Callable[[], object] = lambda: None) -> list[BatchResult]:
         """Queue a batch; returns the results of batches that finished meanwhile. While the window is full it
         waits (back-pressure on stdin), calling `while_waiting` now and then; once the sync is stopping, the
         batch is dropped, never acknowledged."""
         finished = self.collect()
-        while self.in_flight >= self._window and not self._stop.is_set():
+        while self._window_is_full(batch) and not self._stop.is_set():
             finished.extend(self.collect(timeout=STOP_CHECK_SECONDS))
             while_waiting()
         if not self._stop.is_set():
-            self._pool.submit(self._deliver, batch).add_done_callback(self._finished.put)
+            turn = _Turn(batch)
+            after = self._take_turn(batch.number, turn)
+            self._pool.submit(self._deliver, batch, after, turn).add_done_callback(self._finished.put)
             self.in_flight += 1
+            self.bytes_in_flight += batch.size
         return finished
 
     def collect(self, timeout: float | None = 0) -> list[BatchResult]:
@@ -334,27 +521,62 @@ class BatchSender:
             except queue.Empty:
                 break
         self.in_flight -= len(done)
-        return [future.result() for future in done]
+        results = [future.result() for future in done]
+        for result in results:
+            self._end_turn(result.number)
+        return results
 
     def close(self) -> None:
         """Stop: abandon queued batches, let running requests end (bounded by their timeout)."""
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _deliver(self, batch: Batch) -> BatchResult:
+    def _window_is_full(self, batch: Batch) -> bool:
+        if self.in_flight >= self._window:
+            return True
+        return self.in_flight > 0 and self.bytes_in_flight + batch.size > MAX_WINDOW_BYTES
+
+    def _take_turn(self, number: int, turn: _Turn) -> list[_Turn]:
+        """Register the batch as its keys' latest; returns the unfinished batches it must wait for."""
+        after = {id(earlier): earlier for key in turn.keys if (earlier := self._last_turn.get(key)) is not None}
+        for key in turn.keys:
+            self._last_turn[key] = turn
+        self._turns[number] = turn
+        return list(after.values())
+
+    def _end_turn(self, number: int) -> None:
+        turn = self._turns.pop(number)
+        self.bytes_in_flight -= turn.size
+        for key in turn.keys:
+            if self._last_turn.get(key) is turn:
+                del self._last_turn[key]
+
+    def _deliver(self, batch: Batch, after: list[_Turn], turn: _Turn) -> BatchResult:
         result = BatchResult(batch.number)
-        if self._dry_run:
-            self._rehearse(batch, result)
-            return result
         try:
-            if self._bulk:
+            self._wait_for(after)
+            if self._dry_run:
+                self._rehearse(batch, result)
+            elif self._bulk:
                 self._deliver_bulk(batch.bodies, batch.identities, result)
             else:
                 for body, identity in zip(batch.bodies, batch.identities, strict=True):
                     self._deliver_one(body, identity, result)
         except (DeliveryError, DeliveryStopped) as failure:
             result.failure = failure
+        turn.delivered = result.failure is None
+        turn.done.set()
         return result
+
+    def _wait_for(self, after: list[_Turn]) -> None:
+        """Wait until the earlier batches holding one of this batch's keys are done. If one of them did not
+        reach Heap, this one must not overtake it: it is abandoned (the sync fails on the earlier one)."""
+        for earlier in after:
+            while not earlier.done.wait(STOP_CHECK_SECONDS):
+                if self._stop.is_set():
+                    raise DeliveryStopped()
+            if not earlier.delivered:
+                raise DeliveryStopped()
 
     def _rehearse(self, batch: Batch, result: BatchResult) -> None:
         """Dry run: nothing is sent; the first bodies are logged by shape (values masked: personal data)."""
@@ -373,39 +595,93 @@ class BatchSender:
             return b"%s%s]}" % (self._opening, b",".join(items))
         return self._opening + items[1:]  # the item's own fields after the envelope's
 
-    def _deliver_bulk(self, bodies: list[bytes], identities: list[str | None], result: BatchResult) -> None:
-        """Send items in one request; if Heap refuses it, halve until each refused item stands alone."""
+    def _deliver_bulk(
+        self, bodies: list[bytes], identities: list[str | None], result: BatchResult, request_ok: bool = False
+    ) -> None:
+        """Send items in one request. Refused naming an item: halve until each refused item stands alone, the
+        halves in order. Refused naming none: send the first item alone to learn whether Heap refuses the
+        request itself (`request_ok`: an item of this batch was accepted, so it does not)."""
         try:
-            response = self._client.post(self._endpoint.path, self._body(bodies), identities)
-            result.delivered += len(bodies)
-            if self._endpoint.answers_with_request_id:
-                _log_deletion_request(response, len(bodies))
+            answer = self._client.post(self._endpoint.path, self._body(bodies), identities)
         except HeapRejected as rejection:
-            if len(bodies) == 1:
-                result.rejected.append(rejection.reason)
+            if len(bodies) == 1 or self._endpoint.answers_with_request_id:
+                self._refused(rejection, result, request_ok)  # a refused deletion stops the sync there
+                return
+            if not (request_ok or rejection.names_item):
+                request_ok = self._probe(bodies[0], identities[0], result)
+                self._deliver_bulk(bodies[1:], identities[1:], result, request_ok)
                 return
             self._client.counters.bisected()
             middle = len(bodies) // 2
-            self._deliver_bulk(bodies[:middle], identities[:middle], result)
-            self._deliver_bulk(bodies[middle:], identities[middle:], result)
+            self._deliver_bulk(bodies[:middle], identities[:middle], result, request_ok)
+            self._deliver_bulk(bodies[middle:], identities[middle:], result, request_ok)
+            return
+        result.delivered += len(bodies)
+        if self._endpoint.answers_with_request_id:
+            _log_deletion_request(answer, len(bodies))
+
+    def _probe(self, body: bytes, identity: str | None, result: BatchResult) -> bool:
+        """Send one item alone: True if Heap took it (so the request is fine); raises if Heap refuses the
+        request itself."""
+        try:
+            self._client.post(self._endpoint.path, self._body([body]), [identity])
+        except HeapRejected as refusal:
+            self._refused(refusal, result, request_ok=False)
+            return False
+        result.delivered += 1
+        return True
 
     def _deliver_one(self, body: bytes, identity: str | None, result: BatchResult) -> None:
         try:
             self._client.post(self._endpoint.path, self._body(body), [identity])
             result.delivered += 1
         except HeapRejected as rejection:
+            self._refused(rejection, result, request_ok=False)
+
+    def _refused(self, rejection: HeapRejected, result: BatchResult, request_ok: bool) -> None:
+        """A refusal not to be narrowed down further (one item, or a deletion): the item is counted as rejected
+        if the refusal is about it; otherwise the sync stops."""
+        if self._endpoint.answers_with_request_id:
+            raise DeliveryError(
+                f"Heap refused a deletion request ({rejection}): its users are not deleted, and a deletion is "
+                "never skipped. Check the users' identities or user_ids and api.api_key, then run the sync again; "
+                "it resumes from the last state.",
+                transient=False,
+            )
+        if rejection.status == 413:
+            raise DeliveryError(
+                f"Heap refused a request holding a single item as too large ({rejection}). Nothing more is sent: "
+                "check base_url, and any proxy between this host and Heap.",
+                transient=False,
+            )
+        if request_ok or self._client.accepted_any or (rejection.names_item and not _same_refusals(result, rejection)):
             result.rejected.append(rejection.reason)
+            return
+        raise DeliveryError(
+            f"Heap refused the request itself, not an item in it ({rejection}), and has accepted nothing from "
+            f"this sync. Nothing more is sent. {CHECK_BASE_URL}",
+            transient=False,
+        )
 
 
-def _log_deletion_request(response: requests.Response, users: int) -> None:
+
+def _same_refusals(result: BatchResult, rejection: HeapRejected) -> bool:
+    """Nothing of the batch delivered, and its first items tried alone all refused with this same answer: it is
+    the request, whatever item Heap names (a few more requests tell it, not twice the batch)."""
+    refused = result.rejected
+    alike = set(refused) <= {rejection.reason}
+    return result.delivered == 0 and alike and len(refused) + 1 >= SAME_REFUSALS_FOR_REQUEST
+
+
+def _log_deletion_request(answer: Answer, users: int) -> None:
     """Heap deletes asynchronously: the request id is what a user needs to follow the deletion up."""
     try:
-        answer = response.json()
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict):
-        answer = {}
-    request_id, status = answer.get("deletion_request_id", "(none given)"), answer.get("status", "unknown")
+        body = orjson.loads(answer.body)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    request_id, status = body.get("deletion_request_id", "(none given)"), body.get("status", "unknown")
     logger.info(f"Heap accepted a deletion request for {users} users: deletion_request_id {request_id}, {status}")
 
 

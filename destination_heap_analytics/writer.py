@@ -1,7 +1,8 @@
 """One write, end to end: message -> record -> Heap item (mapping) -> batch -> Heap (delivery) ->
 acknowledgement -> STATE.
 
-`process_record` maps one record into the open batch; `process_batch` hands a full batch to the sender.
+`process_record` maps one record into the open batch; `process_batch` hands a full batch (by items or by
+bytes) to the sender, with each item's ordering key: the sender keeps each key's updates in input order.
 The StateLedger alone decides when a STATE may leave.
 """
 
@@ -20,6 +21,7 @@ from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from destination_heap_analytics.config import HeapConfig
 from destination_heap_analytics.delivery import (
+    MAX_BATCH_BYTES,
     STOP_CHECK_SECONDS,
     Batch,
     BatchResult,
@@ -40,6 +42,14 @@ TERMINATION_GRACE_SECONDS = 10.0  # after SIGTERM, how long requests in flight m
 # A batch open this long goes out with the next message, full or not: a slow source's states keep flowing.
 MAX_BATCH_AGE_SECONDS = 1.0
 STREAM_NOT_IN_CATALOG = Rejection("stream_not_in_catalog")
+# The field of an item body whose updates must reach Heap in input order (last-write-wins properties, identify,
+# deletion); the first one present. Track needs none: events carry their own time.
+ORDER_KEY_FIELDS = {
+    "add_user_properties": ("identity",),
+    "add_account_properties": ("account_id",),
+    "identify": ("user_id",),
+    "delete_users": ("user_id", "identity"),
+}
 
 
 class SyncWriter:
@@ -62,6 +72,7 @@ class SyncWriter:
         self._terminated_at: float | None = None  # when SIGTERM arrived
         # In single mode every record is its own request: one record a batch lets them all run concurrently.
         self._batch_size = config.batch_size if config.bulk else 1
+        self._order_fields = ORDER_KEY_FIELDS.get(config.mapping.api_type, ())
 
     def write(self, messages: Iterable[Message], handle_sigterm: bool = False) -> Iterator[SourceState]:
         """Consume the source's messages (None when it is quiet), yielding each STATE once everything before it
@@ -123,11 +134,17 @@ class SyncWriter:
             return
         if item.notes:
             self.report.adjust(item.notes)
+        body = orjson.dumps(item.body)
+        if self._open is not None and self._open.size + len(body) >= MAX_BATCH_BYTES:
+            self.process_batch()  # full by bytes: it goes without this item
         if self._open is None:
             self._open = Batch(self._ledger.open_batch())
             self._opened_at = time.monotonic()
-        self._open.bodies.append(orjson.dumps(item.body))
+        self._open.bodies.append(body)
+        self._open.size += len(body) + 1  # and its comma
         self._open.identities.append(item.identity)
+        if self._order_fields:
+            self._open.keys.append(next((item.body[f] for f in self._order_fields if f in item.body), None))
         if len(self._open.bodies) >= self._batch_size:
             self.process_batch()
 

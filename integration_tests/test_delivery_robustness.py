@@ -1,0 +1,349 @@
+"""Delivery against a Heap that is slow, wrong or hostile: each user's updates arrive in input order; a refusal of
+the request itself (not of an item) fails the sync quickly instead of "skipping" every record; a request is
+bounded in time as a whole and Heap's answer in size; memory is bounded in bytes; Heap's error texts and
+tokens never reach the logs; a 2xx that is not Heap's answer is no acknowledgement.
+
+The misbehaving servers below are written here with http.server, on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from destination_heap_analytics.heap_standin import Fault, HeapStandin
+from integration_tests.conftest import (
+    TRACK_API,
+    USER_API,
+    catalog,
+    config,
+    interleave,
+    people,
+    record,
+    run_connector,
+    state,
+    states_of,
+    watch,
+)
+
+DELETE_API = {"api_type": "delete_users", "identity_column": "email", "api_key": "s3cret-deletion-key"}
+
+# ------------------------------------------------------------------------------------------------------------
+# A small misbehaving server
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.requests.append((self.path, body))
+        try:
+            self.server.answer(self, self.path, body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class Server:
+    """Answers every POST with `answer(handler, path, body)`; records (path, body) of each request."""
+
+    def __init__(self, answer: Callable[[_Handler, str, bytes], None]) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server.daemon_threads = True
+        self._server.answer = answer
+        self._server.requests = []
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def requests(self) -> list[tuple[str, bytes]]:
+        return list(self._server.requests)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def always(status: int, body: bytes, headers: dict[str, str] | None = None):
+    return lambda handler, path, raw: handler.send(status, body, headers)
+
+
+def deletion_server(deletion: Callable[[_Handler], None], token: bytes = b'{"access_token": "tok123"}'):
+    def answer(handler: _Handler, path: str, raw: bytes) -> None:
+        if path.endswith("/auth_token"):
+            handler.send(200, token, {"Content-Type": "application/json"})
+        else:
+            deletion(handler)
+
+    return Server(answer)
+
+
+def assert_failed(result, failure_type: str = "config_error") -> str:
+    """The sync failed loudly: non-zero exit, one TRACE error of that type, no STATE. Returns its message."""
+    assert result.returncode != 0, result.describe()
+    assert [error["failure_type"] for error in result.errors] == [failure_type], result.describe()
+    assert result.states == [], result.describe()
+    assert "Traceback" not in result.stderr, result.describe()
+    return result.errors[0]["message"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 1. Per-key order
+
+
+def test_ten_rounds_of_the_same_users_end_on_the_last_version_in_heaps_arrival_order():
+    """10 rounds of 2,000 users (version 0..9), default concurrency and batching, 20 ms latency, and a few 503s
+    (at the start and again near the end) whose retries would let later rounds overtake: in the order Heap
+    received them, every user's versions arrive in order, so each ends on version 9."""
+    rows = [{"email": f"secret-person-{u}@example.com", "version": r} for r in range(10) for u in range(2000)]
+    api = {"api_type": "add_user_properties", "identity_column": "email", "property_columns": "version"}
+    with HeapStandin(latency_ms=20) as heap:
+        heap.inject(Fault(status=503), Fault(status=503))
+        watch(lambda: heap.stats()["users_stored"] >= 15_000, lambda: heap.inject(Fault(status=503), Fault(status=503)))
+        messages = interleave(rows, every=1000)
+        result = run_connector("write", config(heap, api), catalog(), messages, timeout=120)
+        assert result.returncode == 0, result.describe()
+        assert result.states == states_of(messages)
+        assert heap.stats()["faults_served"] == 4
+        versions: dict[str, list[int]] = {}
+        for user in heap.users:
+            versions.setdefault(user["identity"], []).append(user["properties"]["version"])
+    assert len(versions) == 2000
+    out_of_order = [identity for identity, seen in versions.items() if seen != list(range(10))]
+    assert out_of_order == [], f"{len(out_of_order)} users' updates arrived out of order"
+
+
+def test_account_properties_keep_each_accounts_order():
+    rows = [{"account": f"secret-account-{a}", "version": r} for r in range(5) for a in range(300)]
+    api = {"api_type": "add_account_properties", "account_id_column": "account", "property_columns": "version"}
+    with HeapStandin(latency_ms=10) as heap:
+        result = run_connector("write", config(heap, api, batch_size=100), catalog(), interleave(rows, every=500))
+        assert result.returncode == 0, result.describe()
+        last = {account["account_id"]: account["properties"]["version"] for account in heap.accounts}
+    assert set(last.values()) == {4} and len(last) == 300
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 2. Refusals of the request itself
+
+
+def test_a_wrong_app_id_fails_the_sync_in_a_few_requests_instead_of_skipping_every_record():
+    with Server(always(400, b"invalid app_id")) as server:
+        messages = interleave(people(200), every=50)
+        result = run_connector("write", config(server.url, USER_API), catalog(), messages)
+        requests = len(server.requests)
+    message = assert_failed(result)
+    assert "refused the request itself" in message and "app_id" in message
+    assert requests <= 5, f"{requests} requests to learn that Heap refuses the request"
+    assert result.summary["outcome"] == "failed" and result.summary["skipped"] == 0
+
+
+def test_a_413_to_everything_fails_the_sync():
+    with Server(always(413, b"Request Entity Too Large")) as server:
+        result = run_connector("write", config(server.url, TRACK_API), catalog(), interleave(people(300), every=100))
+        requests = len(server.requests)
+    assert "413" in assert_failed(result)
+    assert requests <= 5
+
+
+def test_a_refused_deletion_fails_the_sync_and_is_never_skipped():
+    with deletion_server(lambda handler: handler.send(400, b"postBody.users[0].identity should be string")) as server:
+        result = run_connector("write", config(server.url, DELETE_API), catalog(), interleave(people(30), every=10))
+        deletions = [path for path, _ in server.requests if path.endswith("/user_deletion")]
+    message = assert_failed(result)
+    assert "deletion" in message and "postBody.users[n].identity should be string" in message
+    assert len(deletions) == 1
+    assert result.summary["skipped"] == 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 3. Deadlines and answer sizes
+
+
+def trickle(handler: _Handler, path: str, raw: bytes) -> None:
+    """200 with a body announced as 1 MB, sent a byte every 1.5 s."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", "1000000")
+    handler.end_headers()
+    for _ in range(60):
+        handler.wfile.write(b" ")
+        handler.wfile.flush()
+        time.sleep(1.5)
+
+
+def test_an_answer_trickling_in_is_bounded_by_the_request_timeout():
+    with Server(trickle) as server:
+        cfg = config(server.url, TRACK_API, request_timeout_seconds=3, max_retries=1)
+        result = run_connector("write", cfg, catalog(), interleave(people(5), every=5), timeout=60)
+    message = assert_failed(result, "transient_error")
+    assert "timed out" in message and "2 attempts" in message
+    assert result.duration < 15, f"two attempts of at most 3 s took {result.duration:.0f} s"
+
+
+def endless_200(handler: _Handler, path: str, raw: bytes) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(800 * 1024 * 1024))
+    handler.end_headers()
+    chunk = b"{" * (1 << 20)
+    for _ in range(800):
+        handler.wfile.write(chunk)
+
+
+def test_an_800_mb_answer_is_not_read_whole_and_is_not_an_acknowledgement():
+    with Server(endless_200) as server:
+        result = run_connector("write", config(server.url, TRACK_API), catalog(), interleave(people(5), every=5))
+    message = assert_failed(result)
+    assert "base_url" in message and "not Heap's acknowledgement" in message
+    assert result.duration < 20
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 5. Memory bounded in bytes
+
+
+def peak_rss_mb(process) -> list[float]:
+    """Polls the process's VmHWM (peak resident memory) until it exits; the list holds the last reading."""
+    peak: list[float] = [0.0]
+
+    def poll() -> None:
+        status = Path(f"/proc/{process.pid}/status")
+        while process.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak[0] = max(peak[0], int(line.split()[1]) / 1024)
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=poll, daemon=True).start()
+    return peak
+
+
+def test_large_records_against_a_slow_heap_stay_within_bounded_memory():
+    """8,000 records of 40 kB (40 properties of 1,000 characters) against a stand-in answering in 0.5 s: reading
+    stops when 32 MB of bodies are queued or in flight, so the connector stays under 250 MB."""
+    big = "x" * 1000
+    lines = [
+        json.dumps(record({"email": f"secret-person-{i}@example.com", "action": "Secret Signed Up",
+                           **{f"p{k}": f"{k}{big}"[:1000] for k in range(40)}}))
+        for i in range(200)
+    ]
+    stdin = [lines[i % 200] for i in range(8000)] + [json.dumps(state(1))]
+    api = {"api_type": "track", "identity_column": "email", "event_column": "action", "property_columns": "*"}
+    seen: dict[str, list[float]] = {}
+    with HeapStandin(latency_ms=500, keep_items=False) as heap:
+        result = run_connector(
+            "write", config(heap, api), catalog(), stdin_lines=stdin, timeout=240, check_leaks=False,
+            on_start=lambda process: seen.setdefault("peak", peak_rss_mb(process)),
+        )
+        requests = heap.stats()["requests"]
+    assert result.returncode == 0, result.describe()
+    assert len(result.states) == 1
+    assert requests >= 8000 * 40_000 // (4 << 20), "batches were not closed at 4 MB"
+    assert 0 < seen["peak"][0] < 250, f"peak RSS {seen['peak'][0]:.0f} MB"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 6. Smaller ones
+
+
+def test_a_wrong_base_url_answering_200_with_a_page_does_not_succeed():
+    page = b"<!doctype html><html><body>Welcome to our site</body></html>"
+    with Server(always(200, page, {"Content-Type": "text/html"})) as server:
+        result = run_connector("write", config(server.url, TRACK_API), catalog(), interleave(people(20), every=10))
+    message = assert_failed(result)
+    assert "HTML page" in message and "base_url" in message
+
+
+def test_408_is_retried_like_a_timeout(heap):
+    rows = people(20)
+    messages = interleave(rows, every=10)
+    heap.inject(Fault(status=408), Fault(status=408))
+    result = run_connector("write", config(heap, TRACK_API, max_concurrent_requests=1), catalog(), messages)
+    assert result.returncode == 0, result.describe()
+    assert result.states == states_of(messages)
+    assert sorted(e["identity"] for e in heap.events) == sorted(r["email"] for r in rows)
+    assert result.summary["retries"] == 2
+
+
+def test_a_deletion_endpoint_answering_401_even_to_a_fresh_token_is_a_config_error():
+    with deletion_server(lambda handler: handler.send(401, b"Unauthorized")) as server:
+        cfg = config(server.url, DELETE_API, max_retries=6)
+        result = run_connector("write", cfg, catalog(), interleave(people(3), every=3))
+        requests = len(server.requests)
+    message = assert_failed(result)
+    assert "401" in message and "api_key" in message
+    assert "s3cret-deletion-key" not in result.stdout + result.stderr
+    assert requests <= 4  # token, deletion, a fresh token, deletion: no further retries
+
+
+def test_the_token_request_follows_no_redirect():
+    with Server(always(200, b'{"access_token": "elsewhere"}')) as elsewhere:
+
+        def redirect(handler: _Handler, path: str, raw: bytes) -> None:
+            handler.send(307, b"", {"Location": elsewhere.url + path})
+
+        with Server(redirect) as server:
+            result = run_connector("write", config(server.url, DELETE_API), catalog(), interleave(people(3), every=3))
+        assert elsewhere.requests == []
+    message = assert_failed(result)
+    assert "redirect" in message and "base_url" in message
+
+
+def test_a_token_with_a_line_break_ends_clearly_and_is_never_printed():
+    token = b'{"access_token": "secret-token-part\\r\\nX-Injected: yes"}'
+    with deletion_server(lambda handler: handler.send(201, b'{"deletion_request_id": "1"}'), token=token) as server:
+        result = run_connector("write", config(server.url, DELETE_API), catalog(), interleave(people(3), every=3))
+        deletions = [path for path, _ in server.requests if path.endswith("/user_deletion")]
+    message = assert_failed(result)
+    assert "access_token" in message and "not printable" in message
+    assert "secret-token-part" not in result.stdout + result.stderr
+    assert deletions == []
+
+
+def test_an_api_key_that_basic_auth_cannot_carry_fails_without_a_traceback_or_the_key():
+    key = "s3cret-\u20ac-key"
+    with deletion_server(lambda handler: handler.send(201, b'{"deletion_request_id": "1"}')) as server:
+        cfg = config(server.url, {**DELETE_API, "api_key": key})
+        result = run_connector("write", cfg, catalog(), interleave(people(3), every=3))
+    assert_failed(result)
+    assert key not in result.stdout + result.stderr
+    assert "s3cret-" not in result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 7. Progress while Heap is slow
+
+
+@pytest.mark.slow
+def test_a_sync_waiting_on_a_slow_heap_still_logs_progress():
+    """One request taking 20 s: the 15 s progress line still comes while the sync waits for it."""
+    with HeapStandin(latency_ms=20_000) as heap:
+        cfg = config(heap, TRACK_API, request_timeout_seconds=40)
+        result = run_connector("write", cfg, catalog(), interleave(people(10), every=10), timeout=60)
+    assert result.returncode == 0, result.describe()
+    assert any(line.startswith("Progress: ") for line in result.log_lines("INFO")), result.describe()

@@ -1,0 +1,368 @@
+"""Delivery rules without a network: Heap's error texts reduced to data-free reasons, what counts as Heap's
+acknowledgement, per-key order across concurrent batches, refusals about the request against refusals about
+an item, the byte-bounded window, and the state rule with several batches in flight."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import orjson
+import pytest
+
+from destination_heap_analytics.config import parse_config
+from destination_heap_analytics.delivery import (
+    MAX_WINDOW_BYTES,
+    UNEXPLAINED,
+    Batch,
+    BatchSender,
+    DeliveryCounters,
+    DeliveryError,
+    HeapRejected,
+    heap_reason,
+    is_heap_acknowledgement,
+)
+from destination_heap_analytics.state import StateLedger
+
+USER_API = {"api_type": "add_user_properties", "identity_column": "email", "property_columns": "v"}
+TRACK_API = {"api_type": "track", "identity_column": "email", "event_column": "event"}
+DELETE_API = {"api_type": "delete_users", "identity_column": "email", "api_key": "k"}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Heap's error texts
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("postBody.events[0].properties should be object", "postBody.events[n].properties should be object"),
+        ("postBody.users[12].identity should be string", "postBody.users[n].identity should be string"),
+        ("postBody.app_id is required", "postBody.app_id is required"),
+        ("postBody should be valid JSON: unexpected character", "postBody should be valid JSON …"),
+        ("postBody.accounts[3].account_id is too long", "postBody.accounts[n].account_id is too long"),
+        ("postBody.events[1].event should not be empty", "postBody.events[n].event should not be empty"),
+        (
+            "postBody.users[0].identity should not be … jane.doe@example.com (value: Jane Doe …)",
+            "postBody.users[n].identity should not be …",
+        ),
+        ('postBody.events[0].identity should not be "jane@example.com"', "postBody.events[n].identity should not be …"),
+        ("postBody.events[0].timestamp should be an ISO 8601 date-time", "postBody.events[n].timestamp should be …"),
+        ("postBody.properties.plan is not allowed", f"postBody.properties.plan {UNEXPLAINED}"),
+        ("postBody.events[0].properties.x has value jane@doe.com", f"postBody.events[n].properties.x {UNEXPLAINED}"),
+        ("postBody.events[0].properties.jane@example.com should be string", UNEXPLAINED),
+        ("identity jane@example.com is blocked", UNEXPLAINED),
+        ("invalid app_id", UNEXPLAINED),
+        ("<html><body>Bad Request</body></html>", UNEXPLAINED),
+        ("", UNEXPLAINED),
+        ("postBody.events[0].event should be stringjane", "postBody.events[n].event should be …"),
+    ],
+)
+def test_heap_error_texts_keep_a_field_path_and_a_known_rule_and_no_value(text, reason):
+    assert heap_reason(text) == reason
+
+
+@pytest.mark.parametrize(
+    ("text", "names_item"),
+    [
+        ("postBody.events[3].properties should be object", True),
+        ("postBody.properties.plan should be string", True),  # a single item's field
+        ("postBody.identity is required", True),
+        ("postBody.app_id should be a numeric string", False),
+        ("postBody.events should be array", False),
+        ("postBody should be object", False),
+        ("invalid app_id", False),
+        ("Request Entity Too Large", False),
+    ],
+)
+def test_a_refusal_is_about_an_item_only_when_heap_names_one(text, names_item):
+    assert HeapRejected(400, text).names_item is names_item
+
+
+@pytest.mark.parametrize(
+    ("body", "acknowledged"),
+    [
+        (b"{}", True),
+        (b"OK", True),
+        (b"ok\n", True),
+        (b'{"deletion_request_id": "x", "status": "pending"}', True),
+        (b"<!doctype html><html><body>Welcome</body></html>", False),
+        (b"[]", False),
+        (b"", False),
+        (b"Success", False),
+    ],
+)
+def test_only_heaps_own_answers_count_as_acknowledgements(body, acknowledged):
+    assert is_heap_acknowledgement(body) is acknowledged
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A Heap without a network
+
+
+class FakeClient:
+    """Stands in for HeapClient: `answer(items)` decides each request (return to accept, raise to refuse);
+    every accepted item is recorded in arrival order."""
+
+    def __init__(self, answer=None, delay=lambda: 0.0) -> None:
+        self.counters = DeliveryCounters()
+        self.accepted_any = False
+        self.arrived: list[dict] = []
+        self.requests: list[list[dict]] = []
+        self._answer = answer or (lambda items: None)
+        self._delay = delay
+        self._lock = threading.Lock()
+
+    def post(self, path: str, body: bytes, identities: list) -> object:
+        parsed = orjson.loads(body)
+        items = next((value for value in parsed.values() if isinstance(value, list)), [parsed])
+        with self._lock:
+            self.requests.append(items)
+        time.sleep(self._delay())
+        self._answer(items)
+        with self._lock:
+            self.arrived.extend(items)
+            self.accepted_any = True
+        return object()
+
+
+def sender_for(api: dict, client: FakeClient, **options) -> BatchSender:
+    config = parse_config({"app_id": "11", "base_url": "http://127.0.0.1:9", "api": api, **options})
+    return BatchSender(config, client, threading.Event())
+
+
+def run_batches(sender: BatchSender, batches: list[Batch]) -> list:
+    results = []
+    for batch in batches:
+        results.extend(sender.submit(batch))
+    while sender.in_flight:
+        results.extend(sender.collect(timeout=1))
+    sender.close()
+    return sorted(results, key=lambda result: result.number)
+
+
+def user_batches(rounds: int, users: int, per_batch: int) -> list[Batch]:
+    items = [{"identity": f"u{u}", "properties": {"v": r}} for r in range(rounds) for u in range(users)]
+    batches = []
+    for start in range(0, len(items), per_batch):
+        batch = Batch(len(batches) + 1)
+        for item in items[start : start + per_batch]:
+            body = orjson.dumps(item)
+            batch.bodies.append(body)
+            batch.identities.append(item["identity"])
+            batch.keys.append(item["identity"])
+            batch.size += len(body) + 1
+        batches.append(batch)
+    return batches
+
+
+def versions_by_user(arrived: list[dict]) -> dict[str, list[int]]:
+    versions: dict[str, list[int]] = {}
+    for item in arrived:
+        versions.setdefault(item["identity"], []).append(item["properties"]["v"])
+    return versions
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Per-key order
+
+
+def test_each_keys_updates_arrive_in_input_order_whatever_the_concurrency():
+    """Ten rounds of the same 300 users in batches of 70 (batches straddle rounds), 8 senders, random delays."""
+    client = FakeClient(delay=lambda: random.uniform(0, 0.004))
+    results = run_batches(sender_for(USER_API, client, max_concurrent_requests=8), user_batches(10, 300, 70))
+    assert all(result.failure is None for result in results)
+    versions = versions_by_user(client.arrived)
+    assert len(versions) == 300
+    assert all(seen == list(range(10)) for seen in versions.values()), "a user's updates arrived out of order"
+
+
+def test_order_holds_through_the_halving_of_a_refused_request():
+    """A refused item in the first round: its batch is halved, yet later rounds still wait for it."""
+    def answer(items):
+        if len(items) > 1 and any(item["identity"] == "u5" and item["properties"]["v"] == 0 for item in items):
+            raise HeapRejected(400, "postBody.users[5].properties should be object")
+
+    client = FakeClient(answer, delay=lambda: random.uniform(0, 0.003))
+    results = run_batches(sender_for(USER_API, client, max_concurrent_requests=8), user_batches(4, 40, 16))
+    assert sum(len(result.rejected) for result in results) == 0  # u5 v0 went through alone
+    assert all(seen == list(range(4)) for seen in versions_by_user(client.arrived).values())
+
+
+def test_batches_without_shared_keys_run_in_parallel():
+    """Track batches carry no keys: 8 of them, each taking 0.2 s, finish together, not one after another."""
+    client = FakeClient(delay=lambda: 0.2)
+    batches = []
+    for number in range(1, 9):
+        body = orjson.dumps({"identity": f"u{number}", "event": "e"})
+        batches.append(Batch(number, [body], [f"u{number}"], [], len(body)))
+    started = time.monotonic()
+    run_batches(sender_for(TRACK_API, client, max_concurrent_requests=8), batches)
+    assert time.monotonic() - started < 0.8
+
+
+def test_a_batch_whose_predecessor_failed_is_not_sent():
+    def answer(items):
+        if items[0]["properties"]["v"] == 0:
+            raise DeliveryError("Heap is down", transient=True)
+
+    client = FakeClient(answer, delay=lambda: 0.01)
+    results = run_batches(sender_for(USER_API, client), user_batches(2, 5, 5))
+    assert isinstance(results[0].failure, DeliveryError)
+    assert results[1].failure is not None
+    assert [item["properties"]["v"] for item in client.arrived] == []
+    assert len(client.requests) == 1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Refusals: the request or an item?
+
+
+def test_a_refusal_of_the_request_stops_after_two_requests():
+    def answer(items):
+        raise HeapRejected(400, "invalid app_id")
+
+    client = FakeClient(answer)
+    (result,) = run_batches(sender_for(USER_API, client), user_batches(1, 200, 200))
+    assert isinstance(result.failure, DeliveryError) and not result.failure.transient
+    assert "refused the request itself" in str(result.failure) and UNEXPLAINED in str(result.failure)
+    assert [len(request) for request in client.requests] == [200, 1]
+
+
+def test_a_413_to_everything_stops_after_two_requests():
+    def answer(items):
+        raise HeapRejected(413, "Request Entity Too Large")
+
+    client = FakeClient(answer)
+    (result,) = run_batches(sender_for(USER_API, client), user_batches(1, 100, 100))
+    assert isinstance(result.failure, DeliveryError) and not result.failure.transient
+    assert "413" in str(result.failure)
+    assert len(client.requests) == 2
+
+
+def test_a_413_for_a_big_request_is_halved_until_the_halves_fit():
+    def answer(items):
+        if len(items) > 30:
+            raise HeapRejected(413, "Request Entity Too Large")
+
+    client = FakeClient(answer)
+    (result,) = run_batches(sender_for(USER_API, client), user_batches(1, 100, 100))
+    assert result.failure is None and result.delivered == 100 and result.rejected == []
+    assert sorted(item["identity"] for item in client.arrived) == sorted(f"u{u}" for u in range(100))
+
+
+def test_an_unexplained_refusal_of_one_item_is_isolated_once_the_request_is_proven_good():
+    bad = "u37"
+
+    def answer(items):
+        if any(item["identity"] == bad for item in items):
+            raise HeapRejected(400, f"identity {bad} is blocked")
+
+    client = FakeClient(answer)
+    (result,) = run_batches(sender_for(USER_API, client), user_batches(1, 100, 100))
+    assert result.failure is None
+    assert (result.delivered, result.rejected) == (99, [UNEXPLAINED])
+    assert len(client.requests) <= 2 + 2 * 7 + 2
+
+
+def test_an_item_heap_names_is_isolated_by_halving():
+    def answer(items):
+        for index, item in enumerate(items):
+            if item["identity"] == "u600":
+                raise HeapRejected(400, f"postBody.users[{index}].properties should be object")
+
+    client = FakeClient(answer)
+    (result,) = run_batches(sender_for(USER_API, client), user_batches(1, 1000, 1000))
+    assert (result.delivered, result.rejected) == (999, ["postBody.users[n].properties should be object"])
+    assert len(client.requests) <= 1 + 2 * 10 + 2
+
+
+def test_a_refused_deletion_is_never_skipped():
+    def answer(items):
+        for index, item in enumerate(items):
+            if item["identity"] == "u3":
+                raise HeapRejected(400, f"postBody.users[{index}].identity should be string")
+
+    client = FakeClient(answer)
+    (result,) = run_batches(sender_for(DELETE_API, client), user_batches(1, 10, 10))
+    assert isinstance(result.failure, DeliveryError) and not result.failure.transient
+    assert "deletion" in str(result.failure)
+    assert client.arrived == [] and len(client.requests) == 1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The window, in bytes
+
+
+def test_the_window_is_bounded_in_bytes_as_well_as_batches():
+    client = FakeClient(delay=lambda: 0.01)
+    sender = sender_for(TRACK_API, client, max_concurrent_requests=8)
+    peak = 0
+    for number in range(1, 41):
+        body = orjson.dumps({"identity": "u", "event": "e"})
+        batch = Batch(number, [body], ["u"], [], size=MAX_WINDOW_BYTES // 5)  # as large as 5 fill the window
+        sender.submit(batch)
+        peak = max(peak, sender.bytes_in_flight)
+    while sender.in_flight:
+        sender.collect(timeout=1)
+    sender.close()
+    assert peak <= MAX_WINDOW_BYTES
+    assert len(client.requests) == 40
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The state rule with several batches in flight
+
+
+def test_a_state_never_leaves_before_every_batch_holding_an_earlier_record_is_acknowledged():
+    """Random interleavings of records, states and out-of-order acknowledgements, several batches in flight."""
+    rng = random.Random(7)
+    for _ in range(200):
+        ledger: StateLedger[int] = StateLedger()
+        open_batch = None
+        in_flight: list[int] = []
+        acknowledged: set[int] = set()
+        batch_of_record: list[int] = []
+        state_after: dict[int, int] = {}  # state -> records received before it
+        for step in range(120):
+            action = rng.random()
+            if action < 0.5:
+                if open_batch is None:
+                    open_batch = ledger.open_batch()
+                batch_of_record.append(open_batch)
+                if rng.random() < 0.2:
+                    in_flight.append(open_batch)
+                    open_batch = None
+            elif action < 0.65:
+                state_after[step] = len(batch_of_record)
+                ledger.state_received(step)
+            elif in_flight:
+                batch = in_flight.pop(rng.randrange(len(in_flight)))
+                ledger.acknowledged(batch)
+                acknowledged.add(batch)
+            for state in ledger.releasable():
+                needed = set(batch_of_record[: state_after[state]])
+                assert needed <= acknowledged, f"state {state} left before batches {needed - acknowledged}"
+
+
+def test_every_item_refused_alone_with_the_same_answer_is_the_request_found_in_a_few_requests():
+    def answer(items):
+        raise HeapRejected(400, "postBody.users[0].properties should be object")
+
+    client = FakeClient(answer)
+    (result,) = run_batches(sender_for(USER_API, client), user_batches(1, 1000, 1000))
+    assert isinstance(result.failure, DeliveryError) and not result.failure.transient
+    assert "refused the request itself" in str(result.failure)
+    assert len(client.requests) <= 10 + 4, f"{len(client.requests)} requests"
+
+
+def test_a_few_items_refused_alike_once_heap_accepted_the_sync_are_skipped():
+    def answer(items):
+        if any(item["identity"] in ("u1", "u2", "u3", "u4") for item in items):
+            raise HeapRejected(400, "postBody.users[0].properties should be object")
+
+    client = FakeClient(answer)
+    client.accepted_any = True
+    (result,) = run_batches(sender_for(USER_API, client), user_batches(1, 8, 8))
+    assert result.failure is None and (result.delivered, len(result.rejected)) == (4, 4)
