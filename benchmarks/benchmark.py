@@ -5,7 +5,7 @@ pre-generated file of Airbyte messages (user records like sample_files/messages.
 records) and the Heap stand-in (`python -m heap_standin`) as its own process on 127.0.0.1. Nothing is sent
 anywhere else. The table goes to stdout and to benchmarks/results.md (--quick: benchmarks/results-quick.md).
 
-    bash scripts/benchmark.sh            # full run, about 5 minutes on a quiet 2-core machine
+    bash scripts/benchmark.sh            # full run, 3-4 minutes on a quiet 2-core machine
     bash scripts/benchmark.sh --quick    # the same rows, but the paced run lasts 20 s and the memory row
                                          # has 100,000 records instead of 1,000,000
 
@@ -402,11 +402,12 @@ class Benchmark:
             (f"`spec` cold start <= {TARGET_SPEC_S} s (median of 3)", f"{self.spec:.2f} s", self.spec <= TARGET_SPEC_S),
         ]
 
-    def report(self, command: str) -> str:
+    def report(self, header: list[str], command: str) -> str:
         lines = [
             "# destination-heap-analytics benchmark",
             "",
-            *machine(),
+            *header,
+            f"- Load average at the end: {load_average()}",
             f"- Command: `{command}`",
             "- Each row: the installed `destination-heap-analytics write` (.venv) as a subprocess, stdin from a "
             "pre-generated file (user records of 15 fields, a STATE every 1,000), against the Heap stand-in "
@@ -439,7 +440,12 @@ class Benchmark:
         return "\n".join(lines) + "\n"
 
 
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def machine() -> list[str]:
+    """Taken before the run: the date it started, the commit (and any local change) it ran."""
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -453,12 +459,11 @@ def machine() -> list[str]:
         return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
 
     dirty = " (tree dirty: uncommitted changes)" if git("status", "--porcelain") else " (tree clean)"
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     return [
         f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         f"- Commit: {git('rev-parse', '--short', 'HEAD')}{dirty}",
-        f"- Machine: {cpu}, {os.cpu_count()} cores; Python {platform.python_version()} "
-        f"({platform.platform()}); load average at the end {load}",
+        f"- Machine: {cpu}, {os.cpu_count()} cores; Python {platform.python_version()} ({platform.platform()})",
+        f"- Load average (1/5/15 min) at the start: {load_average()} (a shared machine moves the figures)",
     ]
 
 
@@ -467,12 +472,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="paced run 20 s, memory row 100,000 records")
     args = parser.parse_args()
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1"  # for requests here and in the connector
-    bench = Benchmark()
+    header, bench = machine(), Benchmark()
     try:
         bench.run(seconds=20 if args.quick else 120, memory_records=100_000 if args.quick else 1_000_000)
     finally:
         shutil.rmtree(WORK, ignore_errors=True)
-    report = bench.report("bash scripts/benchmark.sh" + (" --quick" if args.quick else ""))
+    report = bench.report(header, "bash scripts/benchmark.sh" + (" --quick" if args.quick else ""))
     output = ROOT / "benchmarks" / ("results-quick.md" if args.quick else "results.md")
     output.write_text(report)
     print(report)
