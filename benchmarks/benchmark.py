@@ -225,7 +225,7 @@ class Row:
 class Benchmark:
     def __init__(self) -> None:
         self.rows: list[Row] = []
-        self.startup = self.startup_cpu = self.spec = 0.0
+        self.startup = self.startup_cpu = self.startup_cpu_spread = self.spec = 0.0
         self.paced: dict = {}
 
     def measure_startup(self) -> None:
@@ -236,6 +236,7 @@ class Benchmark:
             raise SystemExit(f"the connector failed on empty input:\n{runs[-1].stderr}")
         self.startup = statistics.median(run.wall for run in runs)
         self.startup_cpu = statistics.median(run.cpu for run in runs)
+        self.startup_cpu_spread = max(run.cpu for run in runs) - min(run.cpu for run in runs)
         self.spec = statistics.median(run_connector(["spec"]).wall for _ in range(3))
         log(f"start-up {self.startup:.2f} s ({self.startup_cpu:.2f} CPU s), spec {self.spec:.2f} s")
 
@@ -415,8 +416,9 @@ class Benchmark:
             "pacing off (track_events_per_minute 0) except the paced row. Bulk: batch_size 1000, 8 requests "
             "in flight; single: 32 in flight (the defaults, set explicitly).",
             f"- Start-up (`write` with empty stdin, median of 3): {self.startup:.2f} s wall, "
-            f"{self.startup_cpu:.2f} s CPU. Steady records/s = records / (wall - start-up). "
-            "CPU µs/record = (connector user+sys CPU - start-up CPU) / records.",
+            f"{self.startup_cpu:.2f} s CPU (spread {self.startup_cpu_spread:.2f} s). Steady records/s = records / "
+            '(wall - start-up). CPU µs/record = (connector user+sys CPU - start-up CPU) / records; "~0": '
+            "no more than the start-up runs' CPU spread.",
             f"- Peak RSS: the connector process's ru_maxrss (os.wait4); never below this script's own peak "
             f"({resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB), which Linux carries into "
             "a child at exec.",
@@ -427,7 +429,10 @@ class Benchmark:
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in self.rows:
-            cpu = "—" if row.cpu is None else f"{(row.cpu - self.startup_cpu) / row.records * 1e6:.0f}"
+            busy = None if row.cpu is None else row.cpu - self.startup_cpu
+            cpu = (
+                "—" if busy is None else "~0" if busy <= self.startup_cpu_spread else f"{busy / row.records * 1e6:.0f}"
+            )
             peak = "—" if row.peak_mb is None else f"{row.peak_mb:.0f}"
             rate = row.records / row.wall
             lines.append(
