@@ -291,7 +291,7 @@ def _with_preset(api: Any, preset: str | None) -> Any:
     }
     preset_columns = dict(PRESETS[preset])
     if "event_name" in written:  # a fixed event name stands instead of the preset's event column
-        del preset_columns["event_column"]
+        preset_columns.pop("event_column", None)
     return preset_columns | written
 
 

@@ -43,7 +43,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from destination_heap_analytics.config import HeapConfig
+from destination_heap_analytics.config import HeapConfig, StreamConfig
 from destination_heap_analytics.pacing import Pacer
 
 logger = logging.getLogger("airbyte")
@@ -222,9 +222,11 @@ class DeletionAuth:
     """Bearer tokens for the user deletion API: fetched with HTTP Basic (app_id, api_key), renewed before
     they expire, shared by every sender thread. The api_key never leaves this object except to Heap."""
 
-    def __init__(self, config: HeapConfig, session: requests.Session, timeout: tuple[float, float]) -> None:
+    def __init__(
+        self, config: HeapConfig, api_key: str, session: requests.Session, timeout: tuple[float, float]
+    ) -> None:
         self._url = config.base_url + AUTH_TOKEN_PATH
-        self._credentials = (config.app_id, config.api_key or "")
+        self._credentials = (config.app_id, api_key)
         self._session = session
         self._timeout = timeout
         self._token: str | None = None
@@ -318,23 +320,30 @@ class DeliveryCounters:
 
 class HeapClient:
     """POSTs JSON bodies to Heap over one requests Session (its pool, proxies and TLS settings), retrying what
-    is worth retrying."""
+    is worth retrying. `pacer`: the one for the limit its requests count against, shared with every client
+    whose requests count against the same. `api_key`: the deletion API's, for a bearer token."""
 
-    def __init__(self, config: HeapConfig, pacer: Pacer | None, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        config: HeapConfig,
+        pacer: Pacer | None,
+        stop: threading.Event,
+        counters: DeliveryCounters | None = None,
+        api_key: str | None = None,
+    ) -> None:
         self._base_url = config.base_url
         self._timeout = (min(CONNECT_TIMEOUT_SECONDS, config.request_timeout_seconds), config.request_timeout_seconds)
         self._max_retries = config.max_retries
         self._pacer = pacer
         self._stop = stop
-        self.counters = DeliveryCounters()
+        self.counters = counters or DeliveryCounters()
         self.accepted_any = False  # Heap acknowledged a request of this sync: app_id and base_url are right
         self.session = requests.Session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.max_concurrent_requests, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update({"Content-Type": "application/json", "User-Agent": USER_AGENT})
-        needs_token = config.mapping.api_type == "delete_users" and not config.dry_run
-        self._auth = DeletionAuth(config, self.session, self._timeout) if needs_token else None
+        self._auth = DeletionAuth(config, api_key, self.session, self._timeout) if api_key else None
 
     def post(self, path: str, body: bytes, identities: list[str | None]) -> Answer:
         """Deliver one body; returns Heap's acknowledgement. Raises HeapRejected, DeliveryError."""
@@ -434,12 +443,34 @@ def _retry_after(answer: Answer) -> float | None:
         return None
 
 
+class Route:
+    """Where one stream's batches go: its endpoint, in bulk or one item a request, through its client. Items
+    arrive as JSON: a body is written around them, never parsed and dumped again."""
+
+    def __init__(self, config: HeapConfig, stream: StreamConfig, client: HeapClient) -> None:
+        self.endpoint = ENDPOINTS[stream.mapping.api_type]
+        self.bulk = stream.bulk
+        self.client = client
+        envelope = {"app_id": config.app_id} if self.endpoint.app_id_in_body else {}
+        if stream.bulk:
+            self._opening = orjson.dumps(envelope | {self.endpoint.list_key: []})[:-2]  # {"app_id":"1","users":[
+        else:
+            self._opening = orjson.dumps(envelope)[:-1] + (b"," if envelope else b"")  # {"app_id":"1", then item
+
+    def body(self, items: list[bytes] | bytes) -> bytes:
+        """The request body: a bulk list of items, or the single form of one item."""
+        if self.bulk:
+            return b"%s%s]}" % (self._opening, b",".join(items))
+        return self._opening + items[1:]  # the item's own fields after the envelope's
+
+
 @dataclass
 class Batch:
-    """Heap items in input order: each one's JSON, the identity it counts against in rate limits and the key
-    its order is kept by (none for track), and the bytes of its bodies."""
+    """Heap items of one stream in input order: each one's JSON, the identity it counts against in rate limits
+    and the key its order is kept by (none for track), and the bytes of its bodies."""
 
     number: int
+    route: Route
     bodies: list[bytes] = field(default_factory=list)
     identities: list[str | None] = field(default_factory=list)
     keys: list[Hashable] = field(default_factory=list)
@@ -458,7 +489,9 @@ class _Turn:
     """A submitted batch as the later batches that share a key with it see it: done yet, and delivered?"""
 
     def __init__(self, batch: Batch) -> None:
-        self.keys = set(batch.keys) - {None}
+        # a key is kept in order at its endpoint: two streams updating the same users' properties share it
+        path = batch.route.endpoint.path
+        self.keys = {(path, key) for key in batch.keys if key is not None}
         self.size = batch.size
         self.done = threading.Event()
         self.delivered = False
@@ -466,28 +499,19 @@ class _Turn:
 
 class BatchSender:
     """Delivers batches concurrently, each key's in input order, with a window bounded in batches and bytes:
-    `submit` blocks while the window is full."""
+    `submit` blocks while the window is full. Each batch goes by its own route (its stream's endpoint)."""
 
-    def __init__(self, config: HeapConfig, client: HeapClient, stop: threading.Event) -> None:
-        self._endpoint = ENDPOINTS[config.mapping.api_type]
+    def __init__(self, config: HeapConfig, stop: threading.Event) -> None:
         self._app_id = config.app_id
-        self._bulk = config.bulk
-        # Items arrive as JSON: a body is written around them, never parsed and dumped again.
-        envelope = {"app_id": config.app_id} if self._endpoint.app_id_in_body else {}
-        if config.bulk:
-            self._opening = orjson.dumps(envelope | {self._endpoint.list_key: []})[:-2]  # {"app_id":"1","users":[
-        else:
-            self._opening = orjson.dumps(envelope)[:-1] + (b"," if envelope else b"")  # {"app_id":"1", then item
         self._dry_run = config.dry_run
         self._samples_left = DRY_RUN_SAMPLES if config.dry_run else 0
-        self._client = client
         self._stop = stop
         self._window = 2 * config.max_concurrent_requests  # queued as well as running, so no worker idles
         self._pool = ThreadPoolExecutor(config.max_concurrent_requests, thread_name_prefix="heap-sender")
         # Finished batches arrive here through a done-callback: collecting costs the same whatever the window.
         self._finished: queue.SimpleQueue[Future[BatchResult]] = queue.SimpleQueue()
         self._turns: dict[int, _Turn] = {}  # batch number -> its turn, until collected
-        self._last_turn: dict[Hashable, _Turn] = {}  # key -> the latest unfinished batch holding it
+        self._last_turn: dict[Hashable, _Turn] = {}  # (path, key) -> the latest unfinished batch holding it
         self.in_flight = 0
         self.bytes_in_flight = 0
 
@@ -553,15 +577,16 @@ class BatchSender:
 
     def _deliver(self, batch: Batch, after: list[_Turn], turn: _Turn) -> BatchResult:
         result = BatchResult(batch.number)
+        route = batch.route
         try:
             self._wait_for(after)
             if self._dry_run:
                 self._rehearse(batch, result)
-            elif self._bulk:
-                self._deliver_bulk(batch.bodies, batch.identities, result)
+            elif route.bulk:
+                _deliver_bulk(route, batch.bodies, batch.identities, result)
             else:
                 for body, identity in zip(batch.bodies, batch.identities, strict=True):
-                    self._deliver_one(body, identity, result)
+                    _deliver_one(route, body, identity, result)
         except (DeliveryError, DeliveryStopped) as failure:
             result.failure = failure
         turn.delivered = result.failure is None
@@ -580,89 +605,88 @@ class BatchSender:
 
     def _rehearse(self, batch: Batch, result: BatchResult) -> None:
         """Dry run: nothing is sent; the first bodies are logged by shape (values masked: personal data)."""
+        route = batch.route
         if self._samples_left > 0:
             self._samples_left -= 1
-            body = self._body(batch.bodies[:2] if self._bulk else batch.bodies[0])
-            shape = masked(orjson.loads(body))
+            shape = masked(orjson.loads(route.body(batch.bodies[:2] if route.bulk else batch.bodies[0])))
             if "app_id" in shape:
                 shape["app_id"] = self._app_id  # the config's, not data
-            logger.info(f"Dry run: Heap would receive at {self._endpoint.path}: {orjson.dumps(shape).decode()}")
+            logger.info(f"Dry run: Heap would receive at {route.endpoint.path}: {orjson.dumps(shape).decode()}")
         result.delivered = len(batch.bodies)
 
-    def _body(self, items: list[bytes] | bytes) -> bytes:
-        """The request body: a bulk list of items, or the single form of one item."""
-        if self._bulk:
-            return b"%s%s]}" % (self._opening, b",".join(items))
-        return self._opening + items[1:]  # the item's own fields after the envelope's
 
-    def _deliver_bulk(
-        self, bodies: list[bytes], identities: list[str | None], result: BatchResult, request_ok: bool = False
-    ) -> None:
-        """Send items in one request. Refused naming an item: halve until each refused item stands alone, the
-        halves in order. Refused naming none: send the first item alone to learn whether Heap refuses the
-        request itself (`request_ok`: an item of this batch was accepted, so it does not)."""
-        try:
-            answer = self._client.post(self._endpoint.path, self._body(bodies), identities)
-        except HeapRejected as rejection:
-            if len(bodies) == 1 or self._endpoint.answers_with_request_id:
-                self._refused(rejection, result, request_ok)  # a refused deletion stops the sync there
-                return
-            if not (request_ok or rejection.names_item):
-                request_ok = self._probe(bodies[0], identities[0], result)
-                self._deliver_bulk(bodies[1:], identities[1:], result, request_ok)
-                return
-            self._client.counters.bisected()
-            middle = len(bodies) // 2
-            self._deliver_bulk(bodies[:middle], identities[:middle], result, request_ok)
-            self._deliver_bulk(bodies[middle:], identities[middle:], result, request_ok)
+def _deliver_bulk(
+    route: Route, bodies: list[bytes], identities: list[str | None], result: BatchResult, request_ok: bool = False
+) -> None:
+    """Send items in one request. Refused naming an item: halve until each refused item stands alone, the
+    halves in order. Refused naming none: send the first item alone to learn whether Heap refuses the request
+    itself (`request_ok`: an item of this batch was accepted, so it does not)."""
+    endpoint = route.endpoint
+    try:
+        answer = route.client.post(endpoint.path, route.body(bodies), identities)
+    except HeapRejected as rejection:
+        if len(bodies) == 1 or endpoint.answers_with_request_id:
+            _refused(route, rejection, result, request_ok)  # a refused deletion stops the sync there
             return
-        result.delivered += len(bodies)
-        if self._endpoint.answers_with_request_id:
-            _log_deletion_request(answer, len(bodies))
+        if not (request_ok or rejection.names_item):
+            request_ok = _probe(route, bodies[0], identities[0], result)
+            _deliver_bulk(route, bodies[1:], identities[1:], result, request_ok)
+            return
+        route.client.counters.bisected()
+        middle = len(bodies) // 2
+        _deliver_bulk(route, bodies[:middle], identities[:middle], result, request_ok)
+        _deliver_bulk(route, bodies[middle:], identities[middle:], result, request_ok)
+        return
+    result.delivered += len(bodies)
+    if endpoint.answers_with_request_id:
+        _log_deletion_request(answer, len(bodies))
 
-    def _probe(self, body: bytes, identity: str | None, result: BatchResult) -> bool:
-        """Send one item alone: True if Heap took it (so the request is fine); raises if Heap refuses the
-        request itself."""
-        try:
-            self._client.post(self._endpoint.path, self._body([body]), [identity])
-        except HeapRejected as refusal:
-            self._refused(refusal, result, request_ok=False)
-            return False
+
+def _probe(route: Route, body: bytes, identity: str | None, result: BatchResult) -> bool:
+    """Send one item alone: True if Heap took it (so the request is fine); raises if Heap refuses the request
+    itself."""
+    try:
+        route.client.post(route.endpoint.path, route.body([body]), [identity])
+    except HeapRejected as refusal:
+        _refused(route, refusal, result, request_ok=False)
+        return False
+    result.delivered += 1
+    return True
+
+
+def _deliver_one(route: Route, body: bytes, identity: str | None, result: BatchResult) -> None:
+    try:
+        route.client.post(route.endpoint.path, route.body(body), [identity])
         result.delivered += 1
-        return True
+    except HeapRejected as rejection:
+        _refused(route, rejection, result, request_ok=False)
 
-    def _deliver_one(self, body: bytes, identity: str | None, result: BatchResult) -> None:
-        try:
-            self._client.post(self._endpoint.path, self._body(body), [identity])
-            result.delivered += 1
-        except HeapRejected as rejection:
-            self._refused(rejection, result, request_ok=False)
 
-    def _refused(self, rejection: HeapRejected, result: BatchResult, request_ok: bool) -> None:
-        """A refusal not to be narrowed down further (one item, or a deletion): the item is counted as rejected
-        if the refusal is about it; otherwise the sync stops."""
-        if self._endpoint.answers_with_request_id:
-            raise DeliveryError(
-                f"Heap refused a deletion request ({rejection}): its users are not deleted, and a deletion is "
-                "never skipped. Check the users' identities or user_ids and api.api_key, then run the sync again; "
-                "it resumes from the last state.",
-                transient=False,
-            )
-        if rejection.status == 413:
-            raise DeliveryError(
-                f"Heap refused a request holding a single item as too large ({rejection}). Nothing more is sent: "
-                "check base_url, and any proxy between this host and Heap.",
-                transient=False,
-            )
-        if request_ok or self._client.accepted_any or (rejection.names_item and not _same_refusals(result, rejection)):
-            result.rejected.append(rejection.reason)
-            return
+def _refused(route: Route, rejection: HeapRejected, result: BatchResult, request_ok: bool) -> None:
+    """A refusal not to be narrowed down further (one item, or a deletion): the item is counted as rejected if
+    the refusal is about it; otherwise the sync stops."""
+    if route.endpoint.answers_with_request_id:
         raise DeliveryError(
-            f"Heap refused the request itself, not an item in it ({rejection}), and has accepted nothing from "
-            f"this sync. Nothing more is sent. {CHECK_BASE_URL}",
+            f"Heap refused a deletion request ({rejection}): its users are not deleted, and a deletion is never "
+            "skipped. Check the users' identities or user_ids and api.api_key, then run the sync again; it "
+            "resumes from the last state.",
             transient=False,
         )
-
+    if rejection.status == 413:
+        raise DeliveryError(
+            f"Heap refused a request holding a single item as too large ({rejection}). Nothing more is sent: "
+            "check base_url, and any proxy between this host and Heap.",
+            transient=False,
+        )
+    accepted = request_ok or route.client.accepted_any
+    if accepted or (rejection.names_item and not _same_refusals(result, rejection)):
+        result.rejected.append(rejection.reason)
+        return
+    raise DeliveryError(
+        f"Heap refused the request itself, not an item in it ({rejection}), and has accepted nothing from this "
+        f"sync. Nothing more is sent. {CHECK_BASE_URL}",
+        transient=False,
+    )
 
 
 def _same_refusals(result: BatchResult, rejection: HeapRejected) -> bool:

@@ -32,7 +32,7 @@ from airbyte_cdk.models import (
 from airbyte_cdk.utils.airbyte_secrets_utils import filter_secrets, get_secrets, update_secrets
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
-from destination_heap_analytics.config import ConfigError, HeapConfig, for_stream, parse_config
+from destination_heap_analytics.config import ConfigError, HeapConfig, parse_config, streams_for_catalog
 from destination_heap_analytics.messages import Message, SourceState, from_airbyte_messages, parse_lines, read_lines
 from destination_heap_analytics.spec import connector_specification
 
@@ -136,8 +136,11 @@ class DestinationHeapAnalytics(Destination):
         from destination_heap_analytics.writer import SyncWriter  # only write needs the delivery stack
 
         heap_config = _config_or_trace(config)
-        stream, namespace = _single_stream(catalog)
-        writer = SyncWriter(for_stream(heap_config, stream), stream, namespace)
+        try:
+            streams = streams_for_catalog(heap_config, _catalog_streams(catalog))
+        except ConfigError as error:
+            raise AirbyteTracedException(message=str(error), failure_type=FailureType.config_error) from None
+        writer = SyncWriter(heap_config, streams)
         # SIGTERM can be handled only from the main thread; a host calling write elsewhere handles it itself
         return writer.write(messages, handle_sigterm=threading.current_thread() is threading.main_thread())
 
@@ -166,40 +169,34 @@ def _config_or_trace(config: Mapping[str, Any]) -> HeapConfig:
         raise AirbyteTracedException(message=str(error), failure_type=FailureType.config_error) from None
 
 
-def _single_stream(catalog: ConfiguredAirbyteCatalog) -> tuple[str, str | None]:
-    """Each sync loads one stream into Heap; several would need several mappings."""
-    streams = catalog.streams
-    if len(streams) != 1:
-        names = ", ".join(sorted(s.stream.name for s in streams)) or "none"
-        raise AirbyteTracedException(
-            message=f"This destination loads exactly one stream per connection; the catalog has "
-            f"{len(streams)} ({names}). Select one stream, and create one connection per stream.",
-            failure_type=FailureType.config_error,
-        )
-    configured = streams[0]
-    if configured.destination_sync_mode == DestinationSyncMode.overwrite:
-        logger.warning(
-            "Sync mode overwrite: Heap cannot delete data, so records are added as with append; "
-            "nothing already in Heap is removed."
-        )
-    return configured.stream.name, configured.stream.namespace
+def _catalog_streams(catalog: ConfiguredAirbyteCatalog) -> list[tuple[str, str | None]]:
+    """The (name, namespace) of each stream the connection loads. Heap cannot delete, so a stream that asks for
+    overwrite (a catalog written by hand or by older tooling) loads as append does."""
+    for configured in catalog.streams:
+        if configured.destination_sync_mode == DestinationSyncMode.overwrite:
+            logger.warning(
+                f"Stream {configured.stream.name}: sync mode overwrite, but Heap cannot delete data, so records "
+                "are added as with append; nothing already in Heap is removed."
+            )
+    return [(configured.stream.name, configured.stream.namespace or None) for configured in catalog.streams]
 
 
 def _deletion_credentials_problem(config: HeapConfig) -> str | None:
     """For delete_users, fetching an auth token proves app_id and api_key without deleting anything."""
-    if config.mapping.api_type != "delete_users":
-        return None
     import requests
 
     from destination_heap_analytics.delivery import DeletionAuth, DeliveryError, TokenUnavailable
 
     timeout = (CHECK_TIMEOUT_SECONDS, CHECK_TIMEOUT_SECONDS)
-    try:
-        DeletionAuth(config, requests.Session(), timeout).headers()
-    except DeliveryError as error:
-        return str(error)
-    except (TokenUnavailable, requests.RequestException) as error:
-        return f"Heap's auth token endpoint failed ({type(error).__name__}); try again later."
+    for stream in config.streams:
+        if stream.api_key is None:
+            continue
+        try:
+            DeletionAuth(config, stream.api_key, requests.Session(), timeout).headers()
+        except DeliveryError as error:
+            return str(error)
+        except (TokenUnavailable, requests.RequestException) as error:
+            return f"Heap's auth token endpoint failed ({type(error).__name__}); try again later."
     return None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 
 from destination_heap_analytics.delivery import DeliveryCounters
 
@@ -17,12 +18,28 @@ PROGRESS_INTERVAL_SECONDS = 15.0
 UNPARSABLE_LINES_LOGGED = 10
 
 
+@dataclass
+class StreamFigures:
+    """One catalog stream's part of the totals."""
+
+    read: int = 0
+    sent: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
 class SyncReport:
     def __init__(
-        self, counters: DeliveryCounters, dry_run: bool = False, progress_interval: float = PROGRESS_INTERVAL_SECONDS
+        self,
+        counters: DeliveryCounters,
+        dry_run: bool = False,
+        progress_interval: float = PROGRESS_INTERVAL_SECONDS,
+        streams: tuple[str, ...] = (),
     ) -> None:
         self.counters = counters
+        # per catalog stream, by name, when there are several: the totals below count every stream and line
+        self.streams = {name: StreamFigures() for name in streams} if len(streams) > 1 else {}
         self._sent = "would have been sent (dry run: nothing sent)" if dry_run else "sent and acknowledged by Heap"
+        self._sent_short = "would have been sent" if dry_run else "sent"
         self.records_read = 0
         self.records_sent = 0  # acknowledged by Heap
         self.skipped: Counter[str] = Counter()  # reason -> records left out
@@ -34,8 +51,20 @@ class SyncReport:
         self._progress_interval = progress_interval
         self._next_progress = self._started + progress_interval
 
-    def skip(self, reason: str) -> None:
+    def read(self, stream: str | None = None) -> None:
+        self.records_read += 1
+        if stream in self.streams:
+            self.streams[stream].read += 1
+
+    def sent(self, count: int, stream: str | None = None) -> None:
+        self.records_sent += count
+        if stream in self.streams:
+            self.streams[stream].sent += count
+
+    def skip(self, reason: str, stream: str | None = None) -> None:
         self.skipped[reason] += 1
+        if stream in self.streams:
+            self.streams[stream].skipped[reason] += 1
 
     def unparsable(self, number: int, problem: str) -> None:
         """An input line that is not a usable Airbyte message: the first few are logged by position and a fixed
@@ -68,7 +97,7 @@ class SyncReport:
         now = time.monotonic()
         if now >= self._next_progress:
             self._next_progress = now + self._progress_interval
-            logger.info(f"Progress: {self._figures(now)}")
+            logger.info(f"Progress: {self._figures(now)}{self._by_stream()}")
 
     def log_summary(self, outcome: str) -> None:
         if self.unparsable_lines:
@@ -76,7 +105,7 @@ class SyncReport:
                 f"{self.unparsable_lines} input lines were not usable Airbyte messages and were skipped "
                 f"(the first {min(self.unparsable_lines, UNPARSABLE_LINES_LOGGED)} are logged by line number)."
             )
-        logger.info(f"Sync summary ({outcome}): {self._figures(time.monotonic())}")
+        logger.info(f"Sync summary ({outcome}): {self._figures(time.monotonic())}{self._by_stream()}")
         if self.skipped:
             logger.warning(f"Records skipped, by reason: {_listing(self.skipped)}")
         if self.adjusted:
@@ -96,6 +125,16 @@ class SyncReport:
             f"{counters.requests} requests ({counters.retries} retries, {counters.throttled} throttled){splits}"
             f"{paced}, {elapsed:.1f} s, {self.records_read / elapsed:.0f} records/s"
         )
+
+
+    def _by_stream(self) -> str:
+        """Each catalog stream's records read, sent and skipped by reason (stream names come from the catalog)."""
+        parts = []
+        for name, figures in self.streams.items():
+            reasons = f" ({_listing(figures.skipped)})" if figures.skipped else ""
+            total = sum(figures.skipped.values())
+            parts.append(f"{name}: {figures.read} read, {figures.sent} {self._sent_short}, {total} skipped{reasons}")
+        return f". By stream: {'; '.join(parts)}" if parts else ""
 
 
 def _listing(counts: Counter[str]) -> str:

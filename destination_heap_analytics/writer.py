@@ -19,22 +19,24 @@ import orjson
 from airbyte_cdk.models import FailureType
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
-from destination_heap_analytics.config import HeapConfig
+from destination_heap_analytics.config import HeapConfig, StreamConfig, StreamKey
 from destination_heap_analytics.delivery import (
     MAX_BATCH_BYTES,
     STOP_CHECK_SECONDS,
     Batch,
     BatchResult,
     BatchSender,
+    DeliveryCounters,
     DeliveryError,
     DeliveryStopped,
     HeapClient,
+    Route,
 )
 from destination_heap_analytics.mapping import Mapping, Rejection
 from destination_heap_analytics.messages import BadLine, Message, SourceRecord, SourceState
 from destination_heap_analytics.pacing import Pacer
 from destination_heap_analytics.report import SyncReport
-from destination_heap_analytics.state import StateLedger
+from destination_heap_analytics.state import EVERY_STREAM, StateLedger
 
 logger = logging.getLogger("airbyte")
 
@@ -52,27 +54,43 @@ ORDER_KEY_FIELDS = {
 }
 
 
-class SyncWriter:
-    def __init__(self, config: HeapConfig, stream: str, namespace: str | None = None) -> None:
-        self._config = config
-        self._mapping = Mapping(config.mapping, stream)
-        self._stream = stream
-        self._namespace = namespace or None
-        self._stop = threading.Event()
-        pacer = Pacer.for_api(
-            config.mapping.api_type, config.bulk, config.track_events_per_minute, config.batch_size, self._stop.wait
-        )
-        self._client = HeapClient(config, pacer, self._stop)
-        self._sender = BatchSender(config, self._client, self._stop)
-        self._ledger: StateLedger[SourceState] = StateLedger()
-        self.report = SyncReport(self._client.counters, config.dry_run)
-        self._open: Batch | None = None
-        self._opened_at = 0.0
-        self._read_at_last_state = 0
-        self._terminated_at: float | None = None  # when SIGTERM arrived
+class StreamLoad:
+    """One catalog stream's part of a sync: its mapping, its route to Heap, and the batch it is filling."""
+
+    def __init__(self, key: StreamKey, stream: StreamConfig, route: Route) -> None:
+        self.key = key
+        self.name = key[0] if key[1] is None else f"{key[1]}.{key[0]}"  # as the report names it
+        self.mapping = Mapping(stream.mapping, key[0])
+        self.route = route
         # In single mode every record is its own request: one record a batch lets them all run concurrently.
-        self._batch_size = config.batch_size if config.bulk else 1
-        self._order_fields = ORDER_KEY_FIELDS.get(config.mapping.api_type, ())
+        self.batch_size = stream.batch_size if stream.bulk else 1
+        self.order_fields = ORDER_KEY_FIELDS.get(stream.mapping.api_type, ())
+        self.open: Batch | None = None
+        self.opened_at = 0.0
+        self.read_at_last_state = 0  # records read of this stream at its previous STATE
+
+
+class SyncWriter:
+    def __init__(self, config: HeapConfig, streams: dict[StreamKey, StreamConfig]) -> None:
+        self._config = config
+        self._stop = threading.Event()
+        counters = DeliveryCounters()
+        pacers: dict[tuple[str, bool], Pacer | None] = {}  # one per limit: streams of one kind share it
+        self._loads: dict[StreamKey, StreamLoad] = {}
+        for key, stream in streams.items():
+            kind = (stream.mapping.api_type, stream.bulk)
+            if kind not in pacers:
+                pacers[kind] = Pacer.for_api(*kind, config.track_events_per_minute, stream.batch_size, self._stop.wait)
+            api_key = stream.api_key if not config.dry_run else None  # a dry run fetches no token
+            client = HeapClient(config, pacers[kind], self._stop, counters, api_key)
+            self._loads[key] = StreamLoad(key, stream, Route(config, stream, client))
+        self._sender = BatchSender(config, self._stop)
+        self._ledger: StateLedger[SourceState] = StateLedger()
+        self._load_of_batch: dict[int, StreamLoad] = {}  # until acknowledged
+        names = tuple(load.name for load in self._loads.values())
+        self.report = SyncReport(counters, config.dry_run, streams=names)
+        self._read_at_last_state = 0  # records read at the previous STATE for every stream
+        self._terminated_at: float | None = None  # when SIGTERM arrived
 
     def write(self, messages: Iterable[Message], handle_sigterm: bool = False) -> Iterator[SourceState]:
         """Consume the source's messages (None when it is quiet), yielding each STATE once everything before it
@@ -85,12 +103,13 @@ class SyncWriter:
                     break
                 if message is not None:
                     yield from self._process_message(message)
-                if message is None or self._open_batch_is_old():  # a quiet source, or a slow one
-                    self._submit_open_batch()
+                # a quiet source sends what it has; a slow one, each batch once it has been filling a while
+                self._submit_old_batches(max_age=0.0 if message is None else MAX_BATCH_AGE_SECONDS)
+                if self._ledger.pending:  # states acknowledged meanwhile leave now, not at the next message
                     yield from self._release(self._sender.collect())
                 self.report.maybe_log_progress()
             if self._terminated_at is None:
-                self._submit_open_batch()
+                self._submit_old_batches(max_age=0.0)
             yield from self._finish()
             outcome = "terminated" if self._terminated_at is not None else "succeeded"
         finally:
@@ -112,8 +131,9 @@ class SyncWriter:
         if kind is SourceRecord:
             self.process_record(message)
         elif kind is SourceState:
-            self._count_records_behind(message)
-            self._ledger.state_received(message)
+            stream = _stream_of(message)
+            self._count_records_behind(message, self._loads.get(stream) if stream is not EVERY_STREAM else None)
+            self._ledger.state_received(message, stream)
             yield from self._release(self._sender.collect())
         elif message.record:
             self.report.records_read += 1
@@ -123,34 +143,38 @@ class SyncWriter:
             self.report.unparsable(message.number, message.problem)
 
     def process_record(self, record: SourceRecord) -> None:
-        """Map one record into the open batch; a full batch goes out."""
-        self.report.records_read += 1
-        if record.stream != self._stream or record.namespace != self._namespace:
+        """Map one record into its stream's open batch; a full batch goes out."""
+        load = self._loads.get((record.stream, record.namespace))
+        if load is None:
+            self.report.read()
             self._skip(STREAM_NOT_IN_CATALOG)
             return
-        item = self._mapping.map(record.data, record.emitted_at)
+        self.report.read(load.name)
+        item = load.mapping.map(record.data, record.emitted_at)
         if item.__class__ is Rejection:
-            self._skip(item)
+            self._skip(item, load)
             return
         if item.notes:
             self.report.adjust(item.notes)
         body = orjson.dumps(item.body)
-        if self._open is not None and self._open.size + len(body) >= MAX_BATCH_BYTES:
-            self.process_batch()  # full by bytes: it goes without this item
-        if self._open is None:
-            self._open = Batch(self._ledger.open_batch())
-            self._opened_at = time.monotonic()
-        self._open.bodies.append(body)
-        self._open.size += len(body) + 1  # and its comma
-        self._open.identities.append(item.identity)
-        if self._order_fields:
-            self._open.keys.append(next((item.body[f] for f in self._order_fields if f in item.body), None))
-        if len(self._open.bodies) >= self._batch_size:
-            self.process_batch()
+        if load.open is not None and load.open.size + len(body) >= MAX_BATCH_BYTES:
+            self.process_batch(load)  # full by bytes: it goes without this item
+        if load.open is None:
+            load.open = Batch(self._ledger.open_batch(load.key), load.route)
+            load.opened_at = time.monotonic()
+            self._load_of_batch[load.open.number] = load
+        batch = load.open
+        batch.bodies.append(body)
+        batch.size += len(body) + 1  # and its comma
+        batch.identities.append(item.identity)
+        if load.order_fields:
+            batch.keys.append(next((item.body[f] for f in load.order_fields if f in item.body), None))
+        if len(batch.bodies) >= load.batch_size:
+            self.process_batch(load)
 
-    def process_batch(self) -> None:
-        """Hand the open batch to the sender (blocking while its window is full) and note what finished."""
-        batch, self._open = self._open, None
+    def process_batch(self, load: StreamLoad) -> None:
+        """Hand a stream's open batch to the sender (blocking while its window is full), note what finished."""
+        batch, load.open = load.open, None
         self._acknowledge(self._sender.submit(batch, while_waiting=self.report.maybe_log_progress))
 
     def _finish(self) -> Iterator[SourceState]:
@@ -172,20 +196,25 @@ class SyncWriter:
         os.dup2(devnull, 0)
         os.close(devnull)
 
-    def _count_records_behind(self, state: SourceState) -> None:
+    def _count_records_behind(self, state: SourceState, load: StreamLoad | None) -> None:
         """destinationStats.recordCount: the records received since the previous STATE (skipped ones included),
-        as Airbyte's own destination framework counts them; the platform compares it with the source's count."""
-        behind = self.report.records_read - self._read_at_last_state
-        self._read_at_last_state = self.report.records_read
+        as Airbyte's own destination framework counts them; the platform compares it with the source's count.
+        A stream's state counts that stream's records since its previous state."""
+        if load is not None and self.report.streams:
+            read = self.report.streams[load.name].read
+            behind, load.read_at_last_state = read - load.read_at_last_state, read
+        else:
+            behind = self.report.records_read - self._read_at_last_state
+            self._read_at_last_state = self.report.records_read
         body = state.message["state"]
         body["destinationStats"] = {**(body.get("destinationStats") or {}), "recordCount": float(behind)}
 
-    def _open_batch_is_old(self) -> bool:
-        return self._open is not None and time.monotonic() - self._opened_at >= MAX_BATCH_AGE_SECONDS
-
-    def _submit_open_batch(self) -> None:
-        if self._open is not None:
-            self.process_batch()
+    def _submit_old_batches(self, max_age: float = MAX_BATCH_AGE_SECONDS) -> None:
+        """Send each stream's open batch that has been filling for `max_age` seconds (0: every open batch)."""
+        now = time.monotonic()
+        for load in self._loads.values():
+            if load.open is not None and now - load.opened_at >= max_age:
+                self.process_batch(load)
 
     def _acknowledge(self, results: list[BatchResult]) -> None:
         failure = None
@@ -195,9 +224,10 @@ class SyncWriter:
             if result.failure is not None:
                 failure = failure or result.failure
                 continue
-            self.report.records_sent += result.delivered
+            load = self._load_of_batch.pop(result.number)
+            self.report.sent(result.delivered, load.name)
             for reason in result.rejected:
-                self._skip(Rejection(f"rejected_by_heap: {reason}"))
+                self._skip(Rejection(f"rejected_by_heap: {reason}"), load)
             self._ledger.acknowledged(result.number)
         if failure is not None:
             self._fail_delivery(failure)
@@ -211,8 +241,8 @@ class SyncWriter:
                 self.report.states_emitted += 1
                 yield state
 
-    def _skip(self, rejection: Rejection) -> None:
-        self.report.skip(rejection.describe())
+    def _skip(self, rejection: Rejection, load: StreamLoad | None = None) -> None:
+        self.report.skip(rejection.describe(), load.name if load else None)
         self._stop_on_invalid(rejection)
 
     def _stop_on_invalid(self, rejection: Rejection, line: BadLine | None = None) -> None:
@@ -233,3 +263,12 @@ class SyncWriter:
             message=str(failure),
             failure_type=FailureType.transient_error if transient else FailureType.config_error,
         )
+
+
+def _stream_of(state: SourceState) -> StreamKey | None:
+    """The stream a STREAM state is for; EVERY_STREAM for a GLOBAL or LEGACY state."""
+    body = state.message["state"]
+    if body.get("type") != "STREAM":
+        return EVERY_STREAM
+    descriptor = (body.get("stream") or {}).get("stream_descriptor") or {}
+    return descriptor.get("name"), descriptor.get("namespace") or None

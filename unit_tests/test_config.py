@@ -94,7 +94,7 @@ def test_app_id_is_digits_as_text_as_the_spec_says(app_id):
         ({"api": None}, "api is missing"),
         ({"api": {"api_type": "identify_users"}}, "api.api_type is 'identify_users'"),
         ({"api": {"api_type": "track", "event_column": "e"}}, "api.identity_column is required for api_type track"),
-        ({"api": {"api_type": "track", "identity_column": "i"}}, "api.event_column is required"),
+        ({"api": {"api_type": "track", "identity_column": "i"}}, "exactly one of api.event_column or api.event_name"),
         ({"api": {"api_type": "add_user_properties", "identity_column": "i"}}, "api.property_columns is required"),
         ({"api": {"api_type": "add_account_properties", "property_columns": "*"}}, "api.account_id_column is required"),
         ({"api": dict(TRACK, identity_column=5)}, "must be a column name"),

@@ -20,6 +20,7 @@ from destination_heap_analytics.delivery import (
     DeliveryCounters,
     DeliveryError,
     HeapRejected,
+    Route,
     heap_reason,
     is_heap_acknowledgement,
 )
@@ -128,13 +129,17 @@ class FakeClient:
 
 
 def sender_for(api: dict, client: FakeClient, **options) -> BatchSender:
+    """A sender, and (as `sender.route`) the route to the fake client that run_batches gives each batch."""
     config = parse_config({"app_id": "11", "base_url": "http://127.0.0.1:9", "api": api, **options})
-    return BatchSender(config, client, threading.Event())
+    sender = BatchSender(config, threading.Event())
+    sender.route = Route(config, config.streams[0], client)
+    return sender
 
 
 def run_batches(sender: BatchSender, batches: list[Batch]) -> list:
     results = []
     for batch in batches:
+        batch.route = sender.route
         results.extend(sender.submit(batch))
     while sender.in_flight:
         results.extend(sender.collect(timeout=1))
@@ -146,7 +151,7 @@ def user_batches(rounds: int, users: int, per_batch: int) -> list[Batch]:
     items = [{"identity": f"u{u}", "properties": {"v": r}} for r in range(rounds) for u in range(users)]
     batches = []
     for start in range(0, len(items), per_batch):
-        batch = Batch(len(batches) + 1)
+        batch = Batch(len(batches) + 1, None)  # run_batches gives it its route
         for item in items[start : start + per_batch]:
             body = orjson.dumps(item)
             batch.bodies.append(body)
@@ -196,7 +201,7 @@ def test_batches_without_shared_keys_run_in_parallel():
     batches = []
     for number in range(1, 9):
         body = orjson.dumps({"identity": f"u{number}", "event": "e"})
-        batches.append(Batch(number, [body], [f"u{number}"], [], len(body)))
+        batches.append(Batch(number, None, [body], [f"u{number}"], [], len(body)))
     started = time.monotonic()
     run_batches(sender_for(TRACK_API, client, max_concurrent_requests=8), batches)
     assert time.monotonic() - started < 0.8
@@ -301,7 +306,7 @@ def test_the_window_is_bounded_in_bytes_as_well_as_batches():
     peak = 0
     for number in range(1, 41):
         body = orjson.dumps({"identity": "u", "event": "e"})
-        batch = Batch(number, [body], ["u"], [], size=MAX_WINDOW_BYTES // 5)  # as large as 5 fill the window
+        batch = Batch(number, sender.route, [body], ["u"], [], size=MAX_WINDOW_BYTES // 5)  # 5 fill the window
         sender.submit(batch)
         peak = max(peak, sender.bytes_in_flight)
     while sender.in_flight:

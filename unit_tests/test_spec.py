@@ -26,6 +26,7 @@ from jsonschema import Draft7Validator
 from destination_heap_analytics.config import (
     API_TYPES,
     EU_BASE_URL,
+    EXACTLY_ONE,
     PRESETS,
     REQUIRED_COLUMNS,
     US_BASE_URL,
@@ -282,8 +283,10 @@ def api_object(draw, case: Case) -> Any:
         draw(field_value(api, "api_key", case, st.sampled_from(["heap-delete-key-0123", " k "]), st.just("  "), 8))
     if draw(st.integers(0, 9)) == 0:
         api[draw(st.sampled_from(["preset", "unknown", "order"]))] = draw(WRONG_TYPES)
-    if kind == "delete_users" and ("identity_column" in api) == ("user_id_column" in api):
-        case.questionable |= {"identity_column", "user_id_column"}  # the rule: exactly one of the two
+    api_type = PRESETS[kind]["api_type"] if kind in PRESETS else kind
+    for first, second, _ in EXACTLY_ONE.get(api_type, ()):  # the rule: exactly one of the two (a preset has one)
+        if (first in api and second in api) or (kind not in PRESETS and first not in api and second not in api):
+            case.questionable |= {first, second}
     return api
 
 
@@ -421,8 +424,11 @@ def valid_configs(draw) -> dict:
         required = kind not in PRESETS and name in REQUIRED_COLUMNS[api_type]
         if required or (api_type != "delete_users" and draw(st.booleans())):
             api[name] = draw(st.sampled_from(["email", "a.b", "x,y"] if name != "excluded_columns" else ["a,b", ""]))
+    for first, second, _ in EXACTLY_ONE.get(api_type, ()):  # exactly one of the two (a preset has its own)
+        api.pop(draw(st.sampled_from([first, second])), None)
+        if kind not in PRESETS and first not in api and second not in api:
+            api[draw(st.sampled_from([first, second]))] = "email"
     if api_type == "delete_users":
-        api[draw(st.sampled_from(["identity_column", "user_id_column"]))] = "email"
         api["api_key"] = "heap-delete-key"
     config = {"app_id": draw(st.from_regex(r"[0-9]{1,12}", fullmatch=True)), "api": api}
     if draw(st.booleans()):
