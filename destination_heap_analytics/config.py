@@ -51,6 +51,7 @@ EXACTLY_ONE = {
     "track": (("event_column", "event_name", "the column holding the event name, or one event name for every record"),),
     "delete_users": (("identity_column", "user_id_column", "the column naming the users to delete"),),
 }
+MAX_EVENT_NAME = 1023  # Heap: event names under 1024 characters
 MAX_BATCH = {"delete_users": 10_000}  # Heap's bulk maximum per api_type; 1000 for the ingestion APIs
 BULK_FORM = {"identify": False, "delete_users": True}  # where Heap offers only one form, it is used
 # Single requests are small and spend their time waiting on the network: more of them in flight.
@@ -318,6 +319,8 @@ def _mapping(api: Any, where: str) -> MappingConfig:
     if not isinstance(excluded, str):
         raise ConfigError(f"{where}.excluded_columns must be a comma-separated list of field names.")
     columns["excluded_columns"] = frozenset(name.strip() for name in excluded.split(",") if name.strip())
+    if columns.get("event_name") and len(columns["event_name"]) > MAX_EVENT_NAME:
+        raise ConfigError(f"{where}.event_name is longer than Heap takes: at most {MAX_EVENT_NAME} characters.")
     for first, second, what in EXACTLY_ONE.get(api_type, ()):
         if (columns[first] is None) == (columns[second] is None):
             raise ConfigError(

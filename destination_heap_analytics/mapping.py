@@ -132,7 +132,8 @@ class Mapping:
         self._properties = None if config.property_columns is None else [ColumnPath(c) for c in config.property_columns]
         self._forbid_id = config.api_type == "add_user_properties"
         self._excluded = config.excluded_columns
-        self._default_event = config.default_event
+        # a fixed event name (event_name) is the event of every record; else the column's, or the default
+        self._default_event = config.event_name or config.default_event
         self._event_id = ColumnPath(config.event_id_column) if config.event_id_column else None
         builders: dict[str, Callable[[dict[str, Any], int], HeapItem | Rejection]] = {
             "track": self._track,

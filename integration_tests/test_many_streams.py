@@ -1,0 +1,223 @@
+"""One connection, many streams: each stream of the catalog loads through its own Heap mapping, its states
+leave once its own records are in Heap, and every stream shares one budget against Heap's limits."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+
+import pytest
+
+from heap_standin import HeapStandin
+from integration_tests import reliability
+from integration_tests.support import APP_ID, catalog, run_connector
+
+USERS = {"api_type": "add_user_properties", "identity_column": "email", "property_columns": "plan,seats"}
+ACCOUNTS = {"api_type": "add_account_properties", "account_id_column": "account", "property_columns": "plan,seats"}
+ORDERS = {"api_type": "track", "identity_column": "email", "event_name": "Order Placed", "timestamp_column": "at"}
+
+
+def stream_config(heap: HeapStandin, entries: dict[str, dict], **overrides) -> dict:
+    streams = [{"stream": name, "api": api} for name, api in entries.items()]
+    return {"app_id": APP_ID, "base_url": heap.url, "streams": streams, "track_events_per_minute": 0, **overrides}
+
+
+def row(stream: str, i: int) -> dict:
+    return {
+        "email": f"secret-{stream}-{i % 97}@example.com",
+        "account": f"secret-account-{i % 31}",
+        "plan": f"plan-{i}",
+        "seats": i,
+        "order_id": f"{stream}-{i}",
+        "at": f"2024-05-01T10:{i // 60 % 60:02d}:{i % 60:02d}Z",
+    }
+
+
+def rec(stream: str, i: int) -> dict:
+    return {"type": "RECORD", "record": {"stream": stream, "data": row(stream, i), "emitted_at": 1_700_000_000_000}}
+
+
+def stream_state(stream: str, position: int, state_id: int) -> dict:
+    return {
+        "type": "STATE",
+        "state": {
+            "type": "STREAM",
+            "id": state_id,
+            "stream": {"stream_descriptor": {"name": stream}, "stream_state": {"position": position}},
+        },
+    }
+
+
+def interleaved(counts: dict[str, int], state_every: dict[str, int], start: dict[str, int] | None = None) -> list:
+    """Records of each stream from `start` (by index), dealt round robin across streams, with a STREAM state after
+    every `state_every` records of that stream and one at each stream's end."""
+    start = start or {}
+    positions = {name: start.get(name, 0) for name in counts}
+    messages, state_id = [], 0
+    while any(positions[name] < counts[name] for name in counts):
+        for name in counts:
+            i = positions[name]
+            if i >= counts[name]:
+                continue
+            messages.append(rec(name, i))
+            positions[name] = i + 1
+            if (i + 1) % state_every[name] == 0 or i + 1 == counts[name]:
+                state_id += 1
+                messages.append(stream_state(name, i, state_id))
+    return messages
+
+
+class PerStreamWatcher:
+    """What the stand-in holds at the moment each STATE leaves the connector."""
+
+    def __init__(self, heap: HeapStandin) -> None:
+        self._heap = heap
+        self.snapshots: list[tuple[dict, set[str], set[str], set[str]]] = []
+
+    def on_message(self, message: dict) -> None:
+        if message["type"] == "STATE":
+            held_users = {user["properties"]["plan"] for user in self._heap.users}
+            held_accounts = {account["properties"]["plan"] for account in self._heap.accounts}
+            held_orders = {event["properties"]["order_id"] for event in self._heap.events}
+            self.snapshots.append((message["state"], held_users, held_accounts, held_orders))
+
+
+def test_three_streams_through_three_apis_each_record_once_each_streams_states_after_its_own_records(heap):
+    heap.set_latency(5)
+    entries = {"users": USERS, "accounts": ACCOUNTS, "orders": dict(ORDERS, property_columns="order_id,seats")}
+    counts = {"users": 900, "accounts": 700, "orders": 1200}
+    messages = interleaved(counts, {"users": 250, "accounts": 100, "orders": 333})
+    watcher = PerStreamWatcher(heap)
+    result = run_connector(
+        "write",
+        stream_config(heap, entries, batch_size=50),
+        catalog(*entries),
+        messages,
+        on_message=watcher.on_message,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.describe()
+    assert sorted(user["properties"]["plan"] for user in heap.users) == sorted(f"plan-{i}" for i in range(900))
+    assert sorted(a["properties"]["plan"] for a in heap.accounts) == sorted(f"plan-{i}" for i in range(700))
+    assert sorted(e["properties"]["order_id"] for e in heap.events) == sorted(f"orders-{i}" for i in range(1200))
+    assert {event["event"] for event in heap.events} == {"Order Placed"}
+
+    # every state comes out once, with its id; each stream's in input order
+    sent_states = [m["state"] for m in messages if m["type"] == "STATE"]
+    echoed = [dict(snapshot[0]) for snapshot in watcher.snapshots]
+    for state in echoed:
+        state.pop("destinationStats")
+    assert sorted(s["id"] for s in echoed) == sorted(s["id"] for s in sent_states)
+    for name in entries:
+        assert [s["id"] for s in echoed if s["stream"]["stream_descriptor"]["name"] == name] == [
+            s["id"] for s in sent_states if s["stream"]["stream_descriptor"]["name"] == name
+        ]
+    # when a stream's state left, every record of that stream before it was in Heap
+    field_of = {"users": "plan", "accounts": "plan", "orders": "order_id"}
+    index = {"users": 1, "accounts": 2, "orders": 3}
+    for state, *held in watcher.snapshots:
+        name = state["stream"]["stream_descriptor"]["name"]
+        position = state["stream"]["stream_state"]["position"]
+        before = {row(name, i)[field_of[name]] for i in range(position + 1)}
+        missing = before - held[index[name] - 1]
+        assert not missing, f"{name} state at {position} left before {len(missing)} of its records were in Heap"
+    # the platform's per-state count: the stream's records since its previous state
+    for state in (snapshot[0] for snapshot in watcher.snapshots):
+        name = state["stream"]["stream_descriptor"]["name"]
+        every = {"users": 250, "accounts": 100, "orders": 333}[name]
+        position = state["stream"]["stream_state"]["position"]
+        assert state["destinationStats"]["recordCount"] == float(position % every + 1), state
+
+    summary = [line for line in result.log_lines("INFO") if line.startswith("Sync summary")]
+    assert "By stream: users: 900 read, 900 sent, 0 skipped; accounts: 700 read, 700 sent, 0 skipped; " \
+        "orders: 1200 read, 1200 sent, 0 skipped" in summary[0], summary
+    reliability.record("records_loaded", sum(counts.values()))
+
+
+def test_an_unmapped_stream_is_refused_before_anything_is_sent(heap):
+    config = stream_config(heap, {"users": USERS})
+    result = run_connector("write", config, catalog("users", "orders"), [rec("users", 1)])
+    assert result.returncode != 0
+    (error,) = result.errors
+    assert error["failure_type"] == "config_error"
+    assert "No Heap mapping for the stream(s) orders" in error["message"]
+    assert '"streams": [{"stream": "orders"' in error["message"]
+    assert heap.stats()["requests"] == 0
+
+
+def test_a_stream_outside_the_catalog_is_still_counted_and_skipped(heap):
+    messages = [rec("users", 1), rec("elsewhere", 2), stream_state("users", 1, 1)]
+    result = run_connector("write", stream_config(heap, {"users": USERS}), catalog("users"), messages)
+    assert result.returncode == 0, result.describe()
+    assert result.skipped == {"stream_not_in_catalog": 1}
+    assert len(heap.users) == 1
+
+
+def test_two_track_streams_share_one_budget_against_heaps_limit():
+    """Two bulk track streams paced together: within one per-environment budget, zero 429s. The stand-in enforces
+    6,000 events a minute; the config says the same."""
+    limit = 6_000
+    with HeapStandin(track_events_per_minute=limit) as heap:
+        entries = {"clicks": ORDERS, "views": dict(ORDERS, event_name="Viewed")}
+        messages = interleaved({"clicks": 1000, "views": 1000}, {"clicks": 250, "views": 250})
+        started = time.monotonic()
+        result = run_connector(
+            "write",
+            stream_config(heap, entries, track_events_per_minute=limit, batch_size=500),
+            catalog(*entries),
+            messages,
+            timeout=120,
+        )
+        elapsed = time.monotonic() - started
+        assert result.returncode == 0, result.describe()
+        assert heap.stats()["by_status"].get("429", 0) == 0, heap.stats()
+        assert len(heap.events) == 2000
+        # a burst of one batch, then the rest at 100 events a second: the two streams could not go faster
+        assert elapsed >= (2000 - 500) / (limit / 60) * 0.9, elapsed
+
+
+@pytest.mark.slow
+def test_kill_and_resume_with_two_streams_interleaved_loses_and_doubles_nothing():
+    """SIGKILL at seeded random points; each run resumes every stream from its own last emitted state, as the
+    platform does; at the end every event is in Heap exactly once."""
+    counts = {"clicks": 4000, "views": 3000}
+    every = {"clicks": 200, "views": 150}
+    tracked = dict(ORDERS, property_columns="order_id")
+    entries = {"clicks": dict(tracked, event_name="Clicked"), "views": dict(tracked, event_name="Viewed")}
+    generator = random.Random(20261201)
+    with HeapStandin(latency_ms=10) as heap:
+        config = stream_config(heap, dict(entries), batch_size=100)
+        resume: dict[str, int] = {}
+        kills = 0
+        for run in range(12):
+            messages = interleaved(counts, every, start=resume)
+            delay = generator.uniform(0.3, 1.5)
+            killed: list[bool] = []
+
+            def kill_later(process, delay=delay, killed=killed) -> None:
+                def fire() -> None:
+                    time.sleep(delay)
+                    if process.poll() is None:
+                        process.send_signal(signal.SIGKILL)
+                        killed.append(True)
+
+                threading.Thread(target=fire, daemon=True).start()
+
+            result = run_connector(
+                "write", config, catalog(*entries), messages, on_start=kill_later if run < 8 else None,
+                strict=False, timeout=120,
+            )
+            for state in (m["state"] for m in result.messages if m["type"] == "STATE"):
+                name = state["stream"]["stream_descriptor"]["name"]
+                resume[name] = state["stream"]["stream_state"]["position"] + 1
+            kills += bool(killed) and result.returncode == -signal.SIGKILL
+            if not killed and result.returncode == 0:
+                break
+        assert kills >= 3, f"only {kills} kills landed mid-load"
+        order_ids = [event["properties"]["order_id"] for event in heap.events]
+        expected = {f"{name}-{i}" for name, count in counts.items() for i in range(count)}
+        assert set(order_ids) == expected, f"{len(expected - set(order_ids))} lost"
+        assert len(order_ids) == len(set(order_ids)), "an event is held twice"
+        reliability.record("kill_points_survived", kills)
