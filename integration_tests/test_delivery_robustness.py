@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from destination_heap_analytics.heap_standin import Fault, HeapStandin
-from integration_tests.conftest import (
+from heap_standin import Fault, HeapStandin
+from integration_tests.support import (
     TRACK_API,
     USER_API,
     catalog,
