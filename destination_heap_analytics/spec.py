@@ -8,9 +8,9 @@ from the others; `order` sorts the fields; `airbyte_secret` masks one.
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airbyte_cdk.models import ConnectorSpecification, ConnectorSpecificationSerializer
+import orjson
 
 from destination_heap_analytics.config import (
     INVALID_RECORD_POLICIES,
@@ -20,6 +20,9 @@ from destination_heap_analytics.config import (
     WHOLE_NUMBER_BOUNDS,
     option_columns,
 )
+
+if TYPE_CHECKING:
+    from airbyte_cdk.models import ConnectorSpecification
 
 DOCUMENTATION_URL = "https://docs.airbyte.com/integrations/destinations/heap-analytics"
 COLUMN_HELP = "A dotted path into the record, such as identities.connection or items.0.sku."
@@ -224,16 +227,29 @@ def connection_specification() -> dict[str, Any]:
     }
 
 
+def specification() -> dict[str, Any]:
+    """The whole spec, as the SPEC message carries it."""
+    return {
+        "documentationUrl": DOCUMENTATION_URL,
+        "supportsIncremental": True,
+        "supported_destination_sync_modes": ["append", "append_dedup"],
+        "supportsNormalization": False,
+        "supportsDBT": False,
+        "connectionSpecification": connection_specification(),
+    }
+
+
+def spec_message() -> str:
+    """The `spec` command's one line. It needs no CDK: importing the CDK is most of a cold start, and the
+    platform asks for the spec whenever it loads the connector."""
+    return orjson.dumps({"type": "SPEC", "spec": specification()}).decode()
+
+
 @cache
 def connector_specification() -> ConnectorSpecification:
-    return ConnectorSpecificationSerializer.load(
-        {
-            "documentationUrl": DOCUMENTATION_URL,
-            "supportsIncremental": True,
-            "supported_destination_sync_modes": ["append", "append_dedup"],
-            "connectionSpecification": connection_specification(),
-        }
-    )
+    from airbyte_cdk.models import ConnectorSpecificationSerializer
+
+    return ConnectorSpecificationSerializer.load(specification())
 
 
 def _api(description: str) -> dict[str, Any]:

@@ -124,6 +124,15 @@ def test_the_spec_offers_only_the_sync_modes_heap_can_honour():
     assert [mode.value for mode in spec.supported_destination_sync_modes] == ["append", "append_dedup"]
 
 
+def test_the_command_lines_spec_is_the_cdk_destinations_spec():
+    """`spec` answers without loading the CDK; what it prints is exactly what the CDK's Destination gives."""
+    printed = run_connector("spec").messages
+    assert [m["type"] for m in printed] == ["SPEC"]
+    assert printed[0]["spec"] == AirbyteMessageSerializer.dump(
+        AirbyteMessage(type=Type.SPEC, spec=DestinationHeapAnalytics().spec(None))
+    )["spec"]
+
+
 def test_write_in_process_takes_airbyte_messages_and_echoes_the_state(heap):
     """The CDK's contract, as Airbyte's own destination tests call it: AirbyteMessage objects in and out."""
     messages = with_states(people(6), every=6, make_state=platform_stream_state)

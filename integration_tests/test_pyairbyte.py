@@ -86,7 +86,7 @@ DRIVER = textwrap.dedent(
             install_root=Path(job["install_root"]),
             install_if_missing=False,
         )
-        source.select_streams([job["stream"]])
+        source.select_streams(job["streams"])
         destination = ab.get_destination(
             "destination-heap-analytics", config=job["destination_config"], local_executable=job["executable"]
         )
@@ -99,7 +99,8 @@ DRIVER = textwrap.dedent(
             stored = ab.get_default_cache().get_state_provider(
                 source_name=source.name, destination_name=destination.name, refresh=True
             )
-            state = stored.get_stream_state(job["stream"], not_found=None)
+            states = {name: stored.get_stream_state(name, not_found=None) for name in job["streams"]}
+            state = states[job["streams"][0]]
             tracker = getattr(result, "_progress_tracker", None)
             confirmed = getattr(tracker, "destination_stream_records_confirmed", {}) or {}
             out["writes"].append(
@@ -107,6 +108,10 @@ DRIVER = textwrap.dedent(
                     "processed_records": result.processed_records,
                     "confirmed_records": sum(confirmed.values()),
                     "stored_state": None if state is None else json.loads(state.model_dump_json()),
+                    "stored_states": {
+                        name: None if value is None else json.loads(value.model_dump_json())
+                        for name, value in states.items()
+                    },
                 }
             )
             save()
@@ -168,19 +173,28 @@ class Sync:
         )
 
 
-def drive(venv: Path, work: Path, api: dict, writes: list[dict], executable: str = CONNECTOR) -> Sync:
-    """Run the driver against a fresh stand-in; the stand-in's contents are snapshotted after each write."""
+def drive(
+    venv: Path,
+    work: Path,
+    api: dict,
+    writes: list[dict],
+    executable: str = CONNECTOR,
+    streams: tuple[str, ...] = (STREAM,),
+    stream_mappings: list[dict] | None = None,
+) -> Sync:
+    """Run the driver against a fresh stand-in; the stand-in's contents are snapshotted after each write.
+    `stream_mappings`: a config's `streams` list, for a sync of several streams (`api` is then unused)."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "tmp").mkdir(exist_ok=True)
     guard = outbound_guard()
     guard.clear()
     with HeapStandin() as heap:
         job = {
-            "stream": STREAM,
+            "streams": list(streams),
             "source_config": FAKER_CONFIG,
             "install_root": str(venv / "connectors"),
             "executable": executable,
-            "destination_config": config(heap, api),
+            "destination_config": _destination_config(heap, api, stream_mappings),
             "writes": writes,
             "result_path": str(work / "outcome.json"),
         }
@@ -257,6 +271,14 @@ def drive(venv: Path, work: Path, api: dict, writes: list[dict], executable: str
             all_items=heap.events + heap.users + heap.accounts,
             outbound=guard.seen,
         )
+
+
+def _destination_config(heap: HeapStandin, api: dict, stream_mappings: list[dict] | None) -> dict:
+    if stream_mappings is None:
+        return config(heap, api)
+    whole = config(heap, api)
+    del whole["api"]
+    return whole | {"streams": stream_mappings}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -444,3 +466,39 @@ def test_states_report_the_records_the_destination_committed(cached):
     assert answered
     assert sum((s.get("destinationStats") or {}).get("recordCount", 0) for s in answered) == USERS
     assert sync.outcome["writes"][0]["confirmed_records"] == USERS
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One write, two streams: faker's users as user properties, its purchases as track events of one name
+
+PURCHASE = {
+    "api_type": "track",
+    "identity_column": "user_id",
+    "event_name": "Purchase",
+    "timestamp_column": "purchased_at",
+    "property_columns": "product_id,added_to_cart_at",
+}
+
+
+def test_users_and_purchases_load_in_one_write_each_through_its_own_mapping(pyairbyte_venv, tmp_path_factory):
+    mappings = [
+        {"stream": "users", "api": APIS["add_user_properties"]},
+        {"stream": "purchases", "api": PURCHASE},
+    ]
+    sync = drive(
+        pyairbyte_venv,
+        tmp_path_factory.mktemp("pyairbyte-streams"),
+        APIS["add_user_properties"],
+        writes=[{"cache": False}],
+        streams=("users", "purchases"),
+        stream_mappings=mappings,
+    )
+    assert sync.returncode == 0 and "error" not in sync.outcome, sync.describe()
+    (write,) = sync.outcome["writes"]
+    users = [item for item in sync.all_items if "identity" in item and "event" not in item]
+    events = [item for item in sync.all_items if "event" in item]
+    assert len(users) == USERS
+    assert events and {event["event"] for event in events} == {"Purchase"}
+    assert len(users) + len(events) == write["processed_records"], "every record of both streams, once"
+    assert set(write["stored_states"]) == {"users", "purchases"}
+    assert all(state is not None for state in write["stored_states"].values()), write["stored_states"]
