@@ -185,7 +185,7 @@ def _deletion_credentials_problem(config: HeapConfig) -> str | None:
     """For delete_users, fetching an auth token proves app_id and api_key without deleting anything."""
     import requests
 
-    from destination_heap_analytics.delivery import DeletionAuth, DeliveryError, TokenUnavailable
+    from destination_heap_analytics.client import DeletionAuth, DeliveryError, TokenUnavailable
 
     timeout = (CHECK_TIMEOUT_SECONDS, CHECK_TIMEOUT_SECONDS)
     for stream in config.streams:

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from destination_heap_analytics.delivery import DeliveryCounters
+from destination_heap_analytics.client import DeliveryCounters
 
 logger = logging.getLogger("airbyte")
 

@@ -19,6 +19,7 @@ import orjson
 from airbyte_cdk.models import FailureType
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
+from destination_heap_analytics.client import DeliveryCounters, DeliveryError, DeliveryStopped, HeapClient
 from destination_heap_analytics.config import HeapConfig, StreamConfig, StreamKey
 from destination_heap_analytics.delivery import (
     MAX_BATCH_BYTES,
@@ -26,10 +27,6 @@ from destination_heap_analytics.delivery import (
     Batch,
     BatchResult,
     BatchSender,
-    DeliveryCounters,
-    DeliveryError,
-    DeliveryStopped,
-    HeapClient,
     Route,
 )
 from destination_heap_analytics.mapping import Mapping, Rejection

@@ -11,19 +11,16 @@ import time
 import orjson
 import pytest
 
-from destination_heap_analytics.config import parse_config
-from destination_heap_analytics.delivery import (
-    MAX_WINDOW_BYTES,
+from destination_heap_analytics.client import (
     UNEXPLAINED,
-    Batch,
-    BatchSender,
     DeliveryCounters,
     DeliveryError,
     HeapRejected,
-    Route,
     heap_reason,
     is_heap_acknowledgement,
 )
+from destination_heap_analytics.config import parse_config
+from destination_heap_analytics.delivery import MAX_WINDOW_BYTES, Batch, BatchSender, Route
 from destination_heap_analytics.state import StateLedger
 
 USER_API = {"api_type": "add_user_properties", "identity_column": "email", "property_columns": "v"}

@@ -1,0 +1,396 @@
+"""HTTP request -> acknowledgement: one body into Heap, and knowing whether it got there.
+
+`HeapClient` sends one request with retries (408, 429, 5xx, timeouts, dropped connections) over one
+requests Session (its pool, proxies and TLS handling). Each attempt is bounded as a whole by
+`request_timeout_seconds`, Heap's answer included, and at most `MAX_ANSWER_BYTES` of the answer are read. A
+2xx counts as an acknowledgement only if it is Heap's answer (`{}`, `OK` or a JSON object). Heap's refusals
+are logged only as a field path and a rule from a fixed list: its wording may quote record values.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from destination_heap_analytics.config import HeapConfig
+from destination_heap_analytics.pacing import Pacer
+
+AUTH_TOKEN_PATH = "/api/public/v0/auth_token"
+TOKEN_RENEWAL_SECONDS = 240.0  # Heap's tokens last 5 minutes: renew with a minute to spare
+REJECTED_STATUSES = (400, 413, 422)  # the request's content is refused: retrying the same body cannot help
+CONFIG_STATUSES = (401, 403, 404, 405)  # wrong host, path or app: no retry can help
+# Heap's answers are a few bytes; a bigger one is not Heap's, and reading it whole could exhaust memory.
+MAX_ANSWER_BYTES = 64 * 1024
+INITIAL_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 30.0
+MAX_RETRY_AFTER_SECONDS = 300.0
+CONNECT_TIMEOUT_SECONDS = 10.0
+USER_AGENT = "destination-heap-analytics/0.2.0"
+CHECK_BASE_URL = "Check base_url (US: https://heapanalytics.com, EU: https://c.eu.heap-api.com) and app_id."
+_TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")  # printable ASCII: a token goes into a header line
+_PATH = re.compile(r"postBody(?:\.[A-Za-z_]\w{0,63}|\[\d{1,9}\])*")
+_POSITION = re.compile(r"\[\d+\]")
+_ITEM_PATH = re.compile(r"postBody\.(?:(?:events|users|accounts)\[\d+\]|(?!(?:app_id|events|users|accounts)\b)\w)")
+# The rules of Heap's error texts that are kept; anything after them, and any other wording, may quote a
+# record's values and is dropped. Longest first, so that "should be object" wins over "should be".
+HEAP_RULES = sorted(
+    (
+        "should be object", "should be array", "should be string", "should be number", "should be integer",
+        "should be boolean", "should be a finite number", "should be a numeric string", "should be valid JSON",
+        "should not be empty", "should not be set", "is required", "is too long", "is invalid", "should be",
+        "should not be",
+    ),
+    key=len,
+    reverse=True,
+)
+UNEXPLAINED = "refused (Heap's wording is not logged: it may quote record values)"
+
+
+class DeliveryError(Exception):
+    """Heap could not be made to take a request. `transient`: trying again later may work."""
+
+    def __init__(self, message: str, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class HeapRejected(Exception):
+    """Heap refused the request's content (400, 413, 422): retrying the same body cannot succeed. `text` is
+    Heap's own wording, which may quote record values: only `reason` may be logged."""
+
+    def __init__(self, status: int, text: str) -> None:
+        self.status = status
+        self.text = text
+        self.reason = heap_reason(text)
+        super().__init__(f"HTTP {status}: {self.reason}")
+
+    @property
+    def names_item(self) -> bool:
+        """Heap's text points into one item: the refusal is about that item, not the request."""
+        return _ITEM_PATH.match(self.text.strip()) is not None
+
+
+class TokenUnavailable(Exception):
+    """No deletion token could be had this time (throttled, server error): worth retrying."""
+
+
+class TokenRefused(Exception):
+    """The deletion endpoint answered 401 to the token it was given."""
+
+
+class AnswerTimeout(requests.Timeout):
+    """The request, answer included, took longer than its deadline."""
+
+
+@dataclass
+class Answer:
+    """Heap's answer: its status, headers and (at most MAX_ANSWER_BYTES of) its body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+def exchange(session: requests.Session, url: str, timeout: tuple[float, float], **kwargs: Any) -> Answer:
+    """POST and read the answer within `timeout` = (connect, whole request) seconds. Redirects are not
+    followed: a body (or a key) must never go to another host than base_url's."""
+    deadline = time.monotonic() + timeout[1]
+    response = session.post(url, timeout=timeout, stream=True, allow_redirects=False, **kwargs)
+    complete = False
+    try:
+        body, complete = _read_answer(response.raw, deadline)
+    finally:
+        if complete:
+            response.raw.release_conn()  # the connection is clean: back to the pool
+        else:
+            response.raw.close()  # unread bytes would confuse the next request on this connection
+    return Answer(response.status_code, response.headers, body)
+
+
+def _read_answer(raw: urllib3.HTTPResponse, deadline: float) -> tuple[bytes, bool]:
+    """(the body, whether it was read to its end), reading at most MAX_ANSWER_BYTES + 1. Each socket read
+    waits no longer than the time left, so a server that trickles its answer cannot outlast the deadline."""
+    sock = getattr(raw.connection, "sock", None)
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_ANSWER_BYTES:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AnswerTimeout("Heap's answer did not arrive whole in time")
+        if sock is not None:
+            sock.settimeout(left)
+        try:
+            chunk = raw.read1(MAX_ANSWER_BYTES + 1 - size)
+        except urllib3.exceptions.ReadTimeoutError:
+            raise AnswerTimeout("Heap's answer did not arrive whole in time") from None
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            raise requests.ConnectionError(f"broken answer ({type(error).__name__})") from None
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)[:MAX_ANSWER_BYTES], False
+
+
+def is_heap_acknowledgement(body: bytes) -> bool:
+    """Heap acknowledges with `{}`, `OK` or (deletions) a JSON object; an HTML page is some other server's."""
+    text = body.strip()
+    if text.upper() == b"OK":
+        return True
+    try:
+        return isinstance(orjson.loads(text), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def heap_reason(text: str) -> str:
+    """Heap's refusal, safe to log: its field path with list positions masked ("postBody.events[n].properties")
+    and its rule from HEAP_RULES ("should be object"); "…" marks wording dropped after the rule. Values are
+    never kept: any other wording becomes a fixed phrase."""
+    path, _, rule = text.strip().partition(" ")
+    if _PATH.fullmatch(path) is None:
+        return UNEXPLAINED
+    path = _POSITION.sub("[n]", path)
+    for known in HEAP_RULES:
+        if rule == known:
+            return f"{path} {known}"
+        if rule.startswith(known) and not rule[len(known)].isalnum():
+            return f"{path} {known} …"
+    return f"{path} {UNEXPLAINED}"
+
+
+class DeletionAuth:
+    """Bearer tokens for the user deletion API: fetched with HTTP Basic (app_id, api_key), renewed before
+    they expire, shared by every sender thread. The api_key never leaves this object except to Heap."""
+
+    def __init__(
+        self, config: HeapConfig, api_key: str, session: requests.Session, timeout: tuple[float, float]
+    ) -> None:
+        self._url = config.base_url + AUTH_TOKEN_PATH
+        self._credentials = (config.app_id, api_key)
+        self._session = session
+        self._timeout = timeout
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self._lock = threading.Lock()
+
+    def headers(self) -> dict[str, str]:
+        with self._lock:
+            if self._token is None or time.monotonic() >= self._renew_at:
+                self._token = self._fetch()
+                self._renew_at = time.monotonic() + TOKEN_RENEWAL_SECONDS
+            return {"Authorization": f"Bearer {self._token}"}
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._token = None
+
+    def _fetch(self) -> str:
+        try:
+            answer = exchange(self._session, self._url, self._timeout, auth=self._credentials)
+        except UnicodeEncodeError:  # HTTP Basic carries Latin-1 only; the error would quote the key
+            raise DeliveryError(
+                "api.api_key holds a character HTTP Basic authentication cannot carry: check the key.",
+                transient=False,
+            ) from None
+        status = answer.status
+        if status in (401, 403):
+            raise DeliveryError(
+                f"Heap refused the api_key for app_id {self._credentials[0]} (HTTP {status}). "
+                "Check api.api_key, and that app_id is your Main Production environment's.",
+                transient=False,
+            )
+        if status in (408, 429) or status >= 500:
+            raise TokenUnavailable(f"auth token: HTTP {status}")
+        if 300 <= status < 400:
+            raise DeliveryError(
+                f"Heap's auth token endpoint answered with a redirect (HTTP {status}); the api_key is sent to "
+                f"base_url's host only. {CHECK_BASE_URL}",
+                transient=False,
+            )
+        return _access_token(answer)
+
+
+def _access_token(answer: Answer) -> str:
+    """The token of Heap's answer; never quoted in a message (it is a credential)."""
+    try:
+        token = orjson.loads(answer.body)["access_token"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise DeliveryError(
+            f"Heap's auth token answer (HTTP {answer.status}) had no access_token. {CHECK_BASE_URL}", transient=False
+        ) from None
+    if not isinstance(token, str) or _TOKEN.fullmatch(token) is None:
+        raise DeliveryError(
+            f"Heap's auth token answer (HTTP {answer.status}) holds an access_token that is not printable "
+            f"ASCII text (not shown). {CHECK_BASE_URL}",
+            transient=False,
+        )
+    return token
+
+
+class DeliveryStopped(Exception):
+    """The sync is stopping; the request was abandoned before Heap acknowledged it."""
+
+
+@dataclass
+class DeliveryCounters:
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    bisections: int = 0
+    paced_seconds: float = 0.0  # wall time during which at least one sender was held back
+    _paced_through: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def bisected(self) -> None:
+        with self._lock:
+            self.bisections += 1
+
+    def paced(self, started: float, ended: float) -> None:
+        """A sender waited from `started` to `ended`: count the part no other sender's wait already covered."""
+        with self._lock:
+            self.paced_seconds += max(0.0, ended - max(started, self._paced_through))
+            self._paced_through = max(self._paced_through, ended)
+
+    def count(self, outcome: str, retried: bool) -> None:
+        with self._lock:
+            self.requests += 1
+            self.retries += retried
+            self.throttled += outcome == "429"
+
+
+class HeapClient:
+    """POSTs JSON bodies to Heap over one requests Session (its pool, proxies and TLS settings), retrying what
+    is worth retrying. `pacer`: the one for the limit its requests count against, shared with every client
+    whose requests count against the same. `api_key`: the deletion API's, for a bearer token."""
+
+    def __init__(
+        self,
+        config: HeapConfig,
+        pacer: Pacer | None,
+        stop: threading.Event,
+        counters: DeliveryCounters | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        self._base_url = config.base_url
+        self._timeout = (min(CONNECT_TIMEOUT_SECONDS, config.request_timeout_seconds), config.request_timeout_seconds)
+        self._max_retries = config.max_retries
+        self._pacer = pacer
+        self._stop = stop
+        self.counters = counters or DeliveryCounters()
+        self.accepted_any = False  # Heap acknowledged a request of this sync: app_id and base_url are right
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.max_concurrent_requests, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update({"Content-Type": "application/json", "User-Agent": USER_AGENT})
+        self._auth = DeletionAuth(config, api_key, self.session, self._timeout) if api_key else None
+
+    def post(self, path: str, body: bytes, identities: list[str | None]) -> Answer:
+        """Deliver one body; returns Heap's acknowledgement. Raises HeapRejected, DeliveryError."""
+        url = self._base_url + path
+        token_renewed = False
+        for attempt in range(self._max_retries + 1):
+            if self._stop.is_set():
+                raise DeliveryStopped()
+            if self._pacer:
+                started = time.monotonic()
+                if self._pacer.wait_for(identities):
+                    self.counters.paced(started, time.monotonic())
+                if self._stop.is_set():
+                    raise DeliveryStopped()
+            try:
+                answer, problem, retry_after = self._attempt(url, body, retried=attempt > 0)
+            except TokenRefused:
+                if token_renewed:  # a fresh token refused too: the key or app is wrong, not the token's age
+                    raise DeliveryError(
+                        f"Heap answered HTTP 401 at {url} even with a freshly issued token. Check api.api_key, "
+                        "and that app_id is your Main Production environment's.",
+                        transient=False,
+                    ) from None
+                self._auth.invalidate()  # the token expired early: fetch a new one and try again
+                token_renewed = True
+                answer, problem, retry_after = None, "HTTP 401 (token renewed)", None
+            if answer is not None:
+                return answer
+            if attempt < self._max_retries:
+                self._stop.wait(_backoff(attempt, retry_after))
+        raise DeliveryError(
+            f"Heap did not accept a request to {path} after {self._max_retries + 1} attempts; last answer: {problem}. "
+            "This is usually temporary (Heap throttling or unavailable): run the sync again, it resumes from "
+            "the last state.",
+            transient=True,
+        )
+
+    def _attempt(self, url: str, body: bytes, retried: bool) -> tuple[Answer | None, str, float | None]:
+        """One request: (Heap's acknowledgement, "", None), or (None, what went wrong, Retry-After) to retry."""
+        try:
+            headers = self._auth.headers() if self._auth else None
+            answer = exchange(self.session, url, self._timeout, data=body, headers=headers)
+        except requests.ConnectionError as error:  # connect timeouts included: nothing reached Heap
+            self.counters.count("connection_error", retried)
+            return None, f"connection failed ({type(error).__name__})", None
+        except requests.Timeout:  # no whole answer within request_timeout_seconds
+            self.counters.count("timeout", retried)
+            return None, "timed out", None
+        except requests.RequestException as error:  # a broken answer: the request may or may not have landed
+            self.counters.count("connection_error", retried)
+            return None, f"connection failed ({type(error).__name__})", None
+        except TokenUnavailable as error:
+            self.counters.count("token_unavailable", retried)
+            return None, str(error), None
+        status = answer.status
+        self.counters.count(str(status), retried)
+        if 200 <= status < 300:
+            return self._acknowledgement(url, answer), "", None
+        if status in REJECTED_STATUSES:
+            raise HeapRejected(status, answer.body.decode("utf-8", "replace"))
+        if status == 401 and self._auth:
+            raise TokenRefused()
+        if status in (408, 429) or status >= 500:  # 408: Heap gave up waiting for the request, as a timeout
+            retry_after = _retry_after(answer)
+            if status == 429 and self._pacer:
+                self._pacer.throttled(retry_after)
+            return None, f"HTTP {status}", retry_after
+        if status in CONFIG_STATUSES or 300 <= status < 400:
+            raise DeliveryError(f"Heap answered HTTP {status} at {url}. {CHECK_BASE_URL}", transient=False)
+        raise DeliveryError(f"Heap answered an unexpected HTTP {status} at {url}.", transient=False)
+
+    def _acknowledgement(self, url: str, answer: Answer) -> Answer:
+        """A 2xx counts only if it is Heap's answer: a wrong base_url that answers 200 must not "succeed"."""
+        if not is_heap_acknowledgement(answer.body):
+            what = "an HTML page" if answer.body.lstrip()[:1] == b"<" else "a body Heap never sends"
+            raise DeliveryError(
+                f"{url} answered HTTP {answer.status} with {what}, not Heap's acknowledgement: nothing is taken "
+                f"as delivered. {CHECK_BASE_URL}",
+                transient=False,
+            )
+        if self._pacer:
+            self._pacer.accepted()
+        self.accepted_any = True
+        return answer
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter; Heap's Retry-After, when given, is the floor."""
+    jittered = random.uniform(0, min(MAX_BACKOFF_SECONDS, INITIAL_BACKOFF_SECONDS * 2**attempt))
+    return max(jittered, retry_after or 0.0)
+
+
+def _retry_after(answer: Answer) -> float | None:
+    try:
+        return min(MAX_RETRY_AFTER_SECONDS, max(0.0, float(answer.headers["Retry-After"])))
+    except (KeyError, ValueError):
+        return None
+
+
