@@ -2,9 +2,9 @@
 
 A module fixture runs scripts/setup-container.sh (installs podman, runc and debootstrap from Debian when missing,
 makes the local Python base image, builds localhost/destination-heap-analytics:dev). The containers run with the
-flags ../shared/containers.md gives for these machines (runc, host network so the in-process stand-in on
-127.0.0.1 is reachable, rlimits no higher than the host's, the config directory mounted read-only), and behave
-exactly like the installed console script: same spec, same items in Heap, same STATE messages.
+flags a machine without a Docker engine needs (runc, host network so the in-process stand-in on 127.0.0.1 is
+reachable, rlimits no higher than the host's, the config directory mounted read-only), and behave exactly like
+the installed console script: same spec, same items in Heap, same STATE messages.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _ulimit(kind: int, wanted: int) -> str:
 
 
 def podman_run(*args: str) -> list[str]:
-    """`podman run` as ../shared/containers.md says, never pulling: the image must be the one built here."""
+    """`podman run` with this machine's flags, never pulling: the image must be the one built here."""
     return [
         "podman",
         "--runtime",
@@ -173,16 +173,18 @@ def test_container_runs_as_a_non_root_user_and_airbyte_entrypoint_works(image):
     assert [m["type"] for m in via_env.messages if m["type"] != "LOG"] == ["SPEC"], via_env.describe()
 
 
-def test_the_image_runs_the_compiled_mapping(image):
-    """The image ships the mapping compiled by mypyc (the fast build), and no compiler (the build stage's)."""
-    script = "import shutil, destination_heap_analytics.mapping as m; print(m.__file__, shutil.which('gcc'))"
+def test_the_image_ships_the_connector_and_nothing_else(image):
+    """The installed distribution is the connector's, at metadata's version; the stand-in and the tests stay out."""
+    script = (
+        "import importlib.metadata as m, importlib.util as u; "
+        "print(m.version('airbyte-destination-heap-analytics'), u.find_spec('heap_standin') is None, "
+        "u.find_spec('integration_tests') is None)"
+    )
     found = subprocess.run(
         podman_run("--entrypoint", "python3", image, "-c", script), capture_output=True, text=True, timeout=RUN_TIMEOUT
     )
     assert found.returncode == 0, found.stderr
-    module, compiler = found.stdout.split()
-    assert module.endswith(".so"), f"the image imports {module}"
-    assert compiler == "None", f"the image carries a C compiler: {compiler}"
+    assert found.stdout.split() == [metadata()["dockerImageTag"], "True", "True"], found.stdout
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the connector image with podman on a machine without a Docker engine or an image registry
-# (see ../shared/containers.md). Idempotent; needs root on Debian bookworm (apt-get, debootstrap, rootful podman):
+# Builds the connector image with podman on a machine without a Docker engine or an image registry: podman
+# builds the Dockerfile on a Python base image made from Debian packages. Idempotent; needs root on Debian
+# bookworm (apt-get, debootstrap, rootful podman):
 #   1. installs podman, runc and debootstrap from Debian if any is missing;
 #   2. makes the base image localhost/debian-python:3.11 (Debian's Python 3.11, by debootstrap) if it is missing;
 #   3. builds localhost/destination-heap-analytics:dev from this repo's Dockerfile (layer cache: fast when

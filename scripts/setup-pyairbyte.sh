@@ -16,7 +16,7 @@ AIRBYTE_SPEC="airbyte>=0.71,<0.72"
 FAKER_PIP_URL="airbyte-source-faker"
 # PyAirbyte 0.71 needs Python 3.10 .. 3.12.
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3.12 || command -v python3)}"
-# No connector registry, no telemetry, no uv here (see ../shared/pyairbyte.md).
+# No connector registry to reach, no telemetry, and no uv on these machines: PyAirbyte must not need them.
 export AIRBYTE_OFFLINE_MODE=1 AIRBYTE_NO_UV=1 DO_NOT_TRACK=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
 say() { echo "setup-pyairbyte: $*" >&2; }
