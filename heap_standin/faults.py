@@ -12,12 +12,15 @@ class Fault:
 
     Exactly one kind per fault: ``status`` (answer that status, optionally with ``Retry-After``),
     ``hang_seconds`` (say nothing for that long, then close the connection) or ``reset`` (close with RST).
+    With ``after_store`` the request is first processed as usual (a valid body is stored) and the fault replaces
+    the answer: the client never learns that Heap holds the items, so resending them is legitimate.
     """
 
     status: int | None = None
     retry_after: float | None = None
     hang_seconds: float | None = None
     reset: bool = False
+    after_store: bool = False
 
     def __post_init__(self) -> None:
         kinds = (self.status is not None) + (self.hang_seconds is not None) + bool(self.reset)
@@ -27,6 +30,16 @@ class Fault:
             raise ValueError("retry_after only goes with status")
         if self.status is not None and not 400 <= self.status <= 599:
             raise ValueError("a Fault status must be an HTTP error status (400..599)")
+
+    @property
+    def kind(self) -> str:
+        """The label the stand-in counts a served fault under: "503", "429_retry_after", "hang", "reset", with
+        "_after_store" appended for a fault that came after the items were stored."""
+        if self.status is not None:
+            base = f"{self.status}_retry_after" if self.retry_after is not None else str(self.status)
+        else:
+            base = "hang" if self.hang_seconds is not None else "reset"
+        return base + ("_after_store" if self.after_store else "")
 
 
 def faults_from_dicts(specs: Iterable[dict]) -> list[Fault]:

@@ -4,6 +4,7 @@ injection (statuses, hangs, resets) and the /_standin/* control endpoints for a 
 from __future__ import annotations
 
 import gzip
+import select
 import socket
 import socketserver
 import struct
@@ -157,14 +158,37 @@ class Handler(BaseHTTPRequestHandler):
     def _serve_api(self, path: str, body: bytes) -> None:
         state = self.server.state
         state.begin_request()
+        state.take_stored()
         reply = None
         try:
             reply = self._api_outcome(state, path, body)
         finally:
             # Count before answering: a client that reads stats right after its reply must see this request.
             state.end_request(None if reply is None else reply.status)
-        if reply is not None:
+        stored = state.take_stored()
+        if reply is None:  # a fault after the items were stored: no answer, so the client may send them again
+            state.unconfirmed(stored)
+            return
+        # Looked at before answering: a client that hung up once it had the answer is no sign of a lost one.
+        gone = bool(stored) and self._client_gone()
+        try:
             self._reply(reply)
+        except OSError:
+            state.unconfirmed(stored)
+            raise
+        if stored and (gone or self.server.stopped):
+            # The client had given up (its timeout) before the answer came, or the answer raced stop(): either
+            # way the client may not have it and may send the items again.
+            state.unconfirmed(stored)
+
+    def _client_gone(self) -> bool:
+        """The client closed its end (it reads EOF): it hung up before or as the answer went out."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            # recv() on a socket with a timeout would wait for data: peek only once select says it would not.
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def _api_outcome(self, state: State, path: str, body: bytes) -> Reply | None:
         """The reply to send, or None when the connection is to be dropped without one."""
@@ -174,7 +198,12 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return None
         fault = state.next_fault()
-        return self._serve_fault(fault) if fault else self._api_reply(state, path, body)
+        if fault is None:
+            return self._api_reply(state, path, body)
+        if fault.after_store:
+            self._api_reply(state, path, body)  # stored (if valid); the fault replaces the answer
+            state.unconfirmed(state.take_stored())
+        return self._serve_fault(fault)
 
     def _api_reply(self, state: State, path: str, body: bytes) -> Reply:
         if path.startswith(DELETION_PREFIX):

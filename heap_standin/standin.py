@@ -137,5 +137,33 @@ class HeapStandin:
         with self._state.lock:
             return self._state.counts["events_deduplicated"]
 
+    @property
+    def sent_twice(self) -> int:
+        """Items the client sent again after the stand-in had accepted them: track events whose idempotency key
+        was already held (duplicates_dropped) plus user/account property items (identity or account and
+        properties) already accepted in an earlier request."""
+        with self._state.lock:
+            return self._state.counts["events_deduplicated"] + self._state.counts["property_items_repeated"]
+
+    @property
+    def unconfirmed(self) -> int:
+        """Items stored whose acknowledgement the client may not have had (a fault after storing, an answer that
+        could not be written, raced stop() or found the client gone): each may legitimately be sent again."""
+        with self._state.lock:
+            return self._state.counts["items_unconfirmed"]
+
+    @property
+    def faults_served(self) -> dict[str, int]:
+        """Faults the stand-in actually served (not merely queued), by Fault.kind."""
+        with self._state.lock:
+            return dict(self._state.faults_by_kind)
+
+    @property
+    def admissions(self) -> list[tuple[float, str, int, bool]]:
+        """(time.monotonic(), endpoint kind, items, throttled) of every valid /api/* body that reached the rate
+        limits, in arrival order: throttled ones were answered 429, the others admitted."""
+        with self._state.lock:
+            return list(self._state.admissions)
+
     def stats(self) -> dict:
         return self._state.stats()

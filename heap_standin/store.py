@@ -29,6 +29,8 @@ COUNTERS = (
     "accounts_stored",
     "identifies_stored",
     "faults_served",
+    "items_unconfirmed",  # stored, but the acknowledgement may not have reached the client: a resend is legitimate
+    "property_items_repeated",  # user/account property items already accepted in an earlier request
     "rejected_400",
     "rejected_by_predicate",
     "max_in_flight",
@@ -46,6 +48,7 @@ class State:
         self.limits = limits
         self.predicate: Predicate | None = None
         self.in_flight = 0
+        self._local = threading.local()  # per handler thread: the items the current request stored
         self.reset()
 
     def reset(self) -> None:
@@ -54,6 +57,10 @@ class State:
             self.counts = dict.fromkeys(COUNTERS, 0)
             self.counts["max_in_flight"] = self.in_flight
             self.by_status: dict[str, int] = {}
+            self.faults_by_kind: dict[str, int] = {}  # served faults, by Fault.kind
+            # (monotonic time, endpoint kind, items, answered 429) of every body that passed validation and
+            # reached the rate limits: when the stand-in admitted or throttled how much.
+            self.admissions: list[tuple[float, str, int, bool]] = []
             self.faults: deque[Fault] = deque()
             self.events: list[dict] = []
             self.users: list[dict] = []
@@ -63,6 +70,8 @@ class State:
             self.idempotency_keys: dict[str, set] = {}
             self.identities: dict[str, set] = {}
             self.account_ids: dict[str, set] = {}
+            # Per app_id: hashes of the user/account property items accepted so far (sent-twice detection).
+            self.property_items: dict[str, set] = {}
             self.limits.clear()
         self.deletions.clear()
 
@@ -87,14 +96,29 @@ class State:
         with self.lock:
             if not self.faults:
                 return None
+            fault = self.faults.popleft()
             self.counts["faults_served"] += 1
-            return self.faults.popleft()
+            self.faults_by_kind[fault.kind] = self.faults_by_kind.get(fault.kind, 0) + 1
+            return fault
+
+    def take_stored(self) -> int:
+        """How many items the current thread's request stored (0 if none), and forget it."""
+        stored = getattr(self._local, "stored", 0)
+        self._local.stored = 0
+        return stored
+
+    def unconfirmed(self, items: int) -> None:
+        """`items` were stored but their acknowledgement may not have reached the client."""
+        if items:
+            with self.lock:
+                self.counts["items_unconfirmed"] += items
 
     def stats(self) -> dict:
         with self.lock:
             return {
                 **self.counts,
                 "by_status": dict(self.by_status),
+                "faults_by_kind": dict(self.faults_by_kind),
                 "in_flight": self.in_flight,
                 "faults_pending": len(self.faults),
                 "distinct_identities": sum(len(s) for s in self.identities.values()),
@@ -137,7 +161,9 @@ class State:
         app_id = body["app_id"]
         items = body[endpoint.list_key] if bulk else [body]
         with self.lock:
-            wait = self.limits.admit(endpoint, body, bulk, time.monotonic())
+            now = time.monotonic()
+            wait = self.limits.admit(endpoint, body, bulk, now)
+            self.admissions.append((now, endpoint.kind, len(items), wait > 0))
             if wait > 0:
                 retry_after = seconds_text(math.ceil(wait * 10) / 10)
                 return Reply(429, b"Too Many Requests", headers=(("Retry-After", retry_after),))
@@ -149,6 +175,7 @@ class State:
                     self.identifies.append(body)
             else:
                 self._store_properties(endpoint.kind, app_id, items, add_app_id=bulk)
+        self._local.stored = len(items)
         return OK
 
     def _store_events(self, app_id: str, events: list[dict], add_app_id: bool) -> None:
@@ -179,6 +206,13 @@ class State:
             else ("account_id", self.account_ids, self.accounts, "accounts_stored")
         )
         ids.setdefault(app_id, set()).update(item[id_field] for item in items)
+        # An item (identity or account, and its properties) this app already accepted in an earlier request was
+        # sent twice; repeats inside one request are the source's doing, not a resend.
+        seen = self.property_items.setdefault(app_id, set())
+        fresh = {hash(orjson.dumps({k: v for k, v in item.items() if k != "app_id"}, option=orjson.OPT_SORT_KEYS))
+                 for item in items}
+        self.counts["property_items_repeated"] += len(fresh & seen)
+        seen |= fresh
         if self.keep_items:
             for item in items:
                 if add_app_id:

@@ -73,15 +73,40 @@ def event_indices(heap: HeapStandin) -> Counter:
     return Counter(event["properties"]["i"] for event in heap.events)
 
 
-def assert_loaded_once(heap: HeapStandin, expected: set[int]) -> None:
-    """The stand-in holds the event of every expected record index exactly once, and nothing else."""
+def assert_loaded_once(heap: HeapStandin, expected: set[int], replays: int = 0) -> None:
+    """The stand-in holds the event of every expected record index exactly once, and nothing else; and nothing
+    was SENT twice that no observed cause explains.
+
+    Held twice is what Heap keeps after dropping repeated idempotency keys; sent twice is what the stand-in saw
+    come again (heap.sent_twice). A resend is legitimate only when the connector could not know the first copy
+    had landed: the stand-in stored it but its acknowledgement was lost (heap.unconfirmed: a fault after
+    storing, an answer that raced stop() or a client that had timed out), or a killed run's records after its
+    last state were replayed on resume (`replays`, counted by the caller from what the stand-in held then).
+    """
     held = event_indices(heap)
     lost = len(expected - set(held))
     doubled = sum(count - 1 for count in held.values() if count > 1)
+    sent_twice, explained = heap.sent_twice, heap.unconfirmed + replays
+    unexplained = max(0, sent_twice - explained)
     reliability.record("records_lost", lost)
-    reliability.record("records_doubled", doubled)
+    reliability.record("records_held_twice", doubled)
+    reliability.record("records_sent_twice", sent_twice)
+    reliability.record("records_sent_twice_unexplained", unexplained)
+    reliability.record("acknowledgements_lost", heap.unconfirmed)
     assert lost == 0, f"{lost} records never reached Heap: {sorted(expected - set(held))[:10]}"
     assert doubled == 0, f"{doubled} records were stored twice"
+    assert unexplained == 0, (
+        f"{sent_twice} records were sent twice, but only {heap.unconfirmed} stored items lost their acknowledgement "
+        f"and {replays} were replayed after a kill: the connector sent what Heap had already acknowledged"
+    )
     assert set(held) == expected, f"unexpected records in Heap: {sorted(set(held) - expected)[:10]}"
     assert heap.stats()["events_stored"] == len(expected) == len(heap.events)
     reliability.record("records_loaded", len(expected))
+
+
+def record_faults_served(heap: HeapStandin) -> dict[str, int]:
+    """Record the faults the stand-in actually served (by kind), not the ones queued; returns them."""
+    served = heap.faults_served
+    for kind, count in served.items():
+        reliability.record(f"faults_served_{kind}", count)
+    return served

@@ -1,8 +1,11 @@
 """A tiny collector of reliability figures: what the adversarial integration tests put the connector through.
 
-Tests call `record(kind, amount)` (records loaded, kill points survived, faults injected by kind, hostile
-inputs tried, records lost, records doubled); the figures go to a JSON file so that they add up across test
-modules and pytest-xdist workers. `summary_lines()` renders them, for a `pytest_terminal_summary` hook.
+Every figure is counted from what a test observed, after the checks it backs have passed: records the
+stand-in holds, faults the stand-in served (not queued), signals seen to land on a connector still mid-load,
+duplicates the stand-in saw. Tests call `record(kind, amount)` for counts, and `note(kind, *labels)` for
+figures that count DISTINCT things (hostile inputs by kind, bad configs by case): the figure is how many
+distinct labels were noted. The figures go to a JSON file so that they add up across test modules and
+pytest-xdist workers. `summary_lines()` renders them with LABELS, for a `pytest_terminal_summary` hook.
 
 The file is RELIABILITY_FIGURES if set, else `heap-destination-reliability.json` in the system temp dir.
 Figures from an earlier pytest session are dropped the first time this session records anything.
@@ -21,14 +24,39 @@ from pathlib import Path
 ENV_VAR = "RELIABILITY_FIGURES"
 DEFAULT_NAME = "heap-destination-reliability.json"
 
-# The figures every summary shows, even at zero, in this order; any other kind follows alphabetically.
+# The figures a summary shows first (those recorded), in this order; any other kind follows alphabetically.
 HEADLINE_KINDS = (
     "records_loaded",
     "kill_points_survived",
-    "hostile_inputs_tried",
+    "kill_points_sigkill",
+    "kill_points_sigterm",
+    "hostile_inputs",
     "records_lost",
-    "records_doubled",
+    "records_held_twice",
+    "records_sent_twice",
+    "records_sent_twice_unexplained",
 )
+
+# What each figure counts, as the end-of-run table prints it. A kind without a label prints as its name.
+LABELS = {
+    "records_loaded": "records loaded (each held exactly once by the stand-in, checked)",
+    "kill_points_survived": "kill points survived (SIGKILL or SIGTERM seen to land while the load ran; checks passed)",
+    "kill_points_sigkill": "  of which SIGKILL (exited by the signal, no summary printed; resumed from its last state)",
+    "kill_points_sigterm": "  of which SIGTERM (every one ended with a transient_error TRACE)",
+    "hostile_inputs": "hostile inputs tried (distinct kinds; expected-failure tests not counted)",
+    "records_lost": "records lost (expected, not held by the stand-in)",
+    "records_held_twice": "records held twice by the stand-in (after its idempotency-key dedup)",
+    "records_sent_twice": "records sent twice (the stand-in saw a repeated idempotency key or property item)",
+    "records_sent_twice_unexplained": "records sent twice beyond lost acknowledgements and kill/resume replays",
+    "replays_absorbed_by_idempotency": "replays absorbed by idempotency keys (kill/resume tests: events resent)",
+    "bad_items_isolated": "bad items isolated in bulk requests (reported by reason, the rest loaded)",
+    "config_errors_refused": "bad configs refused (distinct case x command, check or write)",
+    "secret_scans": "secret scans (runs with the api_key in use, every output line scanned)",
+    "outage_2s_ridden_out": "server outages ridden out (stopped 2 s mid-load, the connector still running)",
+    "outage_for_good": "server gone for good mid-load (ended as transient_error, resumed)",
+    "acknowledgements_lost": "items stored by the stand-in whose acknowledgement may not have reached the connector",
+}
+FAULT_PREFIX = "faults_served_"
 
 
 def figures_path() -> Path:
@@ -58,6 +86,8 @@ def _locked() -> Iterator[dict]:
                 document = {}
             if not isinstance(document, dict) or not isinstance(document.get("figures"), dict):
                 document = {"session": None, "figures": {}}
+            if not isinstance(document.get("distinct"), dict):
+                document["distinct"] = {}
             before = json.dumps(document, sort_keys=True)
             yield document
             if json.dumps(document, sort_keys=True) != before:
@@ -76,17 +106,43 @@ def record(kind: str, amount: int = 1) -> None:
     if isinstance(amount, bool) or not isinstance(amount, int):
         raise TypeError("amount must be an int")
     with _locked() as document:
-        if document.get("session") != _session():
-            document["session"] = _session()
-            document["figures"] = {}
+        _this_session(document)
         figures = document["figures"]
         figures[kind] = int(figures.get(kind, 0)) + amount
+
+
+def note(kind: str, *labels: str) -> None:
+    """Count distinct things: the figure `kind` is the number of distinct labels ever noted under it, so a
+    test that runs twice, or two tests trying the same input, count it once."""
+    if not isinstance(kind, str) or not kind:
+        raise ValueError("kind must be a non-empty string")
+    if not labels or not all(isinstance(label, str) and label for label in labels):
+        raise ValueError("note needs non-empty text labels")
+    with _locked() as document:
+        _this_session(document)
+        distinct = document["distinct"]
+        distinct[kind] = sorted(set(distinct.get(kind, [])) | set(labels))
+
+
+def _this_session(document: dict) -> None:
+    if document.get("session") != _session():
+        document["session"] = _session()
+        document["figures"] = {}
+        document["distinct"] = {}
 
 
 def figures() -> dict[str, int]:
     """The figures recorded so far (by this session, or the last one that recorded anything)."""
     with _locked() as document:
-        return {str(key): int(value) for key, value in document["figures"].items()}
+        values = {str(key): int(value) for key, value in document["figures"].items()}
+        values.update({str(key): len(labels) for key, labels in document["distinct"].items()})
+        return values
+
+
+def distinct(kind: str) -> list[str]:
+    """The labels noted under `kind`."""
+    with _locked() as document:
+        return list(document["distinct"].get(kind, []))
 
 
 def reset() -> None:
@@ -94,6 +150,21 @@ def reset() -> None:
     with _locked() as document:
         document["session"] = _session()
         document["figures"] = {}
+        document["distinct"] = {}
+
+
+def label(kind: str) -> str:
+    """What the figure `kind` counts, in words."""
+    if kind in LABELS:
+        return LABELS[kind]
+    if kind.startswith(FAULT_PREFIX):
+        what = kind.removeprefix(FAULT_PREFIX)
+        after = what.endswith("_after_store")
+        what = what.removesuffix("_after_store")
+        words = {"hang": "hang (silence, then close)", "reset": "connection reset"}
+        text = words.get(what, f"HTTP {what}".replace("_retry_after", " with Retry-After"))
+        return f"faults the stand-in served: {text}" + (" AFTER storing the batch" if after else "")
+    return kind.replace("_", " ")
 
 
 def summary_lines() -> list[str]:
@@ -102,8 +173,8 @@ def summary_lines() -> list[str]:
     if not values:
         return []
     kinds = [kind for kind in HEADLINE_KINDS if kind in values]
-    kinds += sorted(kind for kind in values if kind not in HEADLINE_KINDS)
-    width = max(len(kind) for kind in kinds)
+    kinds += sorted(kind for kind in values if kind not in kinds)
+    width = max(len(label(kind)) for kind in kinds)
     lines = [f"reliability figures ({figures_path()}):"]
-    lines += [f"  {kind.replace('_', ' ').ljust(width)}  {values[kind]}" for kind in kinds]
+    lines += [f"  {label(kind).ljust(width)}  {values[kind]}" for kind in kinds]
     return lines

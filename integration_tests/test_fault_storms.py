@@ -2,10 +2,11 @@
 connection resets, a server that goes away and comes back), one kind at a time and all together.
 
 Each storm must end with nothing lost (every input record in the stand-in), nothing doubled (events_stored equals
-the number of records), inside a generous time bound. When retries run out (the server gone for good, faults
-that never stop) the connector must fail clearly: a TRACE with failure_type transient_error, a non-zero exit,
-no STATE past what the stand-in holds, and a re-run from the last state completes the load. A bulk request Heap
-refuses is bisected: the good items arrive, the bad ones are reported by reason, at a bounded request cost.
+the number of records), nothing SENT twice that the stand-in did not make legitimate (a fault after it stored the
+batch, so the acknowledgement never came), inside a generous time bound. When retries run out (the server gone
+for good, faults that never stop) the connector must fail clearly: a TRACE with failure_type transient_error, a
+non-zero exit, no STATE past what the stand-in holds, and a re-run from the last state completes the load. A bulk
+request Heap refuses is bisected: the good items arrive, the bad ones are reported by reason, at a bounded request cost.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from integration_tests.adversarial import (
     event_indices,
     events_catalog,
     lines,
+    record_faults_served,
     state_message,
 )
 from integration_tests.support import Result, record, records_of, run_connector
@@ -115,6 +117,9 @@ def _storm(kind: str) -> list[tuple[str, Fault]]:
         "5xx": [(str(s), Fault(status=s)) for s in (500, 502, 503)] * 3,
         "hang_past_timeout": [("hang", Fault(hang_seconds=3))] * 4,
         "connection_reset": [("reset", Fault(reset=True))] * 8,
+        # Heap stored the batch, then the answer was lost: the only faults after which a resend is legitimate.
+        "answer_lost_after_store": [("reset_after_store", Fault(reset=True, after_store=True))] * 3
+        + [("hang_after_store", Fault(hang_seconds=3, after_store=True))] * 2,
     }
     if kind != "everything_at_once":
         return kinds[kind]
@@ -123,27 +128,41 @@ def _storm(kind: str) -> list[tuple[str, Fault]]:
     return mixed
 
 
-STORMS = ("429_retry_after", "429_no_retry_after", "5xx", "hang_past_timeout", "connection_reset", "everything_at_once")
+STORMS = (
+    "429_retry_after",
+    "429_no_retry_after",
+    "5xx",
+    "hang_past_timeout",
+    "connection_reset",
+    "answer_lost_after_store",
+    "everything_at_once",
+)
 
 
 @pytest.mark.parametrize("storm", STORMS)
 def test_storm_loses_nothing_doubles_nothing(storm: str, standin: HeapStandin, tmp_path: Path) -> None:
     faults = _storm(storm)
     standin.inject(*(fault for _, fault in faults))
-    for kind, count in Counter(kind for kind, _ in faults).items():
-        reliability.record(f"faults_injected_{kind}", count)
     rows = [_data(i) for i in range(RECORDS)]
     result = run_write(tmp_path, _config(standin), _messages(rows))
     assert result.returncode == 0, result.describe()
     assert not result.errors, result.describe()
     assert result.cursors()[-1] == RECORDS - 1
     assert standin.stats()["faults_served"] == len(faults), "not every injected fault was met"
+    served = standin.faults_served
+    assert served == Counter(fault.kind for _, fault in faults), served
     assert result.duration < 60, f"the storm took {result.duration:.0f} s"
     summary = result.summary_line
     retries = re.search(r"\((\d+) retries", summary)
     assert retries and int(retries[1]) > 0, f"the connector reports no retries after a storm: {summary}"
+    after_store = sum(count for kind, count in served.items() if kind.endswith("_after_store"))
+    if after_store:  # the positive control: a lost acknowledgement does make the connector send a batch again
+        assert standin.sent_twice > 0 and standin.unconfirmed > 0, (standin.sent_twice, standin.unconfirmed)
+    # Sent twice must be explained by a lost acknowledgement (heap.unconfirmed): with no fault after storing, that
+    # leaves only answers that raced a client timeout, none in a healthy run.
     assert_loaded_once(standin, set(range(RECORDS)))
     assert_states_covered(result, standin)
+    record_faults_served(standin)
 
 
 @pytest.mark.parametrize("with_faults", [False, True], ids=["server_gone", "server_gone_plus_storm"])
@@ -152,18 +171,18 @@ def test_server_gone_for_two_seconds_then_back(with_faults: bool, standin: HeapS
     if with_faults:
         faults = _storm("everything_at_once")
         standin.inject(*(fault for _, fault in faults))
-        for kind, count in Counter(kind for kind, _ in faults).items():
-            reliability.record(f"faults_injected_{kind}", count)
     outage: dict[str, float] = {}
 
     def take_server_away(process: subprocess.Popen) -> None:
         assert when(lambda: standin.stats()["events_stored"] >= 500, process), "the load never got going"
+        # Observed, not assumed: the load was still running when the server went, and when it came back.
+        mid_load = process.poll() is None and standin.stats()["events_stored"] < RECORDS
         standin.stop()
         outage["from"] = time.monotonic()
         time.sleep(2)
         standin.start()
         outage["to"] = time.monotonic()
-        reliability.record("faults_injected_server_gone_2s")
+        outage["ridden_out"] = mid_load and process.poll() is None
 
     rows = [_data(i) for i in range(RECORDS)]
     result = run_write(tmp_path, _config(standin, max_retries=12), _messages(rows), during=take_server_away)
@@ -171,8 +190,13 @@ def test_server_gone_for_two_seconds_then_back(with_faults: bool, standin: HeapS
     assert result.returncode == 0, result.describe()
     assert result.cursors()[-1] == RECORDS - 1
     assert result.duration < 90, f"took {result.duration:.0f} s"
+    if with_faults:
+        assert standin.stats()["faults_served"] == len(faults), "not every injected fault was met"
     assert_loaded_once(standin, set(range(RECORDS)))
     assert_states_covered(result, standin)
+    record_faults_served(standin)
+    if outage["ridden_out"]:
+        reliability.record("outage_2s_ridden_out")
 
 
 def test_retry_after_is_honoured(standin: HeapStandin, tmp_path: Path) -> None:
@@ -187,7 +211,6 @@ def test_retry_after_is_honoured(standin: HeapStandin, tmp_path: Path) -> None:
 
     standin.reject_when(note)
     standin.inject(Fault(status=429, retry_after=1.5))
-    reliability.record("faults_injected_429_retry_after")
 
     def watch_429(process: subprocess.Popen) -> None:
         if when(lambda: standin.stats()["faults_served"] >= 1, process):
@@ -200,6 +223,7 @@ def test_retry_after_is_honoured(standin: HeapStandin, tmp_path: Path) -> None:
     waited = first_accepted[0] - answered[0]
     assert waited >= 1.4, f"retried {waited:.2f} s after a 429 that asked for 1.5 s"
     assert_loaded_once(standin, set(range(200)))
+    assert record_faults_served(standin) == {"429_retry_after": 1}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -226,7 +250,6 @@ def test_retries_exhausted_fail_clearly_and_resume_completes(kind: str, standin:
             standin.stop()
         else:
             standin.inject(*_exhausting(kind))
-        reliability.record(f"faults_injected_{kind}")
 
     result = run_write(tmp_path, config, _messages(rows), during=break_heap, timeout=90)
     assert result.returncode != 0, result.describe()
@@ -240,14 +263,19 @@ def test_retries_exhausted_fail_clearly_and_resume_completes(kind: str, standin:
     assert_states_covered(result, standin)
 
     # Heap is back: Airbyte re-runs from the last state the failed attempt emitted, and the load completes.
+    # The faults the failed run met are recorded before the leftovers are drained (those meet no connector).
+    record_faults_served(standin)
     if kind == "server_gone_for_good":
         standin.start()
     _drain_faults(standin)
     resume_from = result.cursors()[-1] + 1 if result.cursors() else 0
+    replays = sum(1 for i in event_indices(standin) if i >= resume_from)  # held past the last state: resent
     rerun = run_write(tmp_path, config, _messages(rows[resume_from:]))
     assert rerun.returncode == 0, rerun.describe()
     assert rerun.cursors()[-1] == RECORDS - 1
-    assert_loaded_once(standin, set(range(RECORDS)))
+    assert_loaded_once(standin, set(range(RECORDS)), replays=replays)
+    if kind == "server_gone_for_good":
+        reliability.record("outage_for_good")
 
 
 def _drain_faults(heap: HeapStandin) -> None:
@@ -279,8 +307,6 @@ def test_bulk_rejection_isolates_bad_items_at_bounded_cost(
     standin.reject_when(lambda item: REASON if item.get("properties", {}).get("bad") else None)
     faults = [Fault(status=503), Fault(reset=True), Fault(status=502)] if with_faults else []
     standin.inject(*faults)
-    for fault in faults:
-        reliability.record(f"faults_injected_{fault.status or 'reset'}")
     rows = [_data(i, bad=True) if i in BAD else _data(i) for i in range(1000)]
     config = _config(standin, batch_size=1000, max_concurrent_requests=1)
     config["api"]["property_columns"] = "i,bad"
@@ -299,4 +325,5 @@ def test_bulk_rejection_isolates_bad_items_at_bounded_cost(
     requests = standin.stats()["requests"] - len(faults)
     budget = 1 + len(BAD) * (2 * math.ceil(math.log2(1000)) + 2)
     assert requests <= budget, f"{requests} requests to isolate {len(BAD)} bad items (budget {budget})"
+    assert record_faults_served(standin) == {str(f.status or "reset"): 1 for f in faults}
     reliability.record("bad_items_isolated", len(BAD))

@@ -60,6 +60,19 @@ GARBAGE = [
     '{"type":"RECORD","record":{"stream":"events","data":{"user":"SECRET-GARBAGE-surrogate\\ud800"},"emitted_at":1}}',
     "\x00\x01\x02 SECRET-GARBAGE-control-bytes \x7f",
 ]
+# What each GARBAGE line is, for the count of distinct hostile inputs.
+GARBAGE_KINDS = [
+    "line that is not JSON",
+    "RECORD cut mid-line",
+    "JSON array line",
+    "JSON null line",
+    "bare JSON string line",
+    "unknown message type",
+    "RECORD without a record body",
+    "RECORD without data",
+    "lone surrogate escape in a record",
+    "control bytes line",
+]
 UNICODE = {
     "user": "用户-ß-🚀-\u200d-SECRET-UNI",
     "event": "Ünïcödé 🎉 évènement",
@@ -96,7 +109,20 @@ def test_hostile_lines_are_skipped_by_line_number_and_the_sync_succeeds(heap: He
         state(4),
         *(f"SECRET-GARBAGE-FLOOD-{n}" for n in range(2000)),  # a flood of junk: the log must stay short
     ]
-    reliability.record("hostile_inputs_tried", len(GARBAGE) + 2 + 3 + 5 + 1 + 2000 + 1)
+    tried = [
+        *GARBAGE_KINDS,
+        "STATE before any record",
+        "empty line",
+        "whitespace-only line",
+        "CRLF line ending",
+        "record for a stream not in the catalog: other name",
+        "record for a stream not in the catalog: name differing in case",
+        "record for a stream not in the catalog: empty name",
+        *(f"record data not an object: {kind}" for kind in ("list", "string", "number", "null", "boolean")),
+        "unicode: astral, RTL, combining marks, ZWJ sequences, line separators",
+        "10 MB line of nothing",
+        "flood of 2,000 junk lines",
+    ]
     result = run_write(tmp_path, heap, lines(*stream))
     secrets = re.findall(r"SECRET-[A-Za-z0-9-]+", "\n".join(GARBAGE))
     secrets += ["SECRET-GARBAGE-FLOOD-7", "SECRET-OTHER-STREAM-1", "SECRET-LIST", "SECRET-STRING-DATA"]
@@ -129,24 +155,25 @@ def test_hostile_lines_are_skipped_by_line_number_and_the_sync_succeeds(heap: He
     for key in ("rtl", "combining", "family", "separators", "astral"):
         assert unicode_event["properties"][key] == UNICODE[key], key
     assert heap.stats()["events_stored"] == 5
+    reliability.note("hostile_inputs", *tried)
 
 
 def test_empty_input_is_a_successful_summarised_sync(heap: HeapStandin, tmp_path: Path) -> None:
     for stdin in (b"", b"\n\n   \n\t\n"):
-        reliability.record("hostile_inputs_tried")
         result = run_write(tmp_path, heap, stdin)
         result.assert_clean()
         assert result.cursors() == []
         assert counts(result) == {"read": 0, "sent": 0, "skipped": 0}
     assert heap.stats()["requests"] == 0
+    reliability.note("hostile_inputs", "empty input", "input of blank lines only")
 
 
 def test_state_only_input_emits_every_state(heap: HeapStandin, tmp_path: Path) -> None:
-    reliability.record("hostile_inputs_tried")
     result = run_write(tmp_path, heap, lines(state(-1), state(-1), state(0)))
     result.assert_clean()
     assert result.cursors() == [-1, -1, 0]
     assert heap.stats()["requests"] == 0
+    reliability.note("hostile_inputs", "STATE-only input, a STATE repeated")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -170,7 +197,6 @@ def test_50mb_records_have_a_defined_outcome(heap: HeapStandin, tmp_path: Path) 
         rec(event(5)),
         state(5),
     ]
-    reliability.record("hostile_inputs_tried", 4)
     result = run_write(tmp_path, heap, lines(*stream), timeout=180)
     result.assert_clean("BBBBBBBBBBBBBBBBBBBBBBBB", "UUUUUUUUUUUUUUUUUUUUUUUUUU", "EEEEEEEEEEEEEEEEEEEEEEEE")
     assert result.cursors() == [5]
@@ -181,6 +207,13 @@ def test_50mb_records_have_a_defined_outcome(heap: HeapStandin, tmp_path: Path) 
     assert held[1]["properties"]["blob"] == "B" * 1023
     assert any("truncated *: 1" in text for text in result.log_lines("WARN")), result.describe()
     assert len(held[2]["properties"]) == len(many) + 3  # user, event, i and every p#####
+    reliability.note(
+        "hostile_inputs",
+        "50 MB property value",
+        "50 MB record of 50,000 properties",
+        "50 MB identity",
+        "50 MB event name",
+    )
 
 
 @pytest.mark.parametrize(
@@ -195,7 +228,6 @@ def test_deeply_nested_data_has_a_defined_outcome(depth: int, heap: HeapStandin,
     nested = '{"n": ' * depth + '{"leaf": "SECRET-DEEP-LEAF"}' + "}" * depth  # json.dumps itself stops at ~1000
     line = '{"type":"RECORD","record":{"stream":"events","emitted_at":1,"data":'
     line += json.dumps(event(1, deep="x"))[:-1] + ', "nest": ' + nested + "}}}"
-    reliability.record("hostile_inputs_tried")
     result = run_write(tmp_path, heap, lines(rec(event(0)), line, rec(event(2)), state(2)))
     result.assert_clean("SECRET-DEEP-LEAF")
     assert result.cursors() == [2]
@@ -203,6 +235,7 @@ def test_deeply_nested_data_has_a_defined_outcome(depth: int, heap: HeapStandin,
     assert {0, 2} <= set(held)
     accounted = 1 in held or sum(result.skipped.values()) == 1 or result.unparsable_lines == [2]
     assert accounted, f"the depth-{depth} record vanished without a word\n{result.describe()}"
+    reliability.note("hostile_inputs", f"record data nested {depth} deep")
 
 
 IN_RANGE = [2**53, 2**53 + 1, -(2**53) - 1, 2**63 - 1, -(2**63), 2**64 - 1]
@@ -211,7 +244,6 @@ BEYOND_64_BITS = [2**64, -(2**63) - 1, 10**30, -(10**40)]
 
 def _big_integer_run(values: list[int], heap: HeapStandin, tmp_path: Path) -> dict:
     data = event(0, **{f"n{k}": value for k, value in enumerate(values)})
-    reliability.record("hostile_inputs_tried", len(values))
     result = run_write(tmp_path, heap, lines(rec(data), state(0)))
     result.assert_clean()
     assert result.cursors() == [0]
@@ -223,6 +255,8 @@ def test_integers_past_2_53_are_sent_as_exact_text(heap: HeapStandin, tmp_path: 
     for k, value in enumerate(IN_RANGE):
         expected = str(value) if abs(value) > 2**53 - 1 else value
         assert properties[f"n{k}"] == expected, (value, properties[f"n{k}"])
+    # Counted here only: the expected failure beyond 64 bits below adds nothing to the figure.
+    reliability.note("hostile_inputs", *(f"integer {value} (past 2^53, within 64 bits)" for value in IN_RANGE))
 
 
 @pytest.mark.xfail(
@@ -243,7 +277,6 @@ def test_invalid_utf8_lines_are_counted_by_line_number(heap: HeapStandin, tmp_pa
         b"\xc0\xaf overlong SECRET-UTF8-B",
         rec(event(11)).encode()[:-3] + b"\xe2\x82",  # cut inside a multi-byte character
     ]
-    reliability.record("hostile_inputs_tried", len(bad))
     result = run_write(tmp_path, heap, lines(rec(event(0)), *bad, rec(event(1)), state(1)))
     result.assert_clean("SECRET-UTF8-A", "SECRET-UTF8-B")
     assert result.cursors() == [1]
@@ -255,3 +288,9 @@ def test_invalid_utf8_lines_are_counted_by_line_number(heap: HeapStandin, tmp_pa
     assert reported == {3}, result.describe()
     invalid = [text for text in result.log_lines("WARN") if "an invalid record" in text]
     assert [text.split(" (")[0] for text in invalid] == ["Input line 2", "Input line 4"], invalid
+    reliability.note(
+        "hostile_inputs",
+        "invalid UTF-8 inside a record",
+        "overlong UTF-8 sequence line",
+        "record cut inside a multi-byte character",
+    )

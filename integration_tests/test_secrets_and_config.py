@@ -6,7 +6,9 @@
   run goes through a recording proxy on 127.0.0.1 that fails the test if it hears anything.
 - Record values never appear in any output (STATE messages excepted: they are the source's own cursor).
 - A catalog with two streams is a config_error that names both; nothing is sent.
-- Every spec field marked airbyte_secret (none yet) is scanned for in every output, automatically.
+- Every spec field marked airbyte_secret (api.api_key of delete_users) is scanned for in every output,
+  automatically, with the secret where the connector reads it; and the deletion API key once more by hand, with
+  proof that it was really used (the stand-in issued tokens for it) and malformed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,7 @@ from integration_tests.support import (
     Result,
     assert_check_failed,
     assert_no_traceback,
+    config,
     run_connector,
 )
 
@@ -157,7 +160,6 @@ def config_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConfigRuns
                     run, root / f"{command}-{name}", command, None, env, stdin=SECRET_INPUT, raw_config=raw
                 )
         results = {key: job.result() for key, job in jobs.items()}
-    reliability.record("config_errors_tried", len(jobs))
     try:
         yield ConfigRuns(
             check={name: r for (command, name), r in results.items() if command == "check"},
@@ -177,6 +179,7 @@ def test_check_fails_with_a_message_saying_what_to_fix(case: str, config_runs: C
     assert_check_failed(result, words)
     assert_no_traceback(result)
     assert not config_runs.recorder_seen, f"traffic left loopback: {config_runs.recorder_seen[:3]}"
+    reliability.note("config_errors_refused", f"check: {case}")
 
 
 @pytest.mark.parametrize("case", CASE_IDS)
@@ -194,6 +197,7 @@ def test_write_fails_with_config_error_before_sending_anything(case: str, config
     assert_no_record_values(result, SECRET_RECORDS)
     assert config_runs.heap_requests == 0, "a request reached Heap although every config was invalid"
     assert not config_runs.recorder_seen, f"traffic left loopback: {config_runs.recorder_seen[:3]}"
+    reliability.note("config_errors_refused", f"write: {case}")
 
 
 @pytest.mark.parametrize("case", list(UNREADABLE))
@@ -202,6 +206,7 @@ def test_check_reports_an_unreadable_config_file(case: str, config_runs: ConfigR
     assert [s["status"] for s in result.statuses] == ["FAILED"], result.describe()
     assert "config" in result.statuses[0]["message"].lower()
     assert_no_traceback(result)
+    reliability.note("config_errors_refused", f"check: {case}")
 
 
 @pytest.mark.parametrize("case", list(UNREADABLE))
@@ -210,6 +215,7 @@ def test_write_reports_an_unreadable_config_file_as_config_error(case: str, conf
     assert result.returncode != 0
     assert result.errors and result.errors[-1]["failure_type"] == "config_error", result.describe()
     assert_no_traceback(result)
+    reliability.note("config_errors_refused", f"write: {case}")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -237,7 +243,6 @@ def test_a_url_parser_trick_cannot_send_plain_http_off_loopback(trick: str, tmp_
             check = pool.submit(run, tmp_path / "check", "check", config, recorder.env(LOOPBACK))
             write = pool.submit(run, tmp_path / "write", "write", config, recorder.env(LOOPBACK), stdin=SECRET_INPUT)
             check, write = check.result(), write.result()
-        reliability.record("hostile_inputs_tried")
         seen = recorder.seen
         assert not seen, f"plain-http requests for a non-loopback host (caught by the local proxy): {seen[:3]}"
         for result in (check, write):
@@ -246,6 +251,7 @@ def test_a_url_parser_trick_cannot_send_plain_http_off_loopback(trick: str, tmp_
         if check.statuses[0]["status"] == "FAILED":  # refused: write must refuse it too, before sending anything
             assert write.errors and write.errors[-1]["failure_type"] == "config_error", write.describe()
             assert heap.stats()["requests"] == 0
+        reliability.note("hostile_inputs", f"base_url parser trick: {trick}")
     finally:
         recorder.close()
         heap.stop()
@@ -296,7 +302,6 @@ def test_record_values_never_appear_in_any_output(tmp_path: Path) -> None:
             stdin=record_line(good[0]) + "\n" + record_line(invalid[1]) + "\n",
         )
         check = run(tmp_path / "check", "check", config, recorder.env(LOOPBACK))
-        reliability.record("hostile_inputs_tried", len(invalid) + 2)
         assert skip.returncode == 0, skip.describe()
         assert fail.returncode != 0 and fail.errors, fail.describe()
         assert "invalid_timestamp" in fail.errors[-1]["message"], fail.describe()
@@ -306,6 +311,17 @@ def test_record_values_never_appear_in_any_output(tmp_path: Path) -> None:
             assert_no_traceback(result)
         assert len(heap.events) == len(good) + 1  # the good ones, and the one with a truncated essay
         assert not recorder.seen
+        reliability.note(
+            "hostile_inputs",
+            "identity over 255 characters",
+            "timestamp that is no time",
+            "event name over 1024 characters",
+            "property Heap refuses with a 400 quoting its value",
+            "property value over 1023 characters",
+            "record for a stream not in the catalog: other name",
+            "record data not an object: list",
+            "invalid record with on_invalid_record fail",
+        )
     finally:
         recorder.close()
         heap.stop()
@@ -419,10 +435,22 @@ def _config_using(base_url: str, path: tuple[str, ...], secret: str) -> dict:
     return config
 
 
-def _secret_scan(tmp_path: Path, path: tuple[str, ...]) -> None:
+ScanCheck = Callable[[dict[str, Result], HeapStandin, HeapStandin], None]
+
+
+def _secret_scan(
+    tmp_path: Path,
+    path: tuple[str, ...],
+    make_config: Callable[[str, str], dict] | None = None,
+    extra_jobs: Callable[[str, dict, str], dict[str, tuple[str, dict, str]]] | None = None,
+    also: ScanCheck | None = None,
+) -> None:
     """The value of a credential field never appears in check, write, or a failing check or write's output,
-    whether Heap takes the credential or refuses it."""
+    whether Heap takes the credential or refuses it. `make_config(base_url, secret)` builds the config (default:
+    the secret at `path`, in the spec's option that declares it); `extra_jobs(secret, good_config, stdin)` adds
+    runs; `also(runs, accepting, refusing)` checks more once every run is scanned."""
     secret = f"CRED-{uuid.uuid4().hex}"
+    make_config = make_config or (lambda base_url, value: _config_using(base_url, path, value))
     accepting = HeapStandin().start()
     refusing = HeapStandin(api_key=f"OTHER-{uuid.uuid4().hex}").start()
     recorder = _recorder()
@@ -434,7 +462,7 @@ def _secret_scan(tmp_path: Path, path: tuple[str, ...]) -> None:
     ]
     stdin = "".join(record_line(r) + "\n" for r in records) + state_line(2) + "\n"
     try:
-        good, bad_key = _config_using(accepting.url, path, secret), _config_using(refusing.url, path, secret)
+        good, bad_key = make_config(accepting.url, secret), make_config(refusing.url, secret)
         jobs = {
             "check": ("check", good, ""),
             "check, credential refused": ("check", bad_key, ""),
@@ -442,6 +470,7 @@ def _secret_scan(tmp_path: Path, path: tuple[str, ...]) -> None:
             "write": ("write", good, stdin),
             "write, credential refused": ("write", bad_key, stdin),
             "write, bad config": ("write", {**good, "app_id": "x"}, stdin),
+            **(extra_jobs(secret, good, stdin) if extra_jobs else {}),
         }
         with ThreadPoolExecutor(max_workers=3) as pool:
             futures = {
@@ -449,9 +478,9 @@ def _secret_scan(tmp_path: Path, path: tuple[str, ...]) -> None:
                 for n, (name, (command, config, text)) in enumerate(jobs.items())
             }
             runs = {name: future.result() for name, future in futures.items()}
-        reliability.record("secret_scans", len(runs))
         for name, result in runs.items():
             assert secret not in result.stdout and secret not in result.stderr, f"{name}:\n{result.describe()}"
+            assert secret[:16] not in result.stdout + result.stderr, f"{name}: part of the secret\n{result.describe()}"
             assert_no_traceback(result)
         assert runs["check"].statuses[0]["status"] == "SUCCEEDED", runs["check"].describe()
         assert runs["check, bad config"].statuses[0]["status"] == "FAILED"
@@ -463,6 +492,9 @@ def _secret_scan(tmp_path: Path, path: tuple[str, ...]) -> None:
         for heap in (accepting, refusing):
             assert secret not in json.dumps(heap.events + heap.users + heap.accounts), "a credential sent as data"
         assert not recorder.seen
+        if also is not None:
+            also(runs, accepting, refusing)
+        reliability.record("secret_scans", len(runs))
     finally:
         recorder.close()
         accepting.stop()
@@ -474,9 +506,39 @@ def test_secret_field_value_never_appears_in_any_output(path: tuple[str, ...], t
     _secret_scan(tmp_path, path)
 
 
-def test_undeclared_api_key_in_the_config_is_never_echoed(tmp_path: Path) -> None:
-    """heap-api.md: the deletion API's api_key is a secret. Until the spec declares it, a config may still carry it
-    (additionalProperties is true); it must not surface anywhere either."""
+def _deletion_config(base_url: str, secret: str) -> dict:
+    """delete_users with the key where the connector reads it: api.api_key."""
+    api = {"api_type": "delete_users", "api_key": secret, "identity_column": "email"}
+    return config(base_url, api, max_retries=1)
+
+
+def _malformed_key_jobs(secret: str, good: dict, stdin: str) -> dict[str, tuple[str, dict, str]]:
+    """The key pasted with a character no Heap key has: refused in check and write, without being quoted."""
+    malformed = json.loads(json.dumps(good))
+    malformed["api"]["api_key"] = secret + "\u00e9\u0007"
+    return {"check, key malformed": ("check", malformed, ""), "write, key malformed": ("write", malformed, stdin)}
+
+
+def _key_really_used(runs: dict[str, Result], accepting: HeapStandin, refusing: HeapStandin) -> None:
+    """The scans above meant something: the key went to Heap's token endpoint and the deletions were made with
+    it; the refusing stand-in issued nothing and both runs against it failed; a malformed key is a config_error."""
+    assert accepting.tokens_issued >= 2, f"{accepting.tokens_issued} tokens issued: the api_key was never used"
+    assert sorted(user["identity"] for user in accepting.deleted_users) == [
+        f"SECRET-SCAN-{i}@example.com" for i in range(3)
+    ], accepting.deleted_users
+    assert refusing.tokens_issued == 0
+    assert runs["check, credential refused"].statuses[0]["status"] == "FAILED"
+    assert runs["write, credential refused"].returncode != 0, runs["write, credential refused"].describe()
+    assert runs["check, key malformed"].statuses[0]["status"] == "FAILED"
+    malformed = runs["write, key malformed"]
+    assert malformed.errors and malformed.errors[-1]["failure_type"] == "config_error", malformed.describe()
+
+
+def test_deletion_api_key_in_use_refused_or_malformed_is_never_echoed(tmp_path: Path) -> None:
+    """heap-api.md: the deletion API's api_key is a secret. Put where the connector reads it (api.api_key, with
+    api_type delete_users), independently of the spec walk above: used, refused, malformed, beside a bad config."""
     started = time.monotonic()
-    _secret_scan(tmp_path, ("api_key",))
+    _secret_scan(
+        tmp_path, ("api", "api_key"), _deletion_config, extra_jobs=_malformed_key_jobs, also=_key_really_used
+    )
     assert time.monotonic() - started < 60
