@@ -72,6 +72,11 @@ def test_each_message_leaves_in_one_write(monkeypatch):
         assert text.endswith("\n") and json.loads(text)["type"], f"a write that is not one whole message: {text!r}"
 
 
+# ------------------------------------------------------------------------------------------------------------
+# check
+
+
+@pytest.mark.parametrize("kind", ["track", "user_properties", "account_properties"])
 def test_check_succeeds_for_sample_configs_and_writes_nothing(heap, kind):
     result = run_connector("check", sample_config(kind, heap))
     assert result.returncode == 0, result.describe()
