@@ -40,6 +40,7 @@ logger = logging.getLogger("airbyte")
 TERMINATION_GRACE_SECONDS = 10.0  # after SIGTERM, how long requests in flight may still finish
 # A batch open this long goes out with the next message, full or not: a slow source's states keep flowing.
 MAX_BATCH_AGE_SECONDS = 1.0
+LOOK_AROUND_SECONDS = 0.1  # how often the loop looks at batch ages, acknowledged states and progress
 STREAM_NOT_IN_CATALOG = Rejection("stream_not_in_catalog")
 # The field of an item body whose updates must reach Heap in input order (last-write-wins properties, identify,
 # deletion); the first one present. Track needs none: events carry their own time.
@@ -88,6 +89,7 @@ class SyncWriter:
         self.report = SyncReport(counters, config.dry_run, streams=names)
         self._read_at_last_state = 0  # records read at the previous STATE for every stream
         self._terminated_at: float | None = None  # when SIGTERM arrived
+        self._next_look = 0.0  # see _look_around
 
     def write(self, messages: Iterable[Message], handle_sigterm: bool = False) -> Iterator[SourceState]:
         """Consume the source's messages (None when it is quiet), yielding each STATE once everything before it
@@ -101,10 +103,8 @@ class SyncWriter:
                 if message is not None:
                     yield from self._process_message(message)
                 # a quiet source sends what it has; a slow one, each batch once it has been filling a while
-                self._submit_old_batches(max_age=0.0 if message is None else MAX_BATCH_AGE_SECONDS)
-                if self._ledger.pending:  # states acknowledged meanwhile leave now, not at the next message
-                    yield from self._release(self._sender.collect())
-                self.report.maybe_log_progress()
+                if message is None or time.monotonic() >= self._next_look:  # a few times a second, not per record
+                    yield from self._look_around(quiet=message is None)
             if self._terminated_at is None:
                 self._submit_old_batches(max_age=0.0)
             yield from self._finish()
@@ -205,6 +205,15 @@ class SyncWriter:
             self._read_at_last_state = self.report.records_read
         body = state.message["state"]
         body["destinationStats"] = {**(body.get("destinationStats") or {}), "recordCount": float(behind)}
+
+    def _look_around(self, quiet: bool) -> Iterator[SourceState]:
+        """What time, not input, calls for: a quiet source sends what it has, a slow one each batch filling for a
+        while; states acknowledged meanwhile leave now, not at the next message; progress is logged."""
+        self._next_look = time.monotonic() + LOOK_AROUND_SECONDS
+        self._submit_old_batches(max_age=0.0 if quiet else MAX_BATCH_AGE_SECONDS)
+        if self._ledger.pending:
+            yield from self._release(self._sender.collect())
+        self.report.maybe_log_progress()
 
     def _submit_old_batches(self, max_age: float = MAX_BATCH_AGE_SECONDS) -> None:
         """Send each stream's open batch that has been filling for `max_age` seconds (0: every open batch)."""

@@ -118,7 +118,10 @@ def _config_cases(base_url: str) -> dict[str, tuple[dict, tuple[str, ...]]]:
     return {
         "app_id_not_digits": (_with(good, ("app_id",), "eleven"), ("app_id", "digits")),
         "api_type_unknown": (_with(good, ("api", "api_type"), "teleport"), ("api.api_type", "track")),
-        "event_column_missing": (_without(good, "api", "event_column"), ("api.event_column", "required")),
+        "event_column_missing": (
+            _without(good, "api", "event_column"),
+            ("api.event_column", "api.event_name", "exactly one"),
+        ),
         "batch_size_too_big": (_with(good, ("batch_size",), 5000), ("batch_size", "1 to 1000")),
         "on_invalid_record_unknown": (_with(good, ("on_invalid_record",), "explode"), ("on_invalid_record", "skip")),
         "base_url_plain_http_remote": (_with(good, ("base_url",), "http://heapanalytics.com"), ("https",)),
