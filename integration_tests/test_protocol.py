@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -18,9 +20,12 @@ from integration_tests.support import (
     catalog,
     config,
     interleave,
+    loopback_env,
     people,
     run_connector,
+    sample_catalog,
     sample_config,
+    sample_messages,
 )
 
 
@@ -227,3 +232,59 @@ def test_write_with_an_invalid_config_fails_as_config_error_and_sends_nothing(he
     assert result.states == []
     assert_nothing_sent(heap)
 
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Closed pipes: one clear line, never a traceback
+
+
+def write_files(heap, tmp_path) -> tuple[str, str]:
+    config_path, catalog_path = tmp_path / "config.json", tmp_path / "catalog.json"
+    config_path.write_text(json.dumps(sample_config("track", heap)))
+    catalog_path.write_text(json.dumps(sample_catalog()))
+    return str(config_path), str(catalog_path)
+
+
+def test_a_closed_stdin_ends_write_with_a_config_error_not_a_traceback(heap, tmp_path):
+    config_path, catalog_path = write_files(heap, tmp_path)
+    process = subprocess.run(
+        [CONNECTOR, "write", "--config", config_path, "--catalog", catalog_path],
+        preexec_fn=lambda: os.close(0),  # started with no stdin at all
+        capture_output=True,
+        text=True,
+        env=loopback_env(),
+        timeout=60,
+    )
+    assert process.returncode != 0
+    assert "Traceback" not in process.stderr + process.stdout
+    traces = [json.loads(line)["trace"] for line in process.stdout.splitlines() if '"TRACE"' in line]
+    assert [trace["error"]["failure_type"] for trace in traces] == ["config_error"]
+    assert "stdin is closed" in traces[0]["error"]["message"]
+
+
+def test_a_closed_stdout_ends_quietly(heap, tmp_path):
+    """Whoever read the connector's output is gone: the connector stops with one line on stderr at most."""
+    config_path, catalog_path = write_files(heap, tmp_path)
+    for closed_early in (False, True):
+        process = subprocess.Popen(
+            [CONNECTOR, "write", "--config", config_path, "--catalog", catalog_path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=loopback_env(),
+        )
+        if closed_early:
+            process.stdout.close()  # before the connector wrote anything
+        else:
+            process.stdout.readline()
+            process.stdout.close()
+        lines = "\n".join(json.dumps(message) for message in sample_messages() * 50) + "\n"
+        try:
+            process.stdin.write(lines.encode())
+            process.stdin.close()
+        except BrokenPipeError:
+            pass
+        stderr = process.stderr.read().decode()
+        process.wait(timeout=60)
+        assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+        assert len(stderr.splitlines()) <= 1, stderr
