@@ -55,6 +55,9 @@ LABELS = {
     "outage_2s_ridden_out": "server outages ridden out (stopped 2 s mid-load, the connector still running)",
     "outage_for_good": "server gone for good mid-load (ended as transient_error, resumed)",
     "acknowledgements_lost": "items stored by the stand-in whose acknowledgement may not have reached the connector",
+    "updates_kept_in_order": "property updates that reached the stand-in in input order, per key (checked: all)",
+    "request_refusals_caught": "refusals of the request itself caught in a few requests (distinct kinds)",
+    "bytes_bound_peak_mb": "peak MB of 8,000 records of 40 kB against a slow stand-in (bound: 250)",
 }
 FAULT_PREFIX = "faults_served_"
 

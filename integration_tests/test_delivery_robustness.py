@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from heap_standin import Fault, HeapStandin
+from integration_tests import reliability
 from integration_tests.support import (
     TRACK_API,
     USER_API,
@@ -134,6 +135,7 @@ def test_ten_rounds_of_the_same_users_end_on_the_last_version_in_heaps_arrival_o
     assert len(versions) == 2000
     out_of_order = [identity for identity, seen in versions.items() if seen != list(range(10))]
     assert out_of_order == [], f"{len(out_of_order)} users' updates arrived out of order"
+    reliability.record("updates_kept_in_order", sum(len(seen) for seen in versions.values()))
 
 
 def test_account_properties_keep_each_accounts_order():
@@ -144,6 +146,7 @@ def test_account_properties_keep_each_accounts_order():
         assert result.returncode == 0, result.describe()
         last = {account["account_id"]: account["properties"]["version"] for account in heap.accounts}
     assert set(last.values()) == {4} and len(last) == 300
+    reliability.record("updates_kept_in_order", len(rows))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -159,6 +162,7 @@ def test_a_wrong_app_id_fails_the_sync_in_a_few_requests_instead_of_skipping_eve
     assert "refused the request itself" in message and "app_id" in message
     assert requests <= 5, f"{requests} requests to learn that Heap refuses the request"
     assert result.summary["outcome"] == "failed" and result.summary["skipped"] == 0
+    reliability.note("request_refusals_caught", "wrong app_id")
 
 
 def test_a_413_to_everything_fails_the_sync():
@@ -167,6 +171,7 @@ def test_a_413_to_everything_fails_the_sync():
         requests = len(server.requests)
     assert "413" in assert_failed(result)
     assert requests <= 5
+    reliability.note("request_refusals_caught", "413 to everything")
 
 
 def test_a_refused_deletion_fails_the_sync_and_is_never_skipped():
@@ -177,6 +182,7 @@ def test_a_refused_deletion_fails_the_sync_and_is_never_skipped():
     assert "deletion" in message and "postBody.users[n].identity should be string" in message
     assert len(deletions) == 1
     assert result.summary["skipped"] == 0
+    reliability.note("request_refusals_caught", "refused deletion")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -265,6 +271,7 @@ def test_large_records_against_a_slow_heap_stay_within_bounded_memory():
     assert len(result.states) == 1
     assert requests >= 8000 * 40_000 // (4 << 20), "batches were not closed at 4 MB"
     assert 0 < seen["peak"][0] < 250, f"peak RSS {seen['peak'][0]:.0f} MB"
+    reliability.record("bytes_bound_peak_mb", round(seen["peak"][0]))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -221,3 +221,6 @@ def test_kill_and_resume_with_two_streams_interleaved_loses_and_doubles_nothing(
         assert set(order_ids) == expected, f"{len(expected - set(order_ids))} lost"
         assert len(order_ids) == len(set(order_ids)), "an event is held twice"
         reliability.record("kill_points_survived", kills)
+        reliability.record("kill_points_sigkill", kills)
+        reliability.record("records_lost", 0)
+        reliability.record("records_held_twice", 0)
