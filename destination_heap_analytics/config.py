@@ -177,7 +177,7 @@ def streams_for_catalog(config: HeapConfig, catalog: list[StreamKey]) -> dict[St
     top-level api, which maps the one stream no entry names. Streams left without one are refused, by name."""
     named = [stream for stream in config.streams if stream.stream is not None]
     top_level = next((stream for stream in config.streams if stream.stream is None), None)
-    chosen: dict[tuple[str, str | None], StreamConfig] = {}
+    chosen: dict[StreamKey, StreamConfig] = {}
     unmapped = []
     for name, namespace in catalog:
         entry = next((s for s in named if s.stream == name and s.namespace in (None, namespace)), None)

@@ -133,7 +133,7 @@ class SyncWriter:
             self._ledger.state_received(message, stream)
             yield from self._release(self._sender.collect())
         elif message.record:
-            self.report.records_read += 1
+            self.report.read()
             self.report.unreadable_record(message.number, message.problem)
             self._stop_on_invalid(Rejection("unreadable_record"), message)
         else:

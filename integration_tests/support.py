@@ -89,11 +89,12 @@ def record(data: Any, stream: str = STREAM, emitted_at: int = 1_700_000_000_000)
     return {"type": "RECORD", "record": {"stream": stream, "data": data, "emitted_at": emitted_at}}
 
 
-def state(n: int, stream: str = STREAM, cursor: str = "position") -> dict:
-    return {
-        "type": "STATE",
-        "state": {"type": "STREAM", "stream": {"stream_descriptor": {"name": stream}, "stream_state": {cursor: n}}},
-    }
+def state(n: int, stream: str = STREAM, cursor: str = "position", state_id: int | None = None) -> dict:
+    """A STREAM state; with `state_id`, the `id` the Airbyte platform (1.7+) gives every state it sends."""
+    body = {"type": "STREAM", "stream": {"stream_descriptor": {"name": stream}, "stream_state": {cursor: n}}}
+    if state_id is not None:
+        body["id"] = state_id
+    return {"type": "STATE", "state": body}
 
 
 def interleave(rows: Iterable[dict], every: int, stream: str = STREAM, final_state: bool = True) -> list[dict]:

@@ -14,22 +14,16 @@ from airbyte_cdk.models import (
 )
 
 from destination_heap_analytics import DestinationHeapAnalytics
-from integration_tests.support import USER_API, catalog, config, people, record, run_connector
+from integration_tests.support import USER_API, catalog, config, people, record, run_connector, state
 
 
 def platform_stream_state(state_id: int, position: int, records: int) -> dict:
     """A STREAM state as platform 1.7+ hands it to a destination: an `id`, the source's stats, and a field this
     connector has never heard of."""
-    return {
-        "type": "STATE",
-        "state": {
-            "type": "STREAM",
-            "id": state_id,
-            "stream": {"stream_descriptor": {"name": "users"}, "stream_state": {"position": position}},
-            "sourceStats": {"recordCount": float(records)},
-            "x_future_field": {"kept": [1, "two"]},
-        },
-    }
+    message = state(position, state_id=state_id)
+    message["state"]["sourceStats"] = {"recordCount": float(records)}
+    message["state"]["x_future_field"] = {"kept": [1, "two"]}
+    return message
 
 
 def platform_global_state(state_id: int, position: int, records: int) -> dict:

@@ -12,7 +12,8 @@ import pytest
 
 from heap_standin import HeapStandin
 from integration_tests import reliability
-from integration_tests.support import APP_ID, catalog, run_connector
+from integration_tests.support import APP_ID, catalog, record, run_connector
+from integration_tests.support import state as stream_state
 
 USERS = {"api_type": "add_user_properties", "identity_column": "email", "property_columns": "plan,seats"}
 ACCOUNTS = {"api_type": "add_account_properties", "account_id_column": "account", "property_columns": "plan,seats"}
@@ -36,18 +37,7 @@ def row(stream: str, i: int) -> dict:
 
 
 def rec(stream: str, i: int) -> dict:
-    return {"type": "RECORD", "record": {"stream": stream, "data": row(stream, i), "emitted_at": 1_700_000_000_000}}
-
-
-def stream_state(stream: str, position: int, state_id: int) -> dict:
-    return {
-        "type": "STATE",
-        "state": {
-            "type": "STREAM",
-            "id": state_id,
-            "stream": {"stream_descriptor": {"name": stream}, "stream_state": {"position": position}},
-        },
-    }
+    return record(row(stream, i), stream)
 
 
 def interleaved(counts: dict[str, int], state_every: dict[str, int], start: dict[str, int] | None = None) -> list:
@@ -65,7 +55,7 @@ def interleaved(counts: dict[str, int], state_every: dict[str, int], start: dict
             positions[name] = i + 1
             if (i + 1) % state_every[name] == 0 or i + 1 == counts[name]:
                 state_id += 1
-                messages.append(stream_state(name, i, state_id))
+                messages.append(stream_state(i, name, state_id=state_id))
     return messages
 
 
@@ -148,7 +138,7 @@ def test_an_unmapped_stream_is_refused_before_anything_is_sent(heap):
 
 
 def test_a_stream_outside_the_catalog_is_still_counted_and_skipped(heap):
-    messages = [rec("users", 1), rec("elsewhere", 2), stream_state("users", 1, 1)]
+    messages = [rec("users", 1), rec("elsewhere", 2), stream_state(1, "users", state_id=1)]
     result = run_connector("write", stream_config(heap, {"users": USERS}), catalog("users"), messages)
     assert result.returncode == 0, result.describe()
     assert result.skipped == {"stream_not_in_catalog": 1}
