@@ -170,8 +170,9 @@ def test_two_track_streams_share_one_budget_against_heaps_limit():
 
 @pytest.mark.slow
 def test_kill_and_resume_with_two_streams_interleaved_loses_and_doubles_nothing():
-    """SIGKILL at seeded random points; each run resumes every stream from its own last emitted state, as the
-    platform does; at the end every event is in Heap exactly once."""
+    """SIGKILL once a seeded-random share of what is left has reached Heap (progress, not time, so the kill lands
+    mid-load on a fast machine and a slow one alike); each run resumes every stream from its own last emitted
+    state, as the platform does; at the end every event is in Heap exactly once."""
     counts = {"clicks": 4000, "views": 3000}
     every = {"clicks": 200, "views": 150}
     tracked = dict(ORDERS, property_columns="order_id")
@@ -183,12 +184,14 @@ def test_kill_and_resume_with_two_streams_interleaved_loses_and_doubles_nothing(
         kills = 0
         for run in range(12):
             messages = interleaved(counts, every, start=resume)
-            delay = generator.uniform(0.3, 1.5)
+            held = len(heap.events)
+            target = held + int((sum(counts.values()) - held) * generator.uniform(0.1, 0.6))
             killed: list[bool] = []
 
-            def kill_later(process, delay=delay, killed=killed) -> None:
+            def kill_later(process, target=target, killed=killed) -> None:
                 def fire() -> None:
-                    time.sleep(delay)
+                    while process.poll() is None and len(heap.events) < target:
+                        time.sleep(0.005)
                     if process.poll() is None:
                         process.send_signal(signal.SIGKILL)
                         killed.append(True)
