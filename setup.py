@@ -6,6 +6,7 @@ setup(
     description="Airbyte destination that loads records into Heap Analytics through Heap's server-side APIs.",
     python_requires=">=3.11,<3.13",
     packages=find_packages(include=["destination_heap_analytics", "destination_heap_analytics.*"]),
+    package_data={"destination_heap_analytics": ["spec.yaml"]},
     install_requires=[
         "airbyte-cdk>=7.39,<8",
         "requests>=2.32.3",
@@ -13,6 +14,7 @@ setup(
         "jsonpath-ng>=1.6",
         "orjson>=3.9",
         "xxhash>=3.4",
+        "pyyaml>=6",
     ],
     extras_require={
         "tests": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "jsonschema>=4"],

@@ -38,7 +38,7 @@ OPTIONAL_COLUMNS = {
 
 
 def option_columns(api_type: str) -> tuple[str, ...]:
-    """Every column field an api option has, in form order: the spec's option properties (spec.py) and the
+    """Every column field an api option has, in form order: the spec's option properties (spec.yaml) and the
     fields parse_config reads are both this list. excluded_columns belongs where property_columns does."""
     names = [*REQUIRED_COLUMNS[api_type], *OPTIONAL_COLUMNS[api_type]]
     if "property_columns" in names:
@@ -57,7 +57,7 @@ BULK_FORM = {"identify": False, "delete_users": True}  # where Heap offers only 
 # Single requests are small and spend their time waiting on the network: more of them in flight.
 DEFAULT_CONCURRENCY = {True: 8, False: 32}
 INVALID_RECORD_POLICIES = ("skip", "fail")
-# The whole-number settings and their bounds, (lowest, highest): the spec says the same (spec.py)
+# The whole-number settings and their bounds, (lowest, highest): the spec says the same (spec.yaml)
 WHOLE_NUMBER_BOUNDS = {
     "batch_size": (1, 10_000),  # 1000 for the ingestion APIs: MAX_BATCH
     "max_concurrent_requests": (1, 64),

@@ -23,7 +23,6 @@ from airbyte_cdk.models import (
     AirbyteMessageSerializer,
     ConfiguredAirbyteCatalog,
     ConfiguredAirbyteCatalogSerializer,
-    ConnectorSpecification,
     DestinationSyncMode,
     FailureType,
     Status,
@@ -34,7 +33,6 @@ from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from destination_heap_analytics.config import ConfigError, HeapConfig, parse_config, streams_for_catalog
 from destination_heap_analytics.messages import Message, SourceState, from_airbyte_messages, parse_lines, read_lines
-from destination_heap_analytics.spec import connector_specification
 
 logger = logging.getLogger("airbyte")
 
@@ -42,9 +40,6 @@ CHECK_TIMEOUT_SECONDS = 10.0
 
 
 class DestinationHeapAnalytics(Destination):
-    def spec(self, logger: logging.Logger) -> ConnectorSpecification:
-        return connector_specification()
-
     def run(self, args: list[str]) -> None:
         """As the CDK's run, with three differences. Each message leaves at once (a STATE held in a pipe buffer
         is a STATE the platform does not have) and whole, in one write: print's two writes let a log line from

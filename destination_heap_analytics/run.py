@@ -1,4 +1,5 @@
 import os
+import pkgutil
 import sys
 
 
@@ -7,10 +8,14 @@ def run() -> None:
         if sys.stderr is not None:
             sys.stderr.write("destination-heap-analytics: stdout is closed; its messages would be lost.\n")
         os._exit(1)
-    if sys.argv[1:] == ["spec"]:  # the same spec the CDK's Destination gives, without loading the CDK
-        from destination_heap_analytics.spec import spec_message
+    if sys.argv[1:] == ["spec"]:
+        # The platform asks for the spec whenever it loads the connector: it is answered without importing the
+        # CDK, most of a cold start. The CDK's Destination reads the same spec.yaml.
+        import orjson
+        import yaml
 
-        sys.stdout.write(spec_message() + "\n")
+        spec = yaml.safe_load(pkgutil.get_data(__package__, "spec.yaml"))
+        sys.stdout.write(orjson.dumps({"type": "SPEC", "spec": spec}).decode() + "\n")
         return
     from destination_heap_analytics.destination import DestinationHeapAnalytics
 

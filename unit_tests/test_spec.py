@@ -1,4 +1,4 @@
-"""The spec (spec.py) against the rules (config.py), the documented configs, Airbyte's form rules, the published
+"""The spec (spec.yaml) against the rules (config.py), the documented configs, Airbyte's form rules, the published
 0.1.0 spec and metadata.yaml.
 
 The bug these tests exist for: `check` said SUCCEEDED for a config that the spec, and so Airbyte's UI and
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from destination_heap_analytics.config import (
     API_TYPES,
     EU_BASE_URL,
     EXACTLY_ONE,
+    INVALID_RECORD_POLICIES,
     PRESETS,
     REQUIRED_COLUMNS,
     US_BASE_URL,
@@ -35,14 +37,15 @@ from destination_heap_analytics.config import (
     option_columns,
     parse_config,
 )
-from destination_heap_analytics.spec import connection_specification, connector_specification
+from destination_heap_analytics.destination import DestinationHeapAnalytics
 
 ROOT = Path(__file__).resolve().parents[1]
 # The spec Airbyte's registry published for destination-heap-analytics 0.1.0 (its destination_heap_analytics/spec.json).
 PUBLISHED_SPEC_PATH = Path(__file__).with_name("published_spec_0.1.0.json")
 PUBLISHED_VERSION = "0.1.0"
 
-SPEC = connection_specification()
+SPECIFICATION = DestinationHeapAnalytics().spec(logging.getLogger("airbyte"))
+SPEC = SPECIFICATION.connectionSpecification
 VALIDATOR = Draft7Validator(SPEC)
 API_OPTIONS = SPEC["properties"]["api"]["oneOf"]
 OPTION_BY_TYPE = {option["properties"]["api_type"]["const"]: option for option in API_OPTIONS}
@@ -201,11 +204,12 @@ def test_secrets_are_marked_and_only_secrets():
 
 
 def test_spec_and_rules_name_the_same_fields_and_requirements():
-    """By construction (config.option_columns): each option's properties and required list are the rules'."""
+    """spec.yaml and config.py hold the same rules: each option's fields (in the rules' order), required lists
+    and bounds; a stream mapping's api offers exactly the top-level api's options."""
     for api_type in API_TYPES:
         option = OPTION_BY_TYPE[api_type]
-        expected = {"api_type", *option_columns(api_type)} | ({"api_key"} if api_type == "delete_users" else set())
-        assert set(option["properties"]) == expected, api_type
+        expected = ["api_type", *(["api_key"] if api_type == "delete_users" else []), *option_columns(api_type)]
+        assert sorted(option["properties"], key=lambda name: option["properties"][name]["order"]) == expected
         required = {"api_type", *REQUIRED_COLUMNS[api_type]} | ({"api_key"} if api_type == "delete_users" else set())
         assert set(option["required"]) == required, api_type
     for preset, mapping in PRESETS.items():
@@ -215,6 +219,8 @@ def test_spec_and_rules_name_the_same_fields_and_requirements():
     for name, (low, high) in WHOLE_NUMBER_BOUNDS.items():
         prop = SPEC["properties"][name]
         assert (prop["type"], prop["minimum"], prop["maximum"]) == ("integer", low, high), name
+    assert SPEC["properties"]["on_invalid_record"]["enum"] == list(INVALID_RECORD_POLICIES)
+    assert SPEC["properties"]["streams"]["items"]["properties"]["api"]["oneOf"] == API_OPTIONS
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -456,7 +462,7 @@ def metadata() -> dict:
 
 def spec_comparison():
     published = json.loads(PUBLISHED_SPEC_PATH.read_text())
-    current = ConnectorSpecificationSerializer.dump(connector_specification())
+    current = ConnectorSpecificationSerializer.dump(SPECIFICATION)
     return compare_specs(published, current)
 
 
@@ -528,7 +534,7 @@ def test_metadata_is_what_the_registry_reads():
     )
     assert data["remoteRegistries"] == {"pypi": {"enabled": True, "packageName": package}}
     assert data["supportsDbt"] is False and data["supportsNormalization"] is False
-    assert data["documentationUrl"] == connector_specification().documentationUrl
+    assert data["documentationUrl"] == SPECIFICATION.documentationUrl
     assert data["connectorType"] == "destination" and data["definitionId"]
     # releases as Airbyte's ConnectorReleases schema has it (additionalProperties false; breakingChanges has at
     # least one entry, each keyed by a version, with a message and an upgrade deadline)
