@@ -153,7 +153,9 @@ class SyncWriter:
             return
         if item.notes:
             self.report.adjust(item.notes)
-        body = orjson.dumps(item.body)
+        # orjson hands back its whole write buffer (4 kB or more) as the bytes: a window of batches holds
+        # thousands of bodies, so each is kept as a right-sized copy
+        body = bytes(memoryview(orjson.dumps(item.body)))
         if load.open is not None and load.open.size + len(body) >= MAX_BATCH_BYTES:
             self.process_batch(load)  # full by bytes: it goes without this item
         if load.open is None:
