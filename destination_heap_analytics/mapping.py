@@ -31,10 +31,6 @@ MAX_SAFE_INTEGER = 2**53 - 1  # past this a JSON number loses digits in Heap; su
 EPOCH_MILLIS_THRESHOLD = 100_000_000_000
 # A string in JSON's number syntax (leading zeros allowed) is read as that number: "1e10" as 1e10.
 _JSON_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?", re.ASCII)
-# Heap's own timestamp shape (2017-03-10T22:21:56.123+00:00), milliseconds or microseconds, Z for UTC too.
-# Offset minutes stop at 59: fromisoformat reads -00:60 as -01:00, which the text must then say.
-_HEAP_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{3}|\.\d{6})?(Z|[+-]\d\d:[0-5]\d)", re.ASCII)
-_UTC_OFFSETS = ("Z", "-00:00")
 ALL_FIELDS = "*"  # what notes call a property under property_columns "*": its key may be data
 FORBIDDEN_USER_PROPERTY = "id"  # Heap refuses a user property named id, in any casing
 ARRAY_SEPARATOR = "||"  # how Heap itself stores arrays
@@ -397,15 +393,9 @@ def normalize_timestamp(value: Any) -> str | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, str):
-        text = _heap_time_text(value)
-        if text is not None:
-            return text
         text = value.strip()
         if text[-1:] == "z":  # RFC 3339 allows a lowercase z for UTC; Python's parsers take only Z
             text = text[:-1] + "Z"
-            heap_shaped = _heap_time_text(text)
-            if heap_shaped is not None:
-                return heap_shaped
         digits = text.isascii() and text.isdigit()
         # "2022-..." is no number: no need to try it as one
         looks_like_date = (digits and len(text) in (4, 8)) or (len(text) > 4 and text[4] == "-")
@@ -421,24 +411,6 @@ def normalize_timestamp(value: Any) -> str | None:
         except (ValueError, OverflowError, OSError):
             return None
     return None
-
-
-def _heap_time_text(text: str) -> str | None:
-    """What _iso(datetime.fromisoformat(text)) gives, by string slicing, for a time already in Heap's shape
-    (most sources send that), so the common case skips building and formatting a datetime."""
-    shape = _HEAP_TIME.fullmatch(text)
-    if shape is None:
-        return None
-    try:
-        datetime.fromisoformat(text)  # the shape is right; this proves the date and time exist
-    except ValueError:
-        return None
-    seconds, fraction, offset = shape.groups("")
-    if offset in _UTC_OFFSETS:
-        offset = "+00:00"
-    if fraction.endswith("000"):  # _iso keeps milliseconds, or microseconds, only when they say something
-        fraction = "" if fraction.strip(".0") == "" else fraction[:4]
-    return seconds + fraction + offset
 
 
 def _parse_time(text: str) -> datetime | None:

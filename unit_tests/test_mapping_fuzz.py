@@ -10,13 +10,9 @@ from hypothesis import strategies as st
 
 from destination_heap_analytics.config import MappingConfig
 from destination_heap_analytics.mapping import (
-    _HEAP_TIME,
     HeapItem,
     Mapping,
     Rejection,
-    _iso,
-    _parse_time,
-    normalize_timestamp,
 )
 from heap_standin.rules import ENDPOINTS
 
@@ -101,15 +97,6 @@ heap_shaped_times = st.builds(
     st.sampled_from(["", ".000", ".000000", ".ms", ".msus", ".ms000", ".000us"]),
     st.sampled_from(["Z", "+00:00", "-00:00", "+05:30", "-03:00", "+14:00", "-12:45"]),
 )
-
-
-@settings(max_examples=500, deadline=None)
-@given(text=st.one_of(heap_shaped_times, st.from_regex(_HEAP_TIME, fullmatch=True)))
-def test_timestamps_in_heaps_shape_take_the_fast_path_to_the_same_text(text):
-    """The string-slicing path for Heap-shaped times gives exactly what parsing and formatting gives."""
-    parsed = _parse_time(text)
-    expected = _iso(parsed) if parsed is not None else None
-    assert normalize_timestamp(text) == expected
 
 
 usable_times = st.one_of(
