@@ -17,7 +17,7 @@ setup(
         "pyyaml>=6",
     ],
     extras_require={
-        "tests": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "jsonschema>=4"],
+        "tests": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "ruff>=0.5", "jsonschema>=4"],
     },
     entry_points={
         "console_scripts": [

@@ -130,8 +130,8 @@ class DestinationHeapAnalytics(Destination):
     ) -> Iterator[SourceState]:
         from destination_heap_analytics.writer import SyncWriter  # only write needs the delivery stack
 
-        heap_config = _config_or_trace(config)
         try:
+            heap_config = parse_config(config)
             streams = streams_for_catalog(heap_config, _catalog_streams(catalog))
         except ConfigError as error:
             raise AirbyteTracedException(message=str(error), failure_type=FailureType.config_error) from None
@@ -155,13 +155,6 @@ def _read_catalog(path: str) -> ConfiguredAirbyteCatalog:
             message=f"Cannot read the configured catalog: {type(error).__name__}. Pass the catalog Airbyte wrote.",
             failure_type=FailureType.config_error,
         ) from None
-
-
-def _config_or_trace(config: Mapping[str, Any]) -> HeapConfig:
-    try:
-        return parse_config(config)
-    except ConfigError as error:
-        raise AirbyteTracedException(message=str(error), failure_type=FailureType.config_error) from None
 
 
 def _catalog_streams(catalog: ConfiguredAirbyteCatalog) -> list[tuple[str, str | None]]:

@@ -3,6 +3,7 @@ its input, the guards) is integration_tests/support.py; no test imports from her
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -19,6 +20,12 @@ def heap():
         yield standin
     finally:
         standin.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One reliability figures file for the whole run: pytest-xdist's workers inherit the environment."""
+    if not hasattr(config, "workerinput"):
+        os.environ.setdefault(reliability.ENV_VAR, str(reliability.figures_path()))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
