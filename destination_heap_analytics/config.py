@@ -7,10 +7,13 @@ the newer top-level fields are all optional. Every error names the field and say
 from __future__ import annotations
 
 import ipaddress
+import pkgutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cache
 from typing import Any
 
+import yaml
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
@@ -92,6 +95,14 @@ PRESETS: dict[str, dict[str, str]] = {
     },
 }
 ALL_PROPERTIES = "*"
+
+
+@cache
+def specification() -> dict[str, Any]:
+    """spec.yaml: the spec of these rules that Airbyte draws its form from and checks configs against. Read
+    once, with PyYAML's C parser where it has one: the platform asks for the spec on every command."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(pkgutil.get_data(__package__, "spec.yaml"), Loader=loader)
 
 
 class ConfigError(ValueError):

@@ -23,6 +23,8 @@ from airbyte_cdk.models import (
     AirbyteMessageSerializer,
     ConfiguredAirbyteCatalog,
     ConfiguredAirbyteCatalogSerializer,
+    ConnectorSpecification,
+    ConnectorSpecificationSerializer,
     DestinationSyncMode,
     FailureType,
     Status,
@@ -31,7 +33,7 @@ from airbyte_cdk.models import (
 from airbyte_cdk.utils.airbyte_secrets_utils import filter_secrets, get_secrets, update_secrets
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
-from destination_heap_analytics.config import ConfigError, HeapConfig, parse_config, streams_for_catalog
+from destination_heap_analytics.config import ConfigError, HeapConfig, parse_config, specification, streams_for_catalog
 from destination_heap_analytics.messages import Message, SourceState, from_airbyte_messages, parse_lines, read_lines
 
 logger = logging.getLogger("airbyte")
@@ -40,6 +42,10 @@ CHECK_TIMEOUT_SECONDS = 10.0
 
 
 class DestinationHeapAnalytics(Destination):
+    def spec(self, logger: logging.Logger) -> ConnectorSpecification:
+        """spec.yaml, as the CDK's Destination reads it, but parsed once (run_cmd asks for it twice)."""
+        return ConnectorSpecificationSerializer.load(specification())
+
     def run(self, args: list[str]) -> None:
         """As the CDK's run, with three differences. Each message leaves at once (a STATE held in a pipe buffer
         is a STATE the platform does not have) and whole, in one write: print's two writes let a log line from

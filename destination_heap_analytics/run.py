@@ -1,5 +1,4 @@
 import os
-import pkgutil
 import sys
 
 
@@ -10,12 +9,12 @@ def run() -> None:
         os._exit(1)
     if sys.argv[1:] == ["spec"]:
         # The platform asks for the spec whenever it loads the connector: it is answered without importing the
-        # CDK, most of a cold start. The CDK's Destination reads the same spec.yaml.
+        # CDK, most of a cold start.
         import orjson
-        import yaml
 
-        spec = yaml.safe_load(pkgutil.get_data(__package__, "spec.yaml"))
-        sys.stdout.write(orjson.dumps({"type": "SPEC", "spec": spec}).decode() + "\n")
+        from destination_heap_analytics.config import specification
+
+        sys.stdout.write(orjson.dumps({"type": "SPEC", "spec": specification()}).decode() + "\n")
         return
     from destination_heap_analytics.destination import DestinationHeapAnalytics
 
