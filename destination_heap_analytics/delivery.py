@@ -95,14 +95,14 @@ class Route:
 
 @dataclass
 class Batch:
-    """Heap items of one stream in input order: each one's JSON, the identity it counts against in rate limits
-    and the key its order is kept by (none for track), and the bytes of its bodies."""
+    """Heap items of one stream in input order: each one's JSON and the identity it counts against in rate
+    limits, the keys whose order is kept (HeapItem.key; none for track), and the bytes of its bodies."""
 
     number: int
     route: Route
     bodies: list[bytes] = field(default_factory=list)
     identities: list[str | None] = field(default_factory=list)
-    keys: list[Hashable] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
     size: int = 0
 
 
@@ -120,7 +120,7 @@ class _Turn:
     def __init__(self, batch: Batch) -> None:
         # a key is kept in order at its endpoint: two streams updating the same users' properties share it
         path = batch.route.endpoint.path
-        self.keys = {(path, key) for key in batch.keys if key is not None}
+        self.keys = {(path, key) for key in batch.keys}
         self.size = batch.size
         self.done = threading.Event()
         self.delivered = False

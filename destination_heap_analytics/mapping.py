@@ -45,6 +45,10 @@ class HeapItem:
 
     body: dict[str, Any]
     identity: str | None  # the user this item counts against in Heap's per-identity rate limits
+    # What the item updates (an identity, account ID or user_id): Heap keeps the last write of user and account
+    # properties, and identify and deletion depend on order, so one key's items must reach Heap in input order.
+    # None for track: events carry their own time.
+    key: str | None = None
     notes: list[tuple[str, str]] = field(default_factory=list)  # (adjustment, property) e.g. ("truncated", "bio")
 
 
@@ -171,14 +175,14 @@ class Mapping:
         identity = _identifier(self._identity, record, "identity")
         if isinstance(identity, Rejection):
             return identity
-        item = HeapItem({"identity": identity}, identity)
+        item = HeapItem({"identity": identity}, identity, key=identity)
         return self._with_properties(item, record)
 
     def _account(self, record: dict[str, Any], emitted_at_ms: int) -> HeapItem | Rejection:
         account_id = _identifier(self._account_id, record, "account_id")
         if isinstance(account_id, Rejection):
             return account_id
-        return self._with_properties(HeapItem({"account_id": account_id}, None), record)
+        return self._with_properties(HeapItem({"account_id": account_id}, None, key=account_id), record)
 
     def _identify(self, record: dict[str, Any], emitted_at_ms: int) -> HeapItem | Rejection:
         user_id = _heap_user_id(self._user_id, record)
@@ -187,7 +191,7 @@ class Mapping:
         identity = _identifier(self._identity, record, "identity")
         if isinstance(identity, Rejection):
             return identity
-        item = HeapItem({"user_id": user_id, "identity": identity}, identity)
+        item = HeapItem({"user_id": user_id, "identity": identity}, identity, key=user_id)
         if self._timestamp:
             timestamp = _timestamp(self._timestamp, record, emitted_at_ms)
             if isinstance(timestamp, Rejection):
@@ -198,9 +202,9 @@ class Mapping:
     def _deletion(self, record: dict[str, Any], emitted_at_ms: int) -> HeapItem | Rejection:
         if self._user_id:
             user_id = _heap_user_id(self._user_id, record)
-            return user_id if isinstance(user_id, Rejection) else HeapItem({"user_id": user_id}, None)
+            return user_id if isinstance(user_id, Rejection) else HeapItem({"user_id": user_id}, None, key=user_id)
         identity = _identifier(self._identity, record, "identity")
-        return identity if isinstance(identity, Rejection) else HeapItem({"identity": identity}, identity)
+        return identity if isinstance(identity, Rejection) else HeapItem({"identity": identity}, identity, key=identity)
 
     def _with_properties(self, item: HeapItem, record: dict[str, Any]) -> HeapItem | Rejection:
         properties = self._collect_properties(record, item.notes)

@@ -42,14 +42,6 @@ TERMINATION_GRACE_SECONDS = 10.0  # after SIGTERM, how long requests in flight m
 MAX_BATCH_AGE_SECONDS = 1.0
 LOOK_AROUND_SECONDS = 0.1  # how often the loop looks at batch ages, acknowledged states and progress
 STREAM_NOT_IN_CATALOG = Rejection("stream_not_in_catalog")
-# The field of an item body whose updates must reach Heap in input order (last-write-wins properties, identify,
-# deletion); the first one present. Track needs none: events carry their own time.
-ORDER_KEY_FIELDS = {
-    "add_user_properties": ("identity",),
-    "add_account_properties": ("account_id",),
-    "identify": ("user_id",),
-    "delete_users": ("user_id", "identity"),
-}
 
 
 class StreamLoad:
@@ -62,7 +54,6 @@ class StreamLoad:
         self.route = route
         # In single mode every record is its own request: one record a batch lets them all run concurrently.
         self.batch_size = stream.batch_size if stream.bulk else 1
-        self.order_fields = ORDER_KEY_FIELDS.get(stream.mapping.api_type, ())
         self.open: Batch | None = None
         self.opened_at = 0.0
         self.read_at_last_state = 0  # records read of this stream at its previous STATE
@@ -166,8 +157,8 @@ class SyncWriter:
         batch.bodies.append(body)
         batch.size += len(body) + 1  # and its comma
         batch.identities.append(item.identity)
-        if load.order_fields:
-            batch.keys.append(next((item.body[f] for f in load.order_fields if f in item.body), None))
+        if item.key is not None:
+            batch.keys.append(item.key)
         if len(batch.bodies) >= load.batch_size:
             self.process_batch(load)
 

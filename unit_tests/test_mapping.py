@@ -100,6 +100,22 @@ def test_account_properties_seed_example():
 
 
 @pytest.mark.parametrize(
+    "api, key",
+    [
+        (track(), None),  # events carry their own time: no order to keep
+        (users(("plan",)), "u1"),
+        ({"api_type": "add_account_properties", "account_id_column": "account", "property_columns": ("plan",)}, "a1"),
+        ({"api_type": "identify", "user_id_column": "uid", "identity_column": "who"}, "42"),
+        ({"api_type": "delete_users", "user_id_column": "uid"}, "42"),
+        ({"api_type": "delete_users", "identity_column": "who"}, "u1"),
+    ],
+)
+def test_each_item_names_the_key_whose_updates_keep_input_order(api, key):
+    record = {"who": "u1", "what": "Clicked", "account": "a1", "uid": 42, "plan": "pro"}
+    assert mapped(api, record).key == key
+
+
+@pytest.mark.parametrize(
     "column, record, expected",
     [
         ("email", {"email": "a@b.c"}, "a@b.c"),
