@@ -338,14 +338,20 @@ def _writable(value: Any) -> Any:
 def _identifier(path: ColumnPath | None, record: dict[str, Any], field_name: str) -> str | Rejection:
     value = path.resolve(record) if path else None
     if value.__class__ is str and 0 < len(value) <= MAX_IDENTITY_LENGTH and not value.isspace():
-        return value  # the common case, decided without the checks below
-    column = path.column if path else None
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return value  # the common case, decided without the checks of _text
+    return _text(value, path.column if path else None, field_name, MAX_IDENTITY_LENGTH, (str, int))
+
+
+def _text(
+    value: Any, column: str | None, field_name: str, max_length: int, kinds: tuple[type, ...]
+) -> str | Rejection:
+    """A value Heap takes as text (an identity, an account ID, an event name), or why it cannot be one."""
+    if isinstance(value, bool) or not isinstance(value, kinds):
         return Rejection(f"missing_{field_name}" if value is None else f"invalid_{field_name}_type", column)
     text = value if isinstance(value, str) else str(value)
     if not text.strip():
         return Rejection(f"missing_{field_name}", column)
-    if len(text) > MAX_IDENTITY_LENGTH:
+    if len(text) > max_length:
         return Rejection(f"{field_name}_too_long", column)
     return text
 
@@ -366,19 +372,9 @@ def _heap_user_id(path: ColumnPath | None, record: dict[str, Any]) -> str | Reje
 
 def _event_name(path: ColumnPath | None, record: dict[str, Any], default: str | None) -> str | Rejection:
     value = path.resolve(record) if path else None
-    if value.__class__ is str and 0 < len(value) <= MAX_TEXT_LENGTH and not value.isspace():
-        return value  # the common case, decided without the checks below
     if value is None or value == "":
         value = default
-    column = path.column if path else None
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return Rejection("missing_event" if value is None else "invalid_event_type", column)
-    text = value if isinstance(value, str) else str(value)
-    if not text.strip():
-        return Rejection("missing_event", column)
-    if len(text) > MAX_TEXT_LENGTH:
-        return Rejection("event_too_long", column)
-    return text
+    return _text(value, path.column if path else None, "event", MAX_TEXT_LENGTH, (str, int, float))
 
 
 def _timestamp(path: ColumnPath | None, record: dict[str, Any], emitted_at_ms: int) -> str | Rejection:
