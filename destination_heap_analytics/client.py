@@ -88,7 +88,7 @@ class TokenRefused(Exception):
     """The deletion endpoint answered 401 to the token it was given."""
 
 
-class AnswerTimeout(requests.Timeout):
+class AnswerTimeout(requests.ReadTimeout):
     """The request, answer included, took longer than its deadline."""
 
 
@@ -337,13 +337,11 @@ class HeapClient:
         try:
             headers = self._auth.headers() if self._auth else None
             answer = exchange(self.session, url, self._timeout, data=body, headers=headers)
-        except requests.ConnectionError as error:  # connect timeouts included: nothing reached Heap
-            self.counters.count("connection_error", retried)
-            return None, f"connection failed ({type(error).__name__})", None
-        except requests.Timeout:  # no whole answer within request_timeout_seconds
+        except requests.ReadTimeout:  # no whole answer within request_timeout_seconds
             self.counters.count("timeout", retried)
             return None, "timed out", None
-        except requests.RequestException as error:  # a broken answer: the request may or may not have landed
+        except requests.RequestException as error:
+            # no connection (connect timeouts too: nothing reached Heap), or a broken answer (it may have landed)
             self.counters.count("connection_error", retried)
             return None, f"connection failed ({type(error).__name__})", None
         except TokenUnavailable as error:
