@@ -270,9 +270,8 @@ class DeliveryCounters:
 
 
 class HeapClient:
-    """POSTs JSON bodies to Heap over one requests Session (its pool, proxies and TLS settings), retrying what
-    is worth retrying. `pacer`: the one for the limit its requests count against, shared with every client
-    whose requests count against the same. `api_key`: the deletion API's, for a bearer token."""
+    """See the module. `pacer`: the one for the limit its requests count against, shared with every client whose
+    requests count against the same. `api_key`: the deletion API's, for a bearer token."""
 
     def __init__(
         self,

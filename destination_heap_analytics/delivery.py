@@ -127,8 +127,7 @@ class _Turn:
 
 
 class BatchSender:
-    """Delivers batches concurrently, each key's in input order, with a window bounded in batches and bytes:
-    `submit` blocks while the window is full. Each batch goes by its own route (its stream's endpoint)."""
+    """See the module: concurrent batches, each key's in input order, in a window bounded in batches and bytes."""
 
     def __init__(self, config: HeapConfig, stop: threading.Event) -> None:
         self._app_id = config.app_id
