@@ -88,7 +88,7 @@ class TokenRefused(Exception):
     """The deletion endpoint answered 401 to the token it was given."""
 
 
-class AnswerTimeout(requests.Timeout):
+class AnswerTimeout(requests.ReadTimeout):
     """The request, answer included, took longer than its deadline."""
 
 
@@ -270,9 +270,8 @@ class DeliveryCounters:
 
 
 class HeapClient:
-    """POSTs JSON bodies to Heap over one requests Session (its pool, proxies and TLS settings), retrying what
-    is worth retrying. `pacer`: the one for the limit its requests count against, shared with every client
-    whose requests count against the same. `api_key`: the deletion API's, for a bearer token."""
+    """See the module. `pacer`: the one for the limit its requests count against, shared with every client whose
+    requests count against the same. `api_key`: the deletion API's, for a bearer token."""
 
     def __init__(
         self,
@@ -337,13 +336,11 @@ class HeapClient:
         try:
             headers = self._auth.headers() if self._auth else None
             answer = exchange(self.session, url, self._timeout, data=body, headers=headers)
-        except requests.ConnectionError as error:  # connect timeouts included: nothing reached Heap
-            self.counters.count("connection_error", retried)
-            return None, f"connection failed ({type(error).__name__})", None
-        except requests.Timeout:  # no whole answer within request_timeout_seconds
+        except requests.ReadTimeout:  # no whole answer within request_timeout_seconds
             self.counters.count("timeout", retried)
             return None, "timed out", None
-        except requests.RequestException as error:  # a broken answer: the request may or may not have landed
+        except requests.RequestException as error:
+            # no connection (connect timeouts too: nothing reached Heap), or a broken answer (it may have landed)
             self.counters.count("connection_error", retried)
             return None, f"connection failed ({type(error).__name__})", None
         except TokenUnavailable as error:

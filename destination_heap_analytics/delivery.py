@@ -127,8 +127,7 @@ class _Turn:
 
 
 class BatchSender:
-    """Delivers batches concurrently, each key's in input order, with a window bounded in batches and bytes:
-    `submit` blocks while the window is full. Each batch goes by its own route (its stream's endpoint)."""
+    """See the module: concurrent batches, each key's in input order, in a window bounded in batches and bytes."""
 
     def __init__(self, config: HeapConfig, stop: threading.Event) -> None:
         self._app_id = config.app_id
@@ -215,7 +214,7 @@ class BatchSender:
                 _deliver_bulk(route, batch.bodies, batch.identities, result)
             else:
                 for body, identity in zip(batch.bodies, batch.identities, strict=True):
-                    _deliver_one(route, body, identity, result)
+                    _deliver_alone(route, route.body(body), identity, result)
         except (DeliveryError, DeliveryStopped) as failure:
             result.failure = failure
         turn.delivered = result.failure is None
@@ -258,7 +257,7 @@ def _deliver_bulk(
             _refused(route, rejection, result, request_ok)  # a refused deletion stops the sync there
             return
         if not (request_ok or rejection.names_item):
-            request_ok = _probe(route, bodies[0], identities[0], result)
+            request_ok = _deliver_alone(route, route.body(bodies[:1]), identities[0], result)
             _deliver_bulk(route, bodies[1:], identities[1:], result, request_ok)
             return
         route.client.counters.bisected()
@@ -271,24 +270,16 @@ def _deliver_bulk(
         _log_deletion_request(answer, len(bodies))
 
 
-def _probe(route: Route, body: bytes, identity: str | None, result: BatchResult) -> bool:
-    """Send one item alone: True if Heap took it (so the request is fine); raises if Heap refuses the request
-    itself."""
+def _deliver_alone(route: Route, body: bytes, identity: str | None, result: BatchResult) -> bool:
+    """Send one item in a request of its own (`body`): True if Heap took it (so the request is fine); raises if
+    Heap refuses the request itself."""
     try:
-        route.client.post(route.endpoint.path, route.body([body]), [identity])
+        route.client.post(route.endpoint.path, body, [identity])
     except HeapRejected as refusal:
         _refused(route, refusal, result, request_ok=False)
         return False
     result.delivered += 1
     return True
-
-
-def _deliver_one(route: Route, body: bytes, identity: str | None, result: BatchResult) -> None:
-    try:
-        route.client.post(route.endpoint.path, route.body(body), [identity])
-        result.delivered += 1
-    except HeapRejected as rejection:
-        _refused(route, rejection, result, request_ok=False)
 
 
 def _refused(route: Route, rejection: HeapRejected, result: BatchResult, request_ok: bool) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
+import requests
 from airbyte_cdk.destinations import Destination
 from airbyte_cdk.exception_handler import init_uncaught_exception_handler
 from airbyte_cdk.models import (
@@ -177,8 +178,6 @@ def _catalog_streams(catalog: ConfiguredAirbyteCatalog) -> list[tuple[str, str |
 
 def _deletion_credentials_problem(config: HeapConfig) -> str | None:
     """For delete_users, fetching an auth token proves app_id and api_key without deleting anything."""
-    import requests
-
     from destination_heap_analytics.client import DeletionAuth, DeliveryError, TokenUnavailable
 
     timeout = (CHECK_TIMEOUT_SECONDS, CHECK_TIMEOUT_SECONDS)
@@ -196,8 +195,6 @@ def _deletion_credentials_problem(config: HeapConfig) -> str | None:
 
 def _unreachable(base_url: str) -> str | None:
     """None if Heap's host gives any HTTP answer to a GET (which writes nothing); else what to fix."""
-    import requests
-
     try:
         requests.get(base_url + "/", timeout=CHECK_TIMEOUT_SECONDS, allow_redirects=False)
     except requests.exceptions.SSLError:

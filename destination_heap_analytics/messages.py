@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import select
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from airbyte_cdk.models import AirbyteMessage, AirbyteMessageSerializer, Type
 PAUSE_SECONDS = 1.0  # this long without input and the source counts as quiet
 READ_SIZE = 1 << 16
 IGNORED_TYPES = frozenset(member.value for member in Type) - {"RECORD", "STATE"}
+SURROGATE = re.compile("[\ud800-\udfff]")  # a code point UTF-8 cannot carry: a lone surrogate from a \u escape
 
 
 @dataclass(slots=True)
@@ -148,17 +150,9 @@ def _parse_leniently(line: bytes) -> Any:
 
 def _without_lone_surrogates(value: Any) -> Any:
     if isinstance(value, str):
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace") if _has_surrogate(value) else value
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace") if SURROGATE.search(value) else value
     if isinstance(value, dict):
         return {_without_lone_surrogates(key): _without_lone_surrogates(inner) for key, inner in value.items()}
     if isinstance(value, list):
         return [_without_lone_surrogates(inner) for inner in value]
     return value
-
-
-def _has_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False

@@ -32,7 +32,6 @@ class SyncReport:
         self,
         counters: DeliveryCounters,
         dry_run: bool = False,
-        progress_interval: float = PROGRESS_INTERVAL_SECONDS,
         streams: tuple[str, ...] = (),
     ) -> None:
         self.counters = counters
@@ -48,8 +47,7 @@ class SyncReport:
         self.states_withheld = 0  # dry run: states never emitted
         self.unparsable_lines = 0
         self._started = time.monotonic()
-        self._progress_interval = progress_interval
-        self._next_progress = self._started + progress_interval
+        self._next_progress = self._started + PROGRESS_INTERVAL_SECONDS
 
     def read(self, stream: str | None = None) -> None:
         self.records_read += 1
@@ -96,7 +94,7 @@ class SyncReport:
     def maybe_log_progress(self) -> None:
         now = time.monotonic()
         if now >= self._next_progress:
-            self._next_progress = now + self._progress_interval
+            self._next_progress = now + PROGRESS_INTERVAL_SECONDS
             logger.info(f"Progress: {self._figures(now)}{self._by_stream()}")
 
     def log_summary(self, outcome: str) -> None:

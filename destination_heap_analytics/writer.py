@@ -19,7 +19,7 @@ import orjson
 from airbyte_cdk.models import FailureType
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
-from destination_heap_analytics.client import DeliveryCounters, DeliveryError, DeliveryStopped, HeapClient
+from destination_heap_analytics.client import DeliveryCounters, DeliveryStopped, HeapClient
 from destination_heap_analytics.config import HeapConfig, StreamConfig, StreamKey
 from destination_heap_analytics.delivery import (
     MAX_BATCH_BYTES,
@@ -229,7 +229,11 @@ class SyncWriter:
                 self._skip(Rejection(f"rejected_by_heap: {reason}"), load)
             self._ledger.acknowledged(result.number)
         if failure is not None:
-            self._fail_delivery(failure)
+            self._stop.set()
+            raise AirbyteTracedException(
+                message=str(failure),
+                failure_type=FailureType.transient_error if failure.transient else FailureType.config_error,
+            )
 
     def _release(self, results: list[BatchResult]) -> Iterator[SourceState]:
         self._acknowledge(results)
@@ -254,14 +258,6 @@ class SyncWriter:
                 "to skip to count and skip such records.",
                 failure_type=FailureType.config_error,
             )
-
-    def _fail_delivery(self, failure: Exception) -> None:
-        self._stop.set()
-        transient = isinstance(failure, DeliveryError) and failure.transient
-        raise AirbyteTracedException(
-            message=str(failure),
-            failure_type=FailureType.transient_error if transient else FailureType.config_error,
-        )
 
 
 def _stream_of(state: SourceState) -> StreamKey | None:
