@@ -124,7 +124,6 @@ class SyncReport:
             f"{paced}, {elapsed:.1f} s, {self.records_read / elapsed:.0f} records/s"
         )
 
-
     def _by_stream(self) -> str:
         """Each catalog stream's records read, sent and skipped by reason (stream names come from the catalog)."""
         parts = []
