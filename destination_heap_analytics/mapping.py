@@ -37,6 +37,8 @@ ARRAY_SEPARATOR = "||"  # how Heap itself stores arrays
 # Columns Airbyte tools add (PyAirbyte's cache: _airbyte_raw_id, _airbyte_extracted_at, _airbyte_meta). They
 # describe the copy, not the record: never properties, and never part of a record's identity (idempotency).
 AIRBYTE_COLUMN_PREFIX = "_airbyte_"
+# Heap: identifying with a value many users share merges every anonymous user into one, irreversibly.
+NON_UNIQUE_IDENTITIES = frozenset({"null", "undefined", "user"})
 
 
 @dataclass(slots=True)
@@ -191,6 +193,8 @@ class Mapping:
         identity = _identifier(self._identity, record, "identity")
         if isinstance(identity, Rejection):
             return identity
+        if identity.strip().lower() in NON_UNIQUE_IDENTITIES:
+            return Rejection("non_unique_identity", self._identity.column)
         item = HeapItem({"user_id": user_id, "identity": identity}, identity, key=user_id)
         if self._timestamp:
             timestamp = _timestamp(self._timestamp, record, emitted_at_ms)

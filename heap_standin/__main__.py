@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 
+from heap_standin.replies import ACKNOWLEDGEMENTS
 from heap_standin.rules import is_loopback_host
 from heap_standin.standin import HeapStandin
 
@@ -23,6 +24,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added latency per /api/* request")
     parser.add_argument("--track-events-per-minute", type=int, default=0, help="bulk track limit per app_id")
     parser.add_argument("--enforce-identity-limits", action="store_true", help="per-identity rate limits")
+    parser.add_argument(
+        "--acknowledgement", choices=sorted(ACKNOWLEDGEMENTS), default="empty", help="how a success answers"
+    )
     parser.add_argument("--summary-only", action="store_true", help="keep counts only, not the items")
     args = parser.parse_args(argv)
     if not is_loopback_host(args.host):
@@ -39,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         track_events_per_minute=args.track_events_per_minute,
         enforce_identity_limits=args.enforce_identity_limits,
         keep_items=not args.summary_only,
+        acknowledgement=args.acknowledgement,
     )
     try:
         standin.start()

@@ -14,7 +14,15 @@ class Reply(NamedTuple):
     headers: tuple[tuple[str, str], ...] = ()
 
 
-OK = Reply(200, b"{}", "application/json")
+# How Heap acknowledges an ingestion request is not documented beyond "200 Event accepted". Heap's own
+# server-side clients' tests mock it as an empty 200 text/plain body and as a 204: the default is the former.
+ACKNOWLEDGEMENTS = {
+    "empty": Reply(200, b""),
+    "no-content": Reply(204, b""),
+    "json": Reply(200, b"{}", "application/json"),
+    "ok": Reply(200, b"OK"),
+    "event-accepted": Reply(200, b"Event accepted"),
+}
 
 
 def seconds_text(seconds: float) -> str:

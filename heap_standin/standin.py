@@ -27,6 +27,7 @@ class HeapStandin:
         keep_items: bool = True,
         api_key: str | None = None,  # for the deletion API; None: any non-empty key
         token_ttl_seconds: float = 300.0,
+        acknowledgement: str = "empty",  # how a success answers: a key of replies.ACKNOWLEDGEMENTS
     ) -> None:
         if not is_loopback_host(host):
             raise ValueError(f"the Heap stand-in only binds loopback addresses, not {host!r}")
@@ -34,7 +35,7 @@ class HeapStandin:
         self._family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         self._port = port
         limits = Limits(track_events_per_minute, enforce_identity_limits)
-        self._state = State(latency_ms, limits, keep_items, Deletions(api_key, token_ttl_seconds))
+        self._state = State(latency_ms, limits, keep_items, Deletions(api_key, token_ttl_seconds), acknowledgement)
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
 

@@ -14,7 +14,7 @@ import orjson
 from heap_standin.deletions import Deletions
 from heap_standin.faults import Fault
 from heap_standin.limits import Limits
-from heap_standin.replies import OK, Reply, bad_request, seconds_text
+from heap_standin.replies import ACKNOWLEDGEMENTS, Reply, bad_request, seconds_text
 from heap_standin.rules import Endpoint, app_id_error, bulk_error, prefixed
 
 Predicate = Callable[[dict], "str | None"]
@@ -40,8 +40,11 @@ COUNTERS = (
 class State:
     """Everything the stand-in knows; shared by the handler threads and survives stop()/start()."""
 
-    def __init__(self, latency_ms: float, limits: Limits, keep_items: bool, deletions: Deletions) -> None:
+    def __init__(
+        self, latency_ms: float, limits: Limits, keep_items: bool, deletions: Deletions, acknowledgement: str
+    ) -> None:
         self.lock = threading.Lock()
+        self.acknowledgement = ACKNOWLEDGEMENTS[acknowledgement]
         self.deletions = deletions
         self.latency_s = latency_ms / 1000.0
         self.keep_items = keep_items
@@ -176,7 +179,7 @@ class State:
             else:
                 self._store_properties(endpoint.kind, app_id, items, add_app_id=bulk)
         self._local.stored = len(items)
-        return OK
+        return self.acknowledgement
 
     def _store_events(self, app_id: str, events: list[dict], add_app_id: bool) -> None:
         seen = self.idempotency_keys.setdefault(app_id, set())

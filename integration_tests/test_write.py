@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from heap_standin import HeapStandin
 from integration_tests.support import (
     HEX32,
     TRACK_API,
@@ -304,3 +305,18 @@ def test_lines_that_are_not_airbyte_messages_are_skipped_without_logging_their_c
     assert len(result.states) == 1
     assert any("Input line 2: not JSON" in line for line in result.log_lines("WARN"))
 
+
+
+@pytest.mark.parametrize("acknowledgement", ["empty", "no-content", "json", "ok", "event-accepted"])
+@pytest.mark.parametrize("api", [TRACK_API, USER_API], ids=["track", "user_properties"])
+def test_every_way_heap_may_answer_success_counts_as_delivered(acknowledgement, api):
+    """Heap documents its success only as "200 Event accepted"; its own clients' tests mock it as an empty 200
+    and a 204. Whatever the body (but an HTML page), a 2xx is Heap's acknowledgement."""
+    rows = people(30)
+    messages = interleave(rows, every=10)
+    with HeapStandin(acknowledgement=acknowledgement) as heap:
+        result = run_connector("write", config(heap, api, batch_size=7), catalog(), messages)
+        held = stored(heap, api["api_type"])
+    result.assert_clean()
+    assert result.states == states_of(messages)
+    assert sorted(item["identity"] for item in held) == sorted(row["email"] for row in rows)

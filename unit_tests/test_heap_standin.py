@@ -348,8 +348,7 @@ VALID = [
 )
 def test_valid_request_is_stored(heap, path, body, store, count):
     response = post(heap, path, body)
-    assert (response.status_code, response.text) == (200, "{}")
-    assert response.headers["Content-Type"] == "application/json"
+    assert (response.status_code, response.text) == (200, "")  # as Heap's own clients' tests mock it
     stored = getattr(heap, store)
     items = body.get(store, [body])
     assert stored == [{**item, "app_id": "11"} for item in items]

@@ -550,6 +550,21 @@ def test_identify_user_id_rules(user_id, expected):
     }
 
 
+@pytest.mark.parametrize(
+    "identity", ["null", "NULL", " Null ", "undefined", "UNDEFINED", "user", "User", "", "   ", "\t"]
+)
+def test_identify_never_sends_an_identity_many_users_share(identity):
+    """Heap: identify with null, undefined, user (or any shared value) merges every anonymous user into one."""
+    result = mapped(identify(), {"uid": "1", "who": identity})
+    assert isinstance(result, Rejection) and result.column == "who"
+    assert result.reason == ("missing_identity" if not identity.strip() else "non_unique_identity")
+
+
+@pytest.mark.parametrize("identity", ["nullable@example.com", "users", "user-1", "Undefined Corp"])
+def test_identify_sends_identities_that_only_look_like_shared_ones(identity):
+    assert mapped(identify(), {"uid": "1", "who": identity}).body["identity"] == identity
+
+
 def test_identify_with_timestamp_and_missing_identity():
     item = mapped(identify(timestamp_column="time"), {"uid": "1", "who": "alice", "time": 1489184516})
     assert item.body == {"user_id": "1", "identity": "alice", "timestamp": "2017-03-10T22:21:56+00:00"}
