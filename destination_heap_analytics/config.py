@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import pkgutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from difflib import get_close_matches
 from functools import cache
 from typing import Any
 
@@ -49,6 +50,12 @@ def option_columns(api_type: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def api_fields(api_type: str) -> tuple[str, ...]:
+    """Every field an api object of this api_type may hold: its spec option's properties."""
+    return ("api_type", *(("api_key",) if api_type == "delete_users" else ()), *option_columns(api_type))
+
+
+STREAM_ENTRY_FIELDS = ("stream", "namespace", "api")
 # Pairs of fields of which an api_type needs exactly one: (first, second, what they say)
 EXACTLY_ONE = {
     "track": (("event_column", "event_name", "the column holding the event name, or one event name for every record"),),
@@ -220,6 +227,7 @@ def _stream(raw: Mapping[str, Any], entry: Any, where: str) -> StreamConfig:
         raise ConfigError(f"{where} must be an object such as {{\"stream\": \"users\", \"api\": {{...}}}}.")
     stream = namespace = None
     if where:
+        _known_fields_only(entry, STREAM_ENTRY_FIELDS, where)
         stream = entry.get("stream")
         if not isinstance(stream, str) or not stream.strip():
             raise ConfigError(f"{prefix}stream is required: the name of the stream this entry maps.")
@@ -229,6 +237,9 @@ def _stream(raw: Mapping[str, Any], entry: Any, where: str) -> StreamConfig:
     api = entry.get("api")
     api_type = api.get("api_type") if isinstance(api, Mapping) else None
     preset = api_type if isinstance(api_type, str) and api_type in PRESETS else None
+    kind = PRESETS[preset]["api_type"] if preset else api_type
+    if kind in API_TYPES:
+        _known_fields_only(api, api_fields(kind), f"{prefix}api", f"api_type {api_type}")
     mapping = _mapping(_with_preset(api, preset), f"{prefix}api")
     max_batch = MAX_BATCH.get(mapping.api_type, 1000)
     return StreamConfig(
@@ -240,6 +251,19 @@ def _stream(raw: Mapping[str, Any], entry: Any, where: str) -> StreamConfig:
         stream=stream.strip() if stream else None,
         namespace=namespace or None,
     )
+
+
+def _known_fields_only(entry: Mapping[str, Any], known: Sequence[str], where: str, kind: str = "") -> None:
+    """A field the rules do not know is a mistake (a misspelled column field would be ignored): refused with
+    the known field closest to it, or, for a field of another api_type, this one's fields."""
+    for name in entry:
+        if name in known:
+            continue
+        close = get_close_matches(str(name), known, n=1)
+        if close and not any(name in api_fields(other) for other in API_TYPES):
+            raise ConfigError(f"{where}.{name} is not an option; did you mean {close[0]}?")
+        options = ", ".join(field for field in known if field != "api_type")
+        raise ConfigError(f"{where}.{name} is not an option{kind and ' of ' + kind}; its options are: {options}.")
 
 
 def _no_stream_twice(streams: list[StreamConfig]) -> None:

@@ -135,11 +135,14 @@ class DestinationHeapAnalytics(Destination):
     def _sync(
         self, config: Mapping[str, Any], catalog: ConfiguredAirbyteCatalog, messages: Iterable[Message]
     ) -> Iterator[SourceState]:
-        from destination_heap_analytics.writer import SyncWriter  # only write needs the delivery stack
+        from destination_heap_analytics.preflight import check_columns  # only write needs the mapping
+        from destination_heap_analytics.writer import SyncWriter  # and the delivery stack
 
         try:
             heap_config = parse_config(config)
             streams = streams_for_catalog(heap_config, _catalog_streams(catalog))
+            for warning in check_columns(streams, _catalog_schemas(catalog)):
+                logger.warning(warning)
         except ConfigError as error:
             raise AirbyteTracedException(message=str(error), failure_type=FailureType.config_error) from None
         writer = SyncWriter(heap_config, streams)
@@ -174,6 +177,11 @@ def _catalog_streams(catalog: ConfiguredAirbyteCatalog) -> list[tuple[str, str |
                 "are added as with append; nothing already in Heap is removed."
             )
     return [(configured.stream.name, configured.stream.namespace or None) for configured in catalog.streams]
+
+
+def _catalog_schemas(catalog: ConfiguredAirbyteCatalog) -> dict[tuple[str, str | None], Any]:
+    """Each stream's json_schema, as the source declared it, by (name, namespace)."""
+    return {(c.stream.name, c.stream.namespace or None): c.stream.json_schema for c in catalog.streams}
 
 
 def _deletion_credentials_problem(config: HeapConfig) -> str | None:

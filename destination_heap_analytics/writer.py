@@ -32,6 +32,7 @@ from destination_heap_analytics.delivery import (
 from destination_heap_analytics.mapping import Mapping, Rejection
 from destination_heap_analytics.messages import BadLine, Message, SourceRecord, SourceState
 from destination_heap_analytics.pacing import Pacer
+from destination_heap_analytics.preflight import ColumnWatch, stream_name
 from destination_heap_analytics.report import SyncReport
 from destination_heap_analytics.state import EVERY_STREAM, StateLedger
 
@@ -49,8 +50,9 @@ class StreamLoad:
 
     def __init__(self, key: StreamKey, stream: StreamConfig, route: Route) -> None:
         self.key = key
-        self.name = key[0] if key[1] is None else f"{key[1]}.{key[0]}"  # as the report names it
+        self.name = stream_name(key)  # as the report names it
         self.mapping = Mapping(stream.mapping, key[0])
+        self.watch = ColumnWatch(stream, key)  # its first records, for a required column none of them has
         self.route = route
         # In single mode every record is its own request: one record a batch lets them all run concurrently.
         self.batch_size = stream.batch_size if stream.bulk else 1
@@ -120,6 +122,7 @@ class SyncWriter:
             self.process_record(message)
         elif kind is SourceState:
             stream = _stream_of(message)
+            self._refuse_absent_columns(stream)
             self._count_records_behind(message, self._loads.get(stream) if stream is not EVERY_STREAM else None)
             self._ledger.state_received(message, stream)
             yield from self._release(self._sender.collect())
@@ -139,8 +142,10 @@ class SyncWriter:
             return
         self.report.read(load.name)
         item = load.mapping.map(record.data, record.emitted_at)
+        refusal = load.watch.saw(record.data, item) if load.watch.watching else None
         if item.__class__ is Rejection:
             self._skip(item, load)
+            self._refuse_config(refusal)
             return
         if item.notes:
             self.report.adjust(item.notes)
@@ -243,6 +248,20 @@ class SyncWriter:
             else:
                 self.report.states_emitted += 1
                 yield state
+
+    def _refuse_absent_columns(self, stream: StreamKey | None) -> None:
+        """Before a STATE is noted, and so before it can leave: a stream it covers whose every record so far
+        lacked the same required column stops the sync (a config mistake must not move the cursor)."""
+        loads = self._loads.values() if stream is EVERY_STREAM else [self._loads.get(stream)]
+        for load in loads:
+            if load is not None and load.watch.watching:
+                self._refuse_config(load.watch.at_state())
+
+    def _refuse_config(self, message: str | None) -> None:
+        """A config mistake the records revealed (ColumnWatch's refusal): the sync stops."""
+        if message is not None:
+            self._stop.set()
+            raise AirbyteTracedException(message=message, failure_type=FailureType.config_error)
 
     def _skip(self, rejection: Rejection, load: StreamLoad | None = None) -> None:
         self.report.skip(rejection.describe(), load.name if load else None)

@@ -1,0 +1,183 @@
+"""A mapping that names a column the stream does not have: caught before it costs data.
+
+Before anything is sent, `check_columns` holds each stream's mapping against the stream's json_schema in the
+configured catalog (the platform always sends the source's schema). Once records flow, a `ColumnWatch` per
+stream sees whether every record so far was skipped because the same required column is absent from it: the
+sync then stops before the stream's first STATE leaves, so a config mistake never moves the source's cursor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from difflib import get_close_matches
+from typing import Any
+
+from jsonpath_ng import Child, Fields, Root
+from jsonpath_ng import parse as parse_jsonpath
+
+from destination_heap_analytics.config import PRESETS, REQUIRED_COLUMNS, ConfigError, StreamConfig, StreamKey
+from destination_heap_analytics.mapping import HeapItem, Rejection
+
+# The difflib ratio (case ignored) from which an undeclared column is taken for a typo of a declared one:
+# emial for email scores 0.8, plna for plan 0.75; updated_at for created_at (0.7) is a column of its own.
+NEAR_MISS = 0.75
+CLOSEST_SHOWN = 3
+# The columns a mapping names, besides each of its property columns
+COLUMN_FIELDS = (
+    "identity_column",
+    "event_column",
+    "timestamp_column",
+    "account_id_column",
+    "user_id_column",
+    "event_id_column",
+)
+# At a stream's first STATE, or at its this-many-th record if that comes first, the watch gives its verdict.
+RECORDS_WATCHED = 1000
+
+
+def check_columns(streams: Mapping[StreamKey, StreamConfig], schemas: Mapping[StreamKey, Any]) -> list[str]:
+    """Every column each stream's mapping names, against the `properties` its schema declares. An undeclared
+    column that is a near miss of a declared one, or that a closed schema (additionalProperties false) rules
+    out, is refused: one ConfigError names each. The warnings for the other undeclared columns are returned
+    (some sources send fields their schema does not declare). A schema that declares nothing is not checked."""
+    refused: list[str] = []
+    warnings: list[str] = []
+    for key, stream in streams.items():
+        schema = schemas.get(key)
+        declared = schema.get("properties") if isinstance(schema, Mapping) else None
+        if not isinstance(declared, Mapping) or not declared:
+            continue
+        closed = schema.get("additionalProperties") is False
+        for field, column in named_columns(stream):
+            first = first_field(column)
+            if first is None or column in declared or first in declared:
+                continue
+            near = _closest(first, declared, NEAR_MISS)
+            where = f"stream {stream_name(key)}: {field} {column!r}"
+            if near:
+                refused.append(f"{where} is not declared by the stream, whose closest columns are {', '.join(near)}")
+            elif closed:
+                shown = _closest(first, declared, 0.0)
+                refused.append(
+                    f"{where} is not a column of the stream (its schema allows no other fields; its closest "
+                    f"columns are {', '.join(shown)})"
+                )
+            else:
+                warnings.append(
+                    f"Stream {stream_name(key)}: {field} {column!r} is not declared in the stream's schema; the sync "
+                    "goes on, as some sources send fields they do not declare. If the records do not have it, fix "
+                    "the column name."
+                )
+    if refused:
+        raise ConfigError(
+            f"The mapping names columns the source does not have: {'; '.join(refused)}. Nothing was sent. Fix "
+            "the column names in the config (they are case-sensitive), or refresh the source's schema if the "
+            "source has these columns."
+        )
+    return warnings
+
+
+def named_columns(stream: StreamConfig) -> Iterator[tuple[str, str]]:
+    """(config field, column) for every record column the mapping names. A preset's optional columns are left
+    out: its mapping is made to work without them (Heap Connect's per-event tables have no `type`)."""
+    mapping = stream.mapping
+    preset = PRESETS.get(stream.preset or "", {})
+    for field in COLUMN_FIELDS:
+        column = getattr(mapping, field)
+        if column is not None and not (preset.get(field) == column and field not in REQUIRED_COLUMNS[mapping.api_type]):
+            yield field, column
+    for column in mapping.property_columns or ():  # None: "*", which names no column
+        yield "property_columns", column
+
+
+def first_field(column: str) -> str | None:
+    """The record's top-level field a column starts from: address for address.city, items for items[0].sku,
+    email for $.email; None where a JSONPath starts anywhere else ($..email, $[*])."""
+    if not (column.startswith("$") or "[" in column):
+        return column.split(".", 1)[0]
+    try:
+        path = parse_jsonpath(column)
+    except Exception:  # jsonpath-ng raises several kinds; Mapping refuses the column with its own message
+        return None
+    while isinstance(path, Child):
+        path = path.right if isinstance(path.left, Root) else path.left
+    if isinstance(path, Fields) and len(path.fields) == 1 and path.fields[0] != "*":
+        return path.fields[0]
+    return None
+
+
+def stream_name(key: StreamKey) -> str:
+    """A catalog stream as the logs name it: namespace.name where it has a namespace."""
+    name, namespace = key
+    return name if namespace is None else f"{namespace}.{name}"
+
+
+def _closest(column: str, declared: Mapping[str, Any], cutoff: float) -> list[str]:
+    """The declared columns closest to `column`, case ignored, that score at least `cutoff`."""
+    by_lower = {str(name).lower(): str(name) for name in declared}
+    return [by_lower[name] for name in get_close_matches(column.lower(), by_lower, CLOSEST_SHOWN, cutoff)]
+
+
+class ColumnWatch:
+    """One stream's first records, watched for a required column none of them has.
+
+    While every record of the stream so far was skipped for the same reason and column (missing_identity for
+    identity_column emial, say), and that column is absent from each record (not merely empty: an anonymous
+    row with identity null is data, not a mistake), the column is suspect. The verdict comes at the stream's
+    first STATE, or at its RECORDS_WATCHED-th record if that comes first: a suspect column then stops the sync
+    before the STATE leaves. After the verdict, or after any other record, the stream is no longer watched."""
+
+    def __init__(self, stream: StreamConfig, key: StreamKey) -> None:
+        self._name = stream_name(key)
+        self._property_columns = stream.mapping.property_columns or ()
+        self._records = 0
+        self._suspect: Rejection | None = None
+        self.watching = True
+
+    def saw(self, record: Any, result: HeapItem | Rejection) -> str | None:
+        """One record of the stream and what the mapping made of it; the refusal once the watch's last record
+        proves the column absent."""
+        if not self.watching:
+            return None
+        self._records += 1
+        if result.__class__ is not Rejection or not self._lacks_column(record, result) or self._suspect not in (
+            None,
+            result,
+        ):
+            self.watching, self._suspect = False, None
+            return None
+        self._suspect = result
+        return self.at_state() if self._records >= RECORDS_WATCHED else None
+
+    def at_state(self) -> str | None:
+        """A STATE of the stream arrived: the refusal, if every record so far lacked the same column."""
+        if not self.watching or not self._records:
+            return None  # a STATE before any record of the stream proves nothing: the next one decides
+        self.watching = False
+        if self._suspect is None:
+            return None
+        if self._suspect.reason == "no_properties":
+            columns = ",".join(self._property_columns)
+            lacking = f"no_properties (property_columns {columns}): none of them has any of these columns"
+        else:
+            lacking = f"{self._suspect.describe()}: none of them has that column"
+        return (
+            f"Stream {self._name}: every one of its first {self._records} records was skipped as {lacking}. The "
+            "sync stopped before the stream's state, so the source's cursor has not moved past them. Fix the "
+            "column name in the mapping (names are case-sensitive) to one the source's records have."
+        )
+
+    def _lacks_column(self, record: Any, rejection: Rejection) -> bool:
+        """The rejection is for a required column that is absent from the record."""
+        if not isinstance(record, dict):
+            return False
+        if rejection.reason == "no_properties":
+            return bool(self._property_columns) and all(_absent(record, c) for c in self._property_columns)
+        return rejection.reason.startswith("missing_") and rejection.column is not None and _absent(
+            record, rejection.column
+        )
+
+
+def _absent(record: dict[str, Any], column: str) -> bool:
+    first = first_field(column)
+    return first is not None and column not in record and first not in record
