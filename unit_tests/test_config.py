@@ -243,3 +243,38 @@ def test_the_heap_events_preset_names_events_after_each_stream():
     parsed = parse_config({"app_id": "11", "api": {"api_type": "heap_events"}})
     chosen = streams_for_catalog(parsed, [("pageviews", None)])
     assert chosen[("pageviews", None)].mapping.default_event == "pageviews"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A field the rules do not know, inside api or a streams entry, is a mistake: a misspelled option is refused
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"api": dict(TRACK, timestamp_colum="at")},
+         "api.timestamp_colum is not an option; did you mean timestamp_column?"),
+        ({"api": {"api_type": "track", "identity_colum": "e", "event_column": "x"}},
+         "api.identity_colum is not an option; did you mean identity_column?"),  # before "identity_column is required"
+        ({"api": {"api_type": "heap_users", "exclude_columns": "a"}},
+         "api.exclude_columns is not an option; did you mean excluded_columns?"),
+        ({"api": dict(USERS, timestamp_column="at")},
+         "api.timestamp_column is not an option of api_type add_user_properties; its options are: identity_column, "
+         "property_columns, excluded_columns."),  # an option of another api_type
+        ({"api": dict(TRACK, api_key="k")}, "api.api_key is not an option of api_type track"),
+        ({"api": dict(TRACK, colour="blue")}, "api.colour is not an option of api_type track; its options are: "),
+        ({"streams": [{"stream": "users", "namspace": "crm", "api": USERS}]},
+         "streams[0].namspace is not an option; did you mean namespace?"),
+        ({"streams": [{"stream": "users", "api": dict(USERS, property_column="*")}]},
+         "streams[0].api.property_column is not an option; did you mean property_columns?"),
+    ],
+)
+def test_an_unknown_field_in_api_or_a_streams_entry_is_refused_with_the_closest_option(raw, message):
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"app_id": "11", **raw})
+    assert message in str(refused.value)
+
+
+def test_unknown_top_level_fields_stay_ignored_as_0_1_0_did():
+    parsed = parse_config(config(batch_sise=5, preset="heap_users"))
+    assert parsed.streams[0].batch_size == 1000

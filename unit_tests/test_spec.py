@@ -289,6 +289,7 @@ def api_object(draw, case: Case) -> Any:
         draw(field_value(api, "api_key", case, st.sampled_from(["heap-delete-key-0123", " k "]), st.just("  "), 8))
     if draw(st.integers(0, 9)) == 0:
         api[draw(st.sampled_from(["preset", "unknown", "order"]))] = draw(WRONG_TYPES)
+    case.questionable |= set(api) - set(OPTION_BY_TYPE[kind]["properties"])  # a field the option lacks is refused
     api_type = PRESETS[kind]["api_type"] if kind in PRESETS else kind
     for first, second, _ in EXACTLY_ONE.get(api_type, ()):  # the rule: exactly one of the two (a preset has one)
         if (first in api and second in api) or (kind not in PRESETS and first not in api and second not in api):
