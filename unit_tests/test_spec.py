@@ -8,6 +8,7 @@ parse_config refuses, its message must name the field to fix.
 
 from __future__ import annotations
 
+import ast
 import datetime
 import json
 import logging
@@ -62,11 +63,15 @@ def spec_errors(config: Any) -> list[str]:
 # The documented configs: README.md, docs/*.md and sample_files/config_*.json
 
 
-def fenced_json_blocks(text: str) -> list[tuple[int, str]]:
-    """(first line number, body) of every ```json / ~~~json fenced block (also json5/jsonc), indented or not."""
+JSON_FENCES = ("json", "json5", "jsonc")
+PYTHON_FENCES = ("python", "py")
+
+
+def fenced_blocks(text: str, languages: tuple[str, ...]) -> list[tuple[int, str]]:
+    """(first line number, body) of every ``` / ~~~ fenced block in one of `languages`, indented or not."""
     blocks: list[tuple[int, str]] = []
     fence: str | None = None
-    is_json = False
+    wanted = False
     start = 0
     body: list[str] = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -74,9 +79,9 @@ def fenced_json_blocks(text: str) -> list[tuple[int, str]]:
         if fence is None:
             match = re.match(r"(`{3,}|~{3,})\s*([\w+-]*)", stripped)
             if match:
-                fence, is_json, start, body = match[1], match[2].lower() in ("json", "json5", "jsonc"), number + 1, []
+                fence, wanted, start, body = match[1], match[2].lower() in languages, number + 1, []
         elif stripped.startswith(fence) and not stripped[len(fence) :].strip():
-            if is_json:
+            if wanted:
                 blocks.append((start, "\n".join(body)))
             fence = None
         else:
@@ -84,26 +89,40 @@ def fenced_json_blocks(text: str) -> list[tuple[int, str]]:
     return blocks
 
 
+def config_arguments(code: str) -> list[Any]:
+    """The literal dicts a python block passes as `config=` (PyAirbyte's get_destination(..., config={...}))."""
+    return [
+        ast.literal_eval(node.value)
+        for node in ast.walk(ast.parse(code))
+        if isinstance(node, ast.keyword) and node.arg == "config" and isinstance(node.value, ast.Dict)
+    ]
+
+
 def documented_configs() -> tuple[list[Any], list[Any]]:
     """pytest params of (config) for every config the docs and sample files show, and of (source, body) for
     every json block that mentions app_id or api_type but is not JSON.
 
-    The rule for a fenced json block: an object with `app_id` is a whole config, checked as written; an object
-    with `api` but no `app_id` is a config shown without its environment, and one with `api_type` (and neither)
-    is an `api` object: both are wrapped into a whole config with app_id "11". Anything else (a record, a
-    catalog, a message, a list) is not a config and is skipped.
+    The rule for a fenced json block, and for a dict a python block passes as `config=`: an object with
+    `app_id` is a whole config, checked as written; an object with `api` but no `app_id` is a config shown
+    without its environment, and one with `api_type` (and neither) is an `api` object: both are wrapped into a
+    whole config with app_id "11". Anything else (a record, a catalog, a message, a list, a source's config)
+    is not a config and is skipped.
     """
     found: list[Any] = []
     broken: list[Any] = []
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        for line, body in fenced_json_blocks(path.read_text(encoding="utf-8")):
+        text = path.read_text(encoding="utf-8")
+        shown: list[tuple[str, Any]] = []
+        for line, body in fenced_blocks(text, JSON_FENCES):
             source = f"{path.relative_to(ROOT)}:{line}"
             try:
-                block = json.loads(body)
+                shown.append((source, json.loads(body)))
             except ValueError:
                 if '"app_id"' in body or '"api_type"' in body:
                     broken.append(pytest.param(source, body, id=source))
-                continue
+        for line, body in fenced_blocks(text, PYTHON_FENCES):
+            shown += [(f"{path.relative_to(ROOT)}:{line}", value) for value in config_arguments(body)]
+        for source, block in shown:
             if not isinstance(block, dict):
                 continue
             if "app_id" in block:
