@@ -48,9 +48,12 @@ def check_columns(streams: Mapping[StreamKey, StreamConfig], schemas: Mapping[St
         if not isinstance(declared, Mapping) or not declared:
             continue
         closed = schema.get("additionalProperties") is False
+        # PyAirbyte, loading from its cache, sends the source's schema with records whose top-level keys it
+        # lowercased (spaces and hyphens to _): those names are the stream's columns too.
+        names = {*declared, *(str(name).lower().replace(" ", "_").replace("-", "_") for name in declared)}
         for field, column in named_columns(stream):
             first = first_field(column)
-            if first is None or column in declared or first in declared:
+            if first is None or column in names or first in names:
                 continue
             near = _closest(first, declared, NEAR_MISS)
             where = f"stream {stream_name(key)}: {field} {column!r}"
