@@ -46,25 +46,14 @@ def check_columns(streams: Mapping[StreamKey, StreamConfig], schemas: Mapping[St
         schema = schemas.get(key)
         declared = schema.get("properties") if isinstance(schema, Mapping) else None
         if not isinstance(declared, Mapping) or not declared:
-            continue
+            continue  # nothing declared: nothing to hold the mapping against
         closed = schema.get("additionalProperties") is False
-        # PyAirbyte, loading from its cache, sends the source's schema with records whose top-level keys it
-        # lowercased (spaces and hyphens to _): those names are the stream's columns too.
-        names = {*declared, *(str(name).lower().replace(" ", "_").replace("-", "_") for name in declared)}
         for field, column in named_columns(stream):
-            first = first_field(column)
-            if first is None or column in names or first in names:
+            if _declares(declared, column):
                 continue
-            near = _closest(first, declared, NEAR_MISS)
-            where = f"stream {stream_name(key)}: {field} {column!r}"
-            if near:
-                refused.append(f"{where} is not declared by the stream, whose closest columns are {', '.join(near)}")
-            elif closed:
-                shown = _closest(first, declared, 0.0)
-                refused.append(
-                    f"{where} is not a column of the stream (its schema allows no other fields; its closest "
-                    f"columns are {', '.join(shown)})"
-                )
+            refusal = _refusal(column, declared, closed)
+            if refusal:
+                refused.append(f"stream {stream_name(key)}: {field} {column!r} {refusal}")
             else:
                 warnings.append(
                     f"Stream {stream_name(key)}: {field} {column!r} is not declared in the stream's schema; the sync "
@@ -113,6 +102,27 @@ def stream_name(key: StreamKey) -> str:
     """A catalog stream as the logs name it: namespace.name where it has a namespace."""
     name, namespace = key
     return name if namespace is None else f"{namespace}.{name}"
+
+
+def _declares(declared: Mapping[str, Any], column: str) -> bool:
+    """The schema declares the column (a path: its first field), or the column cannot be checked. PyAirbyte,
+    loading from its cache, sends the source's schema with records whose top-level keys it lowercased
+    (spaces and hyphens to _): a declared column in that form is declared too."""
+    first = first_field(column)
+    if first is None or column in declared or first in declared:
+        return True
+    return first in {str(name).lower().replace(" ", "_").replace("-", "_") for name in declared}
+
+
+def _refusal(column: str, declared: Mapping[str, Any], closed: bool) -> str | None:
+    """Why an undeclared column stops the sync: a near miss of a declared column, or a closed schema."""
+    near = _closest(first_field(column) or column, declared, NEAR_MISS)
+    if near:
+        return f"is not declared by the stream, whose closest columns are {', '.join(near)}"
+    if closed:
+        shown = ", ".join(_closest(first_field(column) or column, declared, 0.0))
+        return f"is not a column of the stream (its schema allows no other fields; its closest columns are {shown})"
+    return None
 
 
 def _closest(column: str, declared: Mapping[str, Any], cutoff: float) -> list[str]:
