@@ -126,11 +126,20 @@ def test_unknown_top_level_fields_stay_ignored(heap):
 # While records flow: a required column none of a stream's first records has
 
 
-def test_a_required_column_no_record_has_stops_the_sync_before_the_first_state(heap):
+def global_state(n: int) -> dict:
+    """A GLOBAL state, as a CDC source sends it, with the `id` the platform gives every state."""
+    stream_states = [{"stream_descriptor": {"name": STREAM}, "stream_state": {"position": n}}]
+    body = {"type": "GLOBAL", "id": 5000 + n, "global": {"shared_state": {"lsn": n}, "stream_states": stream_states}}
+    return {"type": "STATE", "state": body}
+
+
+@pytest.mark.parametrize("make_state", [lambda n: state(n, state_id=n), global_state], ids=["STREAM", "GLOBAL"])
+def test_a_required_column_no_record_has_stops_the_sync_before_the_first_state(heap, make_state):
     """The schema declares nothing, so only the records can tell: every one is missing_identity for lack of
     the column emial. Before this, all were skipped and every STATE left: the cursor moved past them."""
     api = {**TRACK_API, "identity_column": "emial"}
-    result = run_connector("write", config(heap, api), catalog(), interleave(people(25), every=10))
+    messages = [record(row) for row in people(10)] + [make_state(1)] + [record(row) for row in people(15, 10)]
+    result = run_connector("write", config(heap, api), catalog(), messages + [make_state(2)])
     message = assert_refused_before_anything_left(
         result, heap, "Stream users", "first 10 records", "missing_identity (column emial)", "cursor has not moved"
     )
