@@ -160,6 +160,11 @@ class HeapConfig:
     request_timeout_seconds: float = 30.0
     max_retries: int = 6
     dry_run: bool = False
+    # What a stream mapped in Airbyte's UI (activation.py) takes from the top level: the request form, the batch
+    # size (None: each API's maximum) and Heap's user deletion key (soft delete)
+    bulk: bool = True
+    batch_size: int | None = None
+    api_key: str | None = field(default=None, repr=False)
 
 
 def parse_config(raw: Mapping[str, Any]) -> HeapConfig:
@@ -170,10 +175,10 @@ def parse_config(raw: Mapping[str, Any]) -> HeapConfig:
     if entries is not None and not isinstance(entries, list):
         raise ConfigError("streams must be a list of {\"stream\": ..., \"api\": {...}} entries.")
     streams = [_stream(raw, entry, f"streams[{index}]") for index, entry in enumerate(entries or ())]
-    if "api" in raw or not streams:
+    if "api" in raw:  # without api or streams: a connection mapped in Airbyte's UI only (activation.py)
         streams.insert(0, _stream(raw, {"api": raw.get("api")}, ""))
     _no_stream_twice(streams)
-    bulk = any(stream.bulk for stream in streams)
+    bulk = any(stream.bulk for stream in streams) if streams else _boolean(raw, "bulk", True)
     return HeapConfig(
         app_id=_app_id(raw.get("app_id")),
         base_url=_base_url(raw.get("base_url", US_BASE_URL)),
@@ -184,6 +189,9 @@ def parse_config(raw: Mapping[str, Any]) -> HeapConfig:
         request_timeout_seconds=float(_integer(raw, "request_timeout_seconds", 30)),
         max_retries=_integer(raw, "max_retries", 6),
         dry_run=_boolean(raw, "dry_run", False),
+        bulk=_boolean(raw, "bulk", True),
+        batch_size=_integer(raw, "batch_size", 0) if "batch_size" in raw else None,
+        api_key=_api_key(raw, "", required=False),
     )
 
 
@@ -209,8 +217,9 @@ def streams_for_catalog(config: HeapConfig, catalog: list[StreamKey]) -> dict[St
         names = ", ".join(name if namespace is None else f"{namespace}.{name}" for name, namespace in unmapped)
         example = ", ".join(f'{{"stream": "{name}", "api": {{"api_type": ...}}}}' for name, _ in unmapped[:2])
         raise ConfigError(
-            f"No Heap mapping for the stream(s) {names}. Map each stream of the connection in streams, for "
-            f"example \"streams\": [{example}]; the top-level api maps one stream only."
+            f"No Heap mapping for the stream(s) {names}. Map each stream of the connection to a Heap object in "
+            f"Airbyte's Mappings tab, or in streams, for example \"streams\": [{example}]; the top-level api maps "
+            "one stream only."
         )
     return {
         key: replace(stream, mapping=replace(stream.mapping, default_event=key[0]))
@@ -364,16 +373,20 @@ def _mapping(api: Any, where: str) -> MappingConfig:
     return MappingConfig(api_type=api_type, **columns)
 
 
-def _api_key(api: Mapping[str, Any], where: str) -> str:
+def _api_key(api: Mapping[str, Any], where: str, required: bool = True) -> str | None:
+    """Heap's user deletion key: in a delete_users api (`where`), or at the top level (where ""), optional."""
+    name = f"{where}.api_key" if where else "api_key"
     value = api.get("api_key")
+    if not required and value is None:
+        return None
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(
-            f"{where}.api_key is required for delete_users: generate one in Heap under Account > Manage > "
-            "Privacy & Security (the app_id must be your Main Production environment's)."
+            f"{name} is {'required for delete_users' if required else 'not a key'}: generate one in Heap under "
+            "Account > Manage > Privacy & Security (the app_id must be your Main Production environment's)."
         )
     if not (value.strip().isascii() and value.strip().isprintable()):  # the key itself is never quoted
         raise ConfigError(
-            f"{where}.api_key holds characters that are not printable ASCII, which no Heap key has: paste the key "
+            f"{name} holds characters that are not printable ASCII, which no Heap key has: paste the key "
             "again exactly as Heap shows it."
         )
     return value.strip()

@@ -1,12 +1,15 @@
-"""The Airbyte protocol layer: spec, check and write, kept thin; the stages do the work.
+"""The Airbyte protocol layer: spec, check, discover and write, kept thin; the stages do the work.
 
-`write` is the CDK's contract (AirbyteMessage objects in and out), for hosts that call it in-process. The
-command line reads stdin itself and echoes each STATE from the JSON it came with: the platform matches an
-echo to its state by fields (`id`) that the CDK's models drop.
+The command line's commands are answered here (`run_cmd`), the config read and parsed once: discover, which
+the CDK's Destination does not know (data activation, activation.py), and write, which reads stdin itself and
+echoes each STATE from the JSON it came with: the platform matches an echo to its state by fields (`id`) that
+the CDK's models drop. `check` and `write` are also the CDK's contract, for hosts that call them in-process
+(AirbyteMessage objects in and out).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -24,6 +27,7 @@ from airbyte_cdk.models import (
     AirbyteMessageSerializer,
     ConfiguredAirbyteCatalog,
     ConfiguredAirbyteCatalogSerializer,
+    ConfiguredAirbyteStream,
     ConnectorSpecification,
     ConnectorSpecificationSerializer,
     DestinationSyncMode,
@@ -31,20 +35,34 @@ from airbyte_cdk.models import (
     Status,
     Type,
 )
+from airbyte_cdk.sources.utils.schema_helpers import check_config_against_spec_or_exit
 from airbyte_cdk.utils.airbyte_secrets_utils import filter_secrets, get_secrets, update_secrets
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
-from destination_heap_analytics.config import ConfigError, HeapConfig, parse_config, specification, streams_for_catalog
+from destination_heap_analytics.activation import destination_catalog, mapped_in_ui
+from destination_heap_analytics.config import (
+    ConfigError,
+    HeapConfig,
+    StreamKey,
+    parse_config,
+    specification,
+    streams_for_catalog,
+)
 from destination_heap_analytics.messages import Message, SourceState, from_airbyte_messages, parse_lines, read_lines
 
 logger = logging.getLogger("airbyte")
 
 CHECK_TIMEOUT_SECONDS = 10.0
+COMMANDS = {  # beside spec, which needs no config
+    "check": "check the config and that Heap's host answers, without writing anything",
+    "discover": "list the Heap objects a stream can be mapped to (data activation)",
+    "write": "load the records on stdin into Heap",
+}
 
 
 class DestinationHeapAnalytics(Destination):
     def spec(self, logger: logging.Logger) -> ConnectorSpecification:
-        """spec.yaml, as the CDK's Destination reads it, but parsed once (run_cmd asks for it twice)."""
+        """spec.yaml, as the CDK's Destination reads it, but parsed once."""
         return ConnectorSpecificationSerializer.load(specification())
 
     def run(self, args: list[str]) -> None:
@@ -71,6 +89,50 @@ class DestinationHeapAnalytics(Destination):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor flushed at exit
             os._exit(1)
 
+    def parse_args(self, args: list[str]) -> argparse.Namespace:
+        """The commands a destination answers: the CDK's spec, check and write, and data activation's discover
+        (which the CDK's parser does not know)."""
+        parser = argparse.ArgumentParser(prog="destination-heap-analytics")
+        commands = parser.add_subparsers(title="commands", dest="command", required=True)
+        commands.add_parser("spec", help="print the connector's specification")
+        for name, purpose in COMMANDS.items():
+            command = commands.add_parser(name, help=purpose)
+            command.add_argument("--config", required=True, help="path to the JSON config file")
+            if name == "write":
+                command.add_argument("--catalog", required=True, help="path to the configured catalog JSON file")
+        return parser.parse_args(args)
+
+    def run_cmd(self, parsed_args: argparse.Namespace) -> Iterator[AirbyteMessage | dict[str, Any]]:
+        """Each command, the config read and parsed once. The connector's own config rules come first: their
+        messages name the field and say what to write, where the spec's JSON-schema check can only say that a
+        value is "not valid under any of the given schemas". A config refused fails check with its message,
+        and any other command with a config_error TRACE."""
+        command = parsed_args.command
+        if command == "spec":
+            yield AirbyteMessage(type=Type.SPEC, spec=self.spec(logger))
+            return
+        if command == "write" and sys.stdin is None:
+            raise AirbyteTracedException(
+                message="stdin is closed: a write reads the source's messages from stdin; pipe them in.",
+                failure_type=FailureType.config_error,
+            )
+        try:
+            config = self._parse_config(self.read_config(config_path=parsed_args.config))
+        except AirbyteTracedException as refused:
+            if command != "check":
+                raise
+            yield _status(Status.FAILED, refused.message)
+            return
+        if command == "check":
+            yield _status(*self._check(config))
+        elif command == "discover":
+            yield destination_catalog(config)
+        else:
+            catalog = _read_catalog(parsed_args.catalog)
+            # each STATE echoed from its own JSON (see the module)
+            messages = parse_lines(read_lines(sys.stdin.buffer))
+            yield from (state.message for state in self._sync(config, catalog, messages))
+
     @staticmethod
     def read_config(config_path: str) -> dict[str, Any]:
         try:
@@ -80,47 +142,14 @@ class DestinationHeapAnalytics(Destination):
                 message=f"Cannot read the config file: {error}", failure_type=FailureType.config_error
             ) from None
 
-    def run_cmd(self, parsed_args: Any) -> Iterable[AirbyteMessage | dict[str, Any]]:
-        """The CDK's commands, with the connector's own config rules first: their messages name the field and
-        say what to write, where the spec's JSON-schema check (which the CDK runs next) can only say that a
-        value is "not valid under any of the given schemas"."""
-        if parsed_args.command == "write" and sys.stdin is None:
-            raise AirbyteTracedException(
-                message="stdin is closed: a write reads the source's messages from stdin; pipe them in.",
-                failure_type=FailureType.config_error,
-            )
-        if parsed_args.command in ("check", "write"):
-            try:
-                config = self.read_config(config_path=parsed_args.config)
-                update_secrets(get_secrets(self.spec(logger).connectionSpecification, config))
-                parse_config(config)
-            except (AirbyteTracedException, ConfigError) as error:
-                message = error.message if isinstance(error, AirbyteTracedException) else str(error)
-                if parsed_args.command == "write":
-                    raise AirbyteTracedException(message=message, failure_type=FailureType.config_error) from None
-                status = AirbyteConnectionStatus(status=Status.FAILED, message=message)
-                yield AirbyteMessage(type=Type.CONNECTION_STATUS, connectionStatus=status)
-                return
-        yield from super().run_cmd(parsed_args)
-
-    def _run_write(
-        self, config: Mapping[str, Any], configured_catalog_path: str, input_stream: Any
-    ) -> Iterator[dict[str, Any]]:
-        """The command line's write: stdin's lines, each STATE echoed from its own JSON (see the module)."""
-        catalog = _read_catalog(configured_catalog_path)
-        yield from (state.message for state in self._sync(config, catalog, parse_lines(read_lines(sys.stdin.buffer))))
-
     def check(self, logger: logging.Logger, config: Mapping[str, Any]) -> AirbyteConnectionStatus:
         """Validate the config and prove Heap's host answers, without writing anything into the project."""
         try:
             heap_config = parse_config(config)
         except ConfigError as error:
             return AirbyteConnectionStatus(status=Status.FAILED, message=str(error))
-        problem = _unreachable(heap_config.base_url) or _deletion_credentials_problem(heap_config)
-        if problem:
-            return AirbyteConnectionStatus(status=Status.FAILED, message=problem)
-        logger.info(f"Heap answered at {heap_config.base_url}; the config is valid (nothing was sent to Heap).")
-        return AirbyteConnectionStatus(status=Status.SUCCEEDED)
+        status, message = self._check(heap_config)
+        return AirbyteConnectionStatus(status=status, message=message)
 
     def write(
         self,
@@ -129,25 +158,61 @@ class DestinationHeapAnalytics(Destination):
         input_messages: Iterable[AirbyteMessage],
     ) -> Iterable[AirbyteMessage]:
         """Load the records into Heap, yielding each STATE once Heap acknowledged every record before it."""
-        for state in self._sync(config, configured_catalog, from_airbyte_messages(input_messages)):
+        try:
+            heap_config = parse_config(config)
+        except ConfigError as error:
+            raise AirbyteTracedException(message=str(error), failure_type=FailureType.config_error) from None
+        for state in self._sync(heap_config, configured_catalog, from_airbyte_messages(input_messages)):
             yield AirbyteMessageSerializer.load(state.message)
 
+    def _parse_config(self, raw: Mapping[str, Any]) -> HeapConfig:
+        """The command line's config: its secrets registered with the log filter before anything can print them,
+        the connector's rules, then the spec (what the platform and PyAirbyte check a config against)."""
+        spec = self.spec(logger)
+        update_secrets(get_secrets(spec.connectionSpecification, raw))
+        try:
+            config = parse_config(raw)
+        except ConfigError as error:
+            raise AirbyteTracedException(message=str(error), failure_type=FailureType.config_error) from None
+        check_config_against_spec_or_exit(raw, spec)
+        return config
+
+    @staticmethod
+    def _check(config: HeapConfig) -> tuple[Status, str | None]:
+        problem = _unreachable(config.base_url) or _deletion_credentials_problem(config)
+        if problem:
+            return Status.FAILED, problem
+        logger.info(f"Heap answered at {config.base_url}; the config is valid (nothing was sent to Heap).")
+        return Status.SUCCEEDED, None
+
+    @staticmethod
     def _sync(
-        self, config: Mapping[str, Any], catalog: ConfiguredAirbyteCatalog, messages: Iterable[Message]
+        config: HeapConfig, catalog: ConfiguredAirbyteCatalog, messages: Iterable[Message]
     ) -> Iterator[SourceState]:
+        """The write itself. A stream that names a Heap object (mapped in Airbyte's UI) loads into it; the others
+        by the config's mapping: a `streams` entry, else the top-level api."""
         from destination_heap_analytics.preflight import check_columns  # only write needs the mapping
         from destination_heap_analytics.writer import SyncWriter  # and the delivery stack
 
+        in_ui = [configured for configured in catalog.streams if configured.destination_object_name]
+        by_config = [configured for configured in catalog.streams if not configured.destination_object_name]
         try:
-            heap_config = parse_config(config)
-            streams = streams_for_catalog(heap_config, _catalog_streams(catalog))
-            for warning in check_columns(streams, _catalog_schemas(catalog)):
+            mapped = streams_for_catalog(config, _catalog_streams(by_config))
+            # a mapping made in the UI was checked against the stream's fields by the platform, when it was saved
+            for warning in check_columns(mapped, _catalog_schemas(by_config)):
                 logger.warning(warning)
+            streams = mapped_in_ui(config, in_ui) | mapped
         except ConfigError as error:
             raise AirbyteTracedException(message=str(error), failure_type=FailureType.config_error) from None
-        writer = SyncWriter(heap_config, streams)
+        writer = SyncWriter(config, streams)
         # SIGTERM can be handled only from the main thread; a host calling write elsewhere handles it itself
         return writer.write(messages, handle_sigterm=threading.current_thread() is threading.main_thread())
+
+
+def _status(status: Status, message: str | None) -> AirbyteMessage:
+    return AirbyteMessage(
+        type=Type.CONNECTION_STATUS, connectionStatus=AirbyteConnectionStatus(status=status, message=message)
+    )
 
 
 def emit(message: dict[str, Any], secrets_filtered: bool = False) -> None:
@@ -167,21 +232,21 @@ def _read_catalog(path: str) -> ConfiguredAirbyteCatalog:
         ) from None
 
 
-def _catalog_streams(catalog: ConfiguredAirbyteCatalog) -> list[tuple[str, str | None]]:
-    """The (name, namespace) of each stream the connection loads. Heap cannot delete, so a stream that asks for
+def _catalog_streams(streams: list[ConfiguredAirbyteStream]) -> list[StreamKey]:
+    """The (name, namespace) of each stream mapped by the config. Heap cannot delete, so a stream that asks for
     overwrite (a catalog written by hand or by older tooling) loads as append does."""
-    for configured in catalog.streams:
+    for configured in streams:
         if configured.destination_sync_mode == DestinationSyncMode.overwrite:
             logger.warning(
                 f"Stream {configured.stream.name}: sync mode overwrite, but Heap cannot delete data, so records "
                 "are added as with append; nothing already in Heap is removed."
             )
-    return [(configured.stream.name, configured.stream.namespace or None) for configured in catalog.streams]
+    return [(configured.stream.name, configured.stream.namespace or None) for configured in streams]
 
 
-def _catalog_schemas(catalog: ConfiguredAirbyteCatalog) -> dict[tuple[str, str | None], Any]:
+def _catalog_schemas(streams: list[ConfiguredAirbyteStream]) -> dict[StreamKey, Any]:
     """Each stream's json_schema, as the source declared it, by (name, namespace)."""
-    return {(c.stream.name, c.stream.namespace or None): c.stream.json_schema for c in catalog.streams}
+    return {(c.stream.name, c.stream.namespace or None): c.stream.json_schema for c in streams}
 
 
 def _deletion_credentials_problem(config: HeapConfig) -> str | None:
@@ -189,11 +254,10 @@ def _deletion_credentials_problem(config: HeapConfig) -> str | None:
     from destination_heap_analytics.client import DeletionAuth, DeliveryError, TokenUnavailable
 
     timeout = (CHECK_TIMEOUT_SECONDS, CHECK_TIMEOUT_SECONDS)
-    for stream in config.streams:
-        if stream.api_key is None:
-            continue
+    keys = [stream.api_key for stream in config.streams if stream.api_key is not None]
+    for api_key in dict.fromkeys([*keys, *([config.api_key] if config.api_key else [])]):
         try:
-            DeletionAuth(config, stream.api_key, requests.Session(), timeout).headers()
+            DeletionAuth(config, api_key, requests.Session(), timeout).headers()
         except DeliveryError as error:
             return str(error)
         except (TokenUnavailable, requests.RequestException) as error:

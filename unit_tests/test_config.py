@@ -180,6 +180,15 @@ def test_streams_alone_need_no_top_level_api():
     assert [stream.stream for stream in parsed.streams] == ["users"]
 
 
+def test_a_config_without_api_or_streams_maps_in_airbytes_ui_only():
+    """A data-activation connection's config: every stream is mapped in Airbyte's Mappings tab; a stream that
+    is not is refused, with where to map it."""
+    parsed = parse_config({"app_id": "11", "api_key": " heap-delete-key "})
+    assert (parsed.streams, parsed.api_key, parsed.bulk, parsed.batch_size) == ((), "heap-delete-key", True, None)
+    with pytest.raises(ConfigError, match="Mappings tab"):
+        streams_for_catalog(parsed, [("users", None)])
+
+
 def test_a_namespace_narrows_an_entry_to_that_namespace():
     parsed = parse_config({"app_id": "11", "streams": [{"stream": "users", "namespace": "crm", "api": USERS}]})
     assert streams_for_catalog(parsed, [("users", "crm")])
@@ -192,7 +201,8 @@ def test_a_namespace_narrows_an_entry_to_that_namespace():
     [
         ({"api": TRACK}, [("users", None), ("orders", None)], "No Heap mapping for the stream(s) users, orders"),
         ({"streams": [{"stream": "users", "api": USERS}]}, [("users", None), ("orders", "shop")],
-         'shop.orders. Map each stream of the connection in streams, for example "streams": [{"stream": "orders"'),
+         'shop.orders. Map each stream of the connection to a Heap object in Airbyte\'s Mappings tab, or in streams, '
+         'for example "streams": [{"stream": "orders"'),
     ],
 )
 def test_unmapped_streams_are_refused_by_name_with_the_way_to_map_them(raw, catalog, message):
@@ -204,7 +214,10 @@ def test_unmapped_streams_are_refused_by_name_with_the_way_to_map_them(raw, cata
 @pytest.mark.parametrize(
     "raw, message",
     [
-        ({}, "api is missing"),
+        ({"api": None}, "api is missing"),
+        ({"api_key": " "}, "api_key is not a key"),
+        ({"api_key": 5}, "api_key is not a key"),
+        ({"api_key": "key\u00e9"}, "api_key holds characters that are not printable ASCII"),
         ({"streams": "users"}, "streams must be a list"),
         ({"streams": [{"api": USERS}]}, "streams[0].stream is required"),
         ({"streams": [{"stream": "u", "api": {"api_type": "track", "identity_column": "e"}}]},

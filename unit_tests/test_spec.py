@@ -218,7 +218,7 @@ def test_every_property_has_title_description_and_an_order_unique_on_its_level()
 
 def test_secrets_are_marked_and_only_secrets():
     secrets = {path for path, _, prop, _ in walk_properties(SPEC) if prop.get("airbyte_secret")}
-    assert secrets == {"api[4].api_key"}, secrets
+    assert secrets == {"api[4].api_key", "api_key"}, secrets
     assert OPTION_BY_TYPE["delete_users"]["properties"]["api_key"]["airbyte_secret"] is True
 
 

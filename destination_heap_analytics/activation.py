@@ -1,0 +1,256 @@
+"""Data activation: Heap's objects as Airbyte 1.8+ offers them in its "Mappings" tab, and a stream mapped there
+as the very load a config mapping describes.
+
+`discover` answers the operations: an object (event, user, account, identify), a sync mode, its fields and the
+keys a user may match on. The user maps source fields onto an object's fields in the UI and picks a matching
+key; the platform then hands the destination each record already renamed to the object's fields (the others
+dropped), the catalog stream naming the object (`destination_object_name`) and the key (`primary_key`). Such a
+stream becomes the `StreamConfig` the config's own mapping would give (event -> track, user -> add_user_properties,
+...), so every rule of a config-mapped stream (Heap's field rules, per-key order, pacing, idempotency, deadlines)
+holds for it unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from airbyte_cdk.models import ConfiguredAirbyteStream
+
+from destination_heap_analytics.config import (
+    BULK_FORM,
+    MAX_BATCH,
+    ConfigError,
+    HeapConfig,
+    MappingConfig,
+    StreamConfig,
+    StreamKey,
+)
+
+IDENTITY = {
+    "type": "string",
+    "title": "Identity",
+    "description": "The user's identity in Heap, such as an e-mail address or your own user ID (text or a whole "
+    "number, at most 255 characters).",
+}
+TIMESTAMP = {
+    "type": "string",
+    "format": "date-time",
+    "title": "Timestamp",
+    "description": "When it happened: ISO 8601, a date, or epoch seconds or milliseconds. Not mapped: the time "
+    "Airbyte read the record.",
+}
+USER_ID = {
+    "type": "integer",
+    "title": "Heap User ID",
+    "description": "Heap's own user_id of the user, a whole number from 0 to 2^53-1 (Heap Connect exports it).",
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One object and sync mode offered in the Mappings tab, and the Heap API and columns a stream mapped to it
+    loads through. `fields`: the object's fields; `columns`: which MappingConfig column each named field feeds;
+    `key_columns`: the same for the fields of the matching key the user picks."""
+
+    object_name: str
+    sync_mode: str
+    title: str
+    description: str
+    api_type: str
+    fields: dict[str, dict[str, Any]]
+    required: tuple[str, ...] = ()
+    columns: tuple[tuple[str, str], ...] = ()  # (MappingConfig column, object field)
+    matching_keys: tuple[tuple[str, ...], ...] = ()
+    key_columns: tuple[tuple[str, str], ...] = ()  # (object field, MappingConfig column)
+    free_properties: bool = False  # every field mapped beyond `fields` is a property (additionalProperties)
+    needs_deletion_key: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        """The operation as the protocol's DestinationOperation writes it."""
+        schema = {
+            "type": "object",
+            "title": self.title,
+            "description": self.description,
+            "properties": self.fields,
+            "required": list(self.required),
+            "additionalProperties": self.free_properties,
+        }
+        described: dict[str, Any] = {"object_name": self.object_name, "sync_mode": self.sync_mode}
+        described["json_schema"] = schema
+        if self.matching_keys:
+            described["matching_keys"] = [list(key) for key in self.matching_keys]
+        return described
+
+    def mapping(self, key: tuple[str, ...]) -> MappingConfig:
+        """The config mapping this operation stands for, matching on `key` (fields of one of matching_keys)."""
+        key_columns = dict(self.key_columns)
+        columns = dict(self.columns) | {key_columns[name]: name for name in key}
+        return MappingConfig(
+            api_type=self.api_type,
+            **columns,
+            property_columns=None if self.free_properties else (),  # None: "*", every field not named below
+            excluded_columns=frozenset(self.fields) if self.free_properties else frozenset(),
+        )
+
+
+OPERATIONS = (
+    Operation(
+        "event",
+        "append",
+        "Event",
+        "Each record is one event of a user, tracked in Heap. Every other field you map becomes an event property.",
+        "track",
+        {
+            "identity": IDENTITY,
+            "event": {
+                "type": "string",
+                "title": "Event Name",
+                "description": "The event's name as Heap shows it, at most 1023 characters.",
+            },
+            "timestamp": TIMESTAMP,
+            "idempotency_key": {
+                "type": "string",
+                "title": "Event ID",
+                "description": "An ID unique to each event: with the event name it makes the event's idempotency key, "
+                "so an event loaded twice counts once. Not mapped: the whole record makes the key.",
+            },
+        },
+        required=("identity", "event"),
+        columns=(
+            ("identity_column", "identity"),
+            ("event_column", "event"),
+            ("timestamp_column", "timestamp"),
+            ("event_id_column", "idempotency_key"),
+        ),
+        free_properties=True,
+    ),
+    Operation(
+        "user",
+        "append_dedup",
+        "User",
+        "User properties, set on the user with this identity (the latest value wins). Every field you map besides "
+        "the identity becomes a user property.",
+        "add_user_properties",
+        {"identity": IDENTITY},
+        required=("identity",),
+        matching_keys=(("identity",),),
+        key_columns=(("identity", "identity_column"),),
+        free_properties=True,
+    ),
+    Operation(
+        "account",
+        "append_dedup",
+        "Account",
+        "Account properties, set on the account with this ID (the latest value wins; Heap applies them once its "
+        "Account ID setting is configured). Every field you map besides the ID becomes an account property.",
+        "add_account_properties",
+        {
+            "account_id": {
+                "type": "string",
+                "title": "Account ID",
+                "description": "The account's ID, as Heap's Account ID setting reads it from your users.",
+            }
+        },
+        required=("account_id",),
+        matching_keys=(("account_id",),),
+        key_columns=(("account_id", "account_id_column"),),
+        free_properties=True,
+    ),
+    Operation(
+        "identify",
+        "append",
+        "Identify",
+        "Ties an anonymous Heap user (its user_id) to an identity, merging its history into the identified user.",
+        "identify",
+        {"identity": IDENTITY, "user_id": USER_ID, "timestamp": TIMESTAMP},
+        required=("identity", "user_id"),
+        columns=(("identity_column", "identity"), ("user_id_column", "user_id"), ("timestamp_column", "timestamp")),
+    ),
+    Operation(
+        "user",
+        "soft_delete",
+        "User Deletion",
+        "Deletes each user, by identity or by Heap user ID, with all its data, through Heap's user deletion API "
+        "(offered when the destination's settings hold the deletion API key).",
+        "delete_users",
+        {"identity": IDENTITY, "user_id": USER_ID},
+        matching_keys=(("identity",), ("user_id",)),
+        key_columns=(("identity", "identity_column"), ("user_id", "user_id_column")),
+        needs_deletion_key=True,
+    ),
+)
+
+
+def destination_catalog(config: HeapConfig) -> dict[str, Any]:
+    """discover's answer: one DESTINATION_CATALOG message with the operations this config can load."""
+    operations = [op.describe() for op in OPERATIONS if config.api_key is not None or not op.needs_deletion_key]
+    return {"type": "DESTINATION_CATALOG", "destination_catalog": {"operations": operations}}
+
+
+def mapped_in_ui(config: HeapConfig, streams: Iterable[ConfiguredAirbyteStream]) -> dict[StreamKey, StreamConfig]:
+    """Each catalog stream that names a destination object, as the load of that object."""
+    return {(s.stream.name, s.stream.namespace or None): _stream_config(config, s) for s in streams}
+
+
+def _stream_config(config: HeapConfig, configured: ConfiguredAirbyteStream) -> StreamConfig:
+    name = configured.stream.name
+    sync_mode = configured.destination_sync_mode.value
+    operation = next(
+        (op for op in OPERATIONS if (op.object_name, op.sync_mode) == (configured.destination_object_name, sync_mode)),
+        None,
+    )
+    if operation is None:
+        offered = ", ".join(f"{op.object_name} ({op.sync_mode})" for op in OPERATIONS)
+        raise ConfigError(
+            f"Stream {name} is mapped to the Heap object {configured.destination_object_name!r} with sync mode "
+            f"{sync_mode}, which Heap does not offer. Map it in Airbyte's Mappings tab to one of: {offered}."
+        )
+    if operation.needs_deletion_key and config.api_key is None:
+        raise ConfigError(
+            f"Stream {name} deletes users (object user, sync mode soft_delete), which needs Heap's user deletion "
+            "key: set api_key in the destination's settings (Heap: Account > Manage > Privacy & Security), or map "
+            "the stream with another sync mode."
+        )
+    mapping = operation.mapping(_matching_key(operation, configured.primary_key, name))
+    max_batch = MAX_BATCH.get(mapping.api_type, 1000)
+    batch_size = config.batch_size or max_batch
+    if batch_size > max_batch:
+        raise ConfigError(
+            f"batch_size is {batch_size}, but stream {name} loads through Heap's {mapping.api_type}, which takes at "
+            f"most {max_batch} a request: set batch_size to {max_batch} or less."
+        )
+    return StreamConfig(
+        mapping=mapping,
+        bulk=BULK_FORM.get(mapping.api_type, config.bulk),
+        batch_size=batch_size,
+        api_key=config.api_key if operation.needs_deletion_key else None,
+        stream=name,
+        namespace=configured.stream.namespace or None,
+    )
+
+
+def _matching_key(operation: Operation, primary_key: list[list[str]] | None, stream: str) -> tuple[str, ...]:
+    """The matching key the user picked (the stream's primary key, one field name a path), one of the operation's;
+    an object with a single candidate key needs no pick."""
+    if not operation.matching_keys:
+        return ()
+    if not primary_key:
+        if len(operation.matching_keys) == 1:
+            return operation.matching_keys[0]
+        raise ConfigError(
+            f"Stream {stream} ({operation.object_name}, {operation.sync_mode}) has no matching key: pick one of "
+            f"{_keys(operation)} in Airbyte's Mappings tab."
+        )
+    key = tuple(".".join(path) for path in primary_key)
+    if key not in operation.matching_keys:
+        raise ConfigError(
+            f"Stream {stream} matches {operation.object_name} records on {', '.join(key)}, which is not one of its "
+            f"matching keys ({_keys(operation)}): pick one of them in Airbyte's Mappings tab."
+        )
+    return key
+
+
+def _keys(operation: Operation) -> str:
+    return " or ".join("+".join(key) for key in operation.matching_keys)
