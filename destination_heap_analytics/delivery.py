@@ -111,6 +111,7 @@ class BatchResult:
     number: int
     delivered: int = 0
     rejected: list[str] = field(default_factory=list)  # Heap's reason, one entry per refused item
+    refused_at: list[int] = field(default_factory=list)  # each refused item's position in the batch, likewise
     failure: DeliveryError | DeliveryStopped | None = None  # set: the batch is not (wholly) in Heap
 
 
@@ -213,8 +214,8 @@ class BatchSender:
             elif route.bulk:
                 _deliver_bulk(route, batch.bodies, batch.identities, result)
             else:
-                for body, identity in zip(batch.bodies, batch.identities, strict=True):
-                    _deliver_alone(route, route.body(body), identity, result)
+                for position, (body, identity) in enumerate(zip(batch.bodies, batch.identities, strict=True)):
+                    _deliver_alone(route, route.body(body), identity, result, position)
         except (DeliveryError, DeliveryStopped) as failure:
             result.failure = failure
         turn.delivered = result.failure is None
@@ -244,45 +245,51 @@ class BatchSender:
 
 
 def _deliver_bulk(
-    route: Route, bodies: list[bytes], identities: list[str | None], result: BatchResult, request_ok: bool = False
+    route: Route,
+    bodies: list[bytes],
+    identities: list[str | None],
+    result: BatchResult,
+    request_ok: bool = False,
+    first: int = 0,
 ) -> None:
     """Send items in one request. Refused naming an item: halve until each refused item stands alone, the
     halves in order. Refused naming none: send the first item alone to learn whether Heap refuses the request
-    itself (`request_ok`: an item of this batch was accepted, so it does not)."""
+    itself (`request_ok`: an item of this batch was accepted, so it does not). `first`: the position of the
+    first item in its batch."""
     endpoint = route.endpoint
     try:
         answer = route.client.post(endpoint.path, route.body(bodies), identities)
     except HeapRejected as rejection:
         if len(bodies) == 1 or endpoint.answers_with_request_id:
-            _refused(route, rejection, result, request_ok)  # a refused deletion stops the sync there
+            _refused(route, rejection, result, request_ok, first)  # a refused deletion stops the sync there
             return
         if not (request_ok or rejection.names_item):
-            request_ok = _deliver_alone(route, route.body(bodies[:1]), identities[0], result)
-            _deliver_bulk(route, bodies[1:], identities[1:], result, request_ok)
+            request_ok = _deliver_alone(route, route.body(bodies[:1]), identities[0], result, first)
+            _deliver_bulk(route, bodies[1:], identities[1:], result, request_ok, first + 1)
             return
         route.client.counters.bisected()
         middle = len(bodies) // 2
-        _deliver_bulk(route, bodies[:middle], identities[:middle], result, request_ok)
-        _deliver_bulk(route, bodies[middle:], identities[middle:], result, request_ok)
+        _deliver_bulk(route, bodies[:middle], identities[:middle], result, request_ok, first)
+        _deliver_bulk(route, bodies[middle:], identities[middle:], result, request_ok, first + middle)
         return
     result.delivered += len(bodies)
     if endpoint.answers_with_request_id:
         _log_deletion_request(answer, len(bodies))
 
 
-def _deliver_alone(route: Route, body: bytes, identity: str | None, result: BatchResult) -> bool:
+def _deliver_alone(route: Route, body: bytes, identity: str | None, result: BatchResult, position: int) -> bool:
     """Send one item in a request of its own (`body`): True if Heap took it (so the request is fine); raises if
     Heap refuses the request itself."""
     try:
         route.client.post(route.endpoint.path, body, [identity])
     except HeapRejected as refusal:
-        _refused(route, refusal, result, request_ok=False)
+        _refused(route, refusal, result, False, position)
         return False
     result.delivered += 1
     return True
 
 
-def _refused(route: Route, rejection: HeapRejected, result: BatchResult, request_ok: bool) -> None:
+def _refused(route: Route, rejection: HeapRejected, result: BatchResult, request_ok: bool, position: int) -> None:
     """A refusal not to be narrowed down further (one item, or a deletion): the item is counted as rejected if
     the refusal is about it; otherwise the sync stops."""
     if route.endpoint.answers_with_request_id:
@@ -301,6 +308,7 @@ def _refused(route: Route, rejection: HeapRejected, result: BatchResult, request
     accepted = request_ok or route.client.accepted_any
     if accepted or (rejection.names_item and not _same_refusals(result, rejection)):
         result.rejected.append(rejection.reason)
+        result.refused_at.append(position)
         return
     raise DeliveryError(
         f"Heap refused the request itself, not an item in it ({rejection}), and has accepted nothing from this "

@@ -5,16 +5,38 @@ of one stream, that Heap may acknowledge in any order. A stream's STATE waits un
 stream opened before it was acknowledged, whatever the other streams do; a state for the whole source
 (GLOBAL, LEGACY: `stream` None) waits for every batch opened before it. The states of one stream, and the
 states for the whole source, leave in the order they came.
+
+Each state also says what became of the records of its interval (those since the previous state of its stream,
+or of every stream), as Airbyte 1.8+ counts them: those that reached Heap and those rejected (skipped as invalid
+or refused by Heap), together the records received. A record counts toward the next state of its own stream and
+the next state for every stream; one whose stream cannot be read (an unreadable line), toward the latter only.
+Heap's refusals come with the batch's acknowledgement, so a state's figures are final when it may leave.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 State = TypeVar("State")
 EVERY_STREAM = None  # the stream of a state that covers them all
+
+
+@dataclass(slots=True)
+class Interval:
+    """The records of a stream (or of every stream) between two of its states."""
+
+    received: int = 0
+    rejected: int = 0  # skipped as invalid, or refused by Heap
+
+    def destination_stats(self) -> dict[str, float]:
+        """A state's destinationStats: the records that reached Heap, and the rejected ones."""
+        return {"recordCount": float(self.received - self.rejected), "rejectedRecordCount": float(self.rejected)}
+
+
+Intervals = tuple[Interval, ...]  # the intervals one record counts toward
 
 
 class StateLedger(Generic[State]):
@@ -22,9 +44,11 @@ class StateLedger(Generic[State]):
         self._last_opened = 0  # batches are numbered 1, 2, ... in the order their first record arrived
         self._last_opened_of: dict[Hashable, int] = {}  # stream -> the number of its latest batch
         self._stream_of: dict[int, Hashable] = {}  # unacknowledged batch -> its stream
-        # stream -> its states waiting, in arrival order: (last batch it covers, arrival number, state)
-        self._waiting: defaultdict[Hashable, deque[tuple[int, int, State]]] = defaultdict(deque)
+        # stream -> its states waiting, in arrival order: (last batch it covers, arrival number, state, interval)
+        self._waiting: defaultdict[Hashable, deque[tuple[int, int, State, Interval]]] = defaultdict(deque)
         self._arrivals = 0
+        self._filling: defaultdict[Hashable, Interval] = defaultdict(Interval)  # stream -> since its last state
+        self._items_of: defaultdict[int, list[Intervals]] = defaultdict(list)  # batch -> each item's intervals
 
     def open_batch(self, stream: Hashable = EVERY_STREAM) -> int:
         """Number a new batch of `stream`; it holds records that came after every STATE already received."""
@@ -33,25 +57,49 @@ class StateLedger(Generic[State]):
         self._stream_of[self._last_opened] = stream
         return self._last_opened
 
+    def record_received(self, stream: Hashable = EVERY_STREAM) -> Intervals:
+        """A record of `stream` arrived (EVERY_STREAM: a record whose stream is unknown); the intervals it counts
+        toward, to pass to record_rejected or record_batched."""
+        intervals = (self._filling[stream],) if stream is EVERY_STREAM else (
+            self._filling[stream], self._filling[EVERY_STREAM]
+        )
+        for interval in intervals:
+            interval.received += 1
+        return intervals
+
+    @staticmethod
+    def record_rejected(intervals: Intervals) -> None:
+        """The record was skipped as invalid before it was sent."""
+        for interval in intervals:
+            interval.rejected += 1
+
+    def record_batched(self, batch: int, intervals: Intervals) -> None:
+        """The record is the next item of `batch`: its fate is known when the batch is acknowledged."""
+        self._items_of[batch].append(intervals)
+
     def state_received(self, state: State, stream: Hashable = EVERY_STREAM) -> None:
         """A STATE covers every record of its stream received so far (of every stream, for EVERY_STREAM),
         including those in a batch still being filled."""
         last = self._last_opened if stream is EVERY_STREAM else self._last_opened_of.get(stream, 0)
         self._arrivals += 1
-        self._waiting[stream].append((last, self._arrivals, state))
+        self._waiting[stream].append((last, self._arrivals, state, self._filling.pop(stream, Interval())))
 
-    def acknowledged(self, batch: int) -> None:
-        """Heap holds every record of this batch (or it was counted as rejected)."""
+    def acknowledged(self, batch: int, refused: Iterable[int] = ()) -> None:
+        """Heap holds every record of this batch but those at the positions `refused`, which it refused."""
         self._stream_of.pop(batch, None)
+        items = self._items_of.pop(batch, [])
+        for position in refused:
+            self.record_rejected(items[position])
 
-    def releasable(self) -> list[State]:
-        """The states, in arrival order, whose records are all acknowledged; each is returned once."""
-        released: list[tuple[int, State]] = []
+    def releasable(self) -> list[tuple[State, Interval]]:
+        """The states, in arrival order, whose records are all acknowledged, each with its interval's figures;
+        each is returned once."""
+        released: list[tuple[int, State, Interval]] = []
         for stream, waiting in self._waiting.items():
             while waiting and self._covered(stream, waiting[0][0]):
-                _, arrival, state = waiting.popleft()
-                released.append((arrival, state))
-        return [state for _, state in sorted(released, key=lambda pair: pair[0])]
+                _, arrival, state, interval = waiting.popleft()
+                released.append((arrival, state, interval))
+        return [(state, interval) for _, state, interval in sorted(released, key=lambda entry: entry[0])]
 
     @property
     def pending(self) -> int:

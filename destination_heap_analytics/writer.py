@@ -58,7 +58,6 @@ class StreamLoad:
         self.batch_size = stream.batch_size if stream.bulk else 1
         self.open: Batch | None = None
         self.opened_at = 0.0
-        self.read_at_last_state = 0  # records read of this stream at its previous STATE
 
 
 class SyncWriter:
@@ -80,7 +79,6 @@ class SyncWriter:
         self._load_of_batch: dict[int, StreamLoad] = {}  # until acknowledged
         names = tuple(load.name for load in self._loads.values())
         self.report = SyncReport(counters, config.dry_run, streams=names)
-        self._read_at_last_state = 0  # records read at the previous STATE for every stream
         self._terminated_at: float | None = None  # when SIGTERM arrived
         self._next_look = 0.0  # see _look_around
 
@@ -123,11 +121,11 @@ class SyncWriter:
         elif kind is SourceState:
             stream = _stream_of(message)
             self._refuse_absent_columns(stream)
-            self._count_records_behind(message, self._loads.get(stream) if stream is not EVERY_STREAM else None)
             self._ledger.state_received(message, stream)
             yield from self._release(self._sender.collect())
-        elif message.record:
+        elif message.record:  # its stream cannot be read: it counts toward states for every stream only
             self.report.read()
+            self._ledger.record_rejected(self._ledger.record_received(EVERY_STREAM))
             self.report.unreadable_record(message.number, message.problem)
             self._stop_on_invalid(Rejection("unreadable_record"), message)
         else:
@@ -135,15 +133,19 @@ class SyncWriter:
 
     def process_record(self, record: SourceRecord) -> None:
         """Map one record into its stream's open batch; a full batch goes out."""
-        load = self._loads.get((record.stream, record.namespace))
+        key = (record.stream, record.namespace)
+        load = self._loads.get(key)
+        intervals = self._ledger.record_received(key)
         if load is None:
             self.report.read()
+            self._ledger.record_rejected(intervals)
             self._skip(STREAM_NOT_IN_CATALOG)
             return
         self.report.read(load.name)
         item = load.mapping.map(record.data, record.emitted_at)
         refusal = load.watch.saw(record.data, item) if load.watch.watching else None
         if item.__class__ is Rejection:
+            self._ledger.record_rejected(intervals)
             self._skip(item, load)
             self._refuse_config(refusal)
             return
@@ -159,6 +161,7 @@ class SyncWriter:
             load.opened_at = time.monotonic()
             self._load_of_batch[load.open.number] = load
         batch = load.open
+        self._ledger.record_batched(batch.number, intervals)
         batch.bodies.append(body)
         batch.size += len(body) + 1  # and its comma
         batch.identities.append(item.identity)
@@ -191,19 +194,6 @@ class SyncWriter:
         os.dup2(devnull, 0)
         os.close(devnull)
 
-    def _count_records_behind(self, state: SourceState, load: StreamLoad | None) -> None:
-        """destinationStats.recordCount: the records received since the previous STATE (skipped ones included),
-        as Airbyte's own destination framework counts them; the platform compares it with the source's count.
-        A stream's state counts that stream's records since its previous state."""
-        if load is not None and self.report.streams:
-            read = self.report.streams[load.name].read
-            behind, load.read_at_last_state = read - load.read_at_last_state, read
-        else:
-            behind = self.report.records_read - self._read_at_last_state
-            self._read_at_last_state = self.report.records_read
-        body = state.message["state"]
-        body["destinationStats"] = {**(body.get("destinationStats") or {}), "recordCount": float(behind)}
-
     def _look_around(self, quiet: bool) -> Iterator[SourceState]:
         """What time, not input, calls for: a quiet source sends what it has, a slow one each batch filling for a
         while; states acknowledged meanwhile leave now, not at the next message; progress is logged."""
@@ -232,7 +222,7 @@ class SyncWriter:
             self.report.sent(result.delivered, load.name)
             for reason in result.rejected:
                 self._skip(Rejection(f"rejected_by_heap: {reason}"), load)
-            self._ledger.acknowledged(result.number)
+            self._ledger.acknowledged(result.number, result.refused_at)
         if failure is not None:
             self._stop.set()
             raise AirbyteTracedException(
@@ -242,12 +232,16 @@ class SyncWriter:
 
     def _release(self, results: list[BatchResult]) -> Iterator[SourceState]:
         self._acknowledge(results)
-        for state in self._ledger.releasable():
+        for state, interval in self._ledger.releasable():
             if self._config.dry_run:
                 self.report.state_withheld()
-            else:
-                self.report.states_emitted += 1
-                yield state
+                continue
+            # what became of the records since the previous state, as Airbyte 1.8+ counts them (state.py); the
+            # platform checks the two together against the source's count
+            body = state.message["state"]
+            body["destinationStats"] = {**(body.get("destinationStats") or {}), **interval.destination_stats()}
+            self.report.states_emitted += 1
+            yield state
 
     def _refuse_absent_columns(self, stream: StreamKey | None) -> None:
         """Before a STATE is noted, and so before it can leave: a stream it covers whose every record so far

@@ -311,6 +311,11 @@ class Result:
         return [m["state"]["destinationStats"]["recordCount"] for m in self.messages if m["type"] == "STATE"]
 
     @property
+    def destination_stats(self) -> list[dict]:
+        """Each emitted state's destinationStats: recordCount (reached Heap) and rejectedRecordCount."""
+        return [m["state"]["destinationStats"] for m in self.messages if m["type"] == "STATE"]
+
+    @property
     def logs(self) -> list[dict]:
         return [m["log"] for m in self.messages if m["type"] == "LOG"]
 

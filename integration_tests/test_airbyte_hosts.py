@@ -55,15 +55,15 @@ def with_states(rows: list[dict], every: int, make_state) -> list[dict]:
 
 
 def assert_echoed_whole(result, sent: list[dict]) -> None:
-    """Each STATE leaves exactly as it came, with only destinationStats added: recordCount, the records received
-    since the previous state."""
+    """Each STATE leaves exactly as it came, with only destinationStats added: recordCount, the records of its
+    interval that reached Heap, and rejectedRecordCount (none here): together the records the source counted."""
     sent_states = [m for m in sent if m["type"] == "STATE"]
     echoed = [m for m in result.messages if m["type"] == "STATE"]
     assert len(echoed) == len(sent_states), result.describe()
     for original, echo in zip(sent_states, echoed, strict=True):
         stats = echo["state"].pop("destinationStats")
         assert echo == original
-        assert stats == {"recordCount": original["state"]["sourceStats"]["recordCount"]}
+        assert stats == {"recordCount": original["state"]["sourceStats"]["recordCount"], "rejectedRecordCount": 0.0}
 
 
 def test_stream_states_from_the_platform_are_echoed_whole_with_their_id(heap):
@@ -87,7 +87,8 @@ def test_legacy_states_are_echoed_whole(heap):
     result = run_connector("write", config(heap, USER_API), catalog(), messages)
     assert result.returncode == 0, result.describe()
     (echo,) = [m["state"] for m in result.messages if m["type"] == "STATE"]
-    assert echo == {"data": {"cursor": 3}, "id": 5, "destinationStats": {"recordCount": 3.0}}
+    stats = {"recordCount": 3.0, "rejectedRecordCount": 0.0}
+    assert echo == {"data": {"cursor": 3}, "id": 5, "destinationStats": stats}
 
 
 def test_a_dry_run_emits_no_state_and_says_why(heap):
@@ -149,5 +150,6 @@ def test_write_in_process_takes_airbyte_messages_and_echoes_the_state(heap):
     assert state.type == Type.STATE
     dumped = AirbyteMessageSerializer.dump(state)
     assert dumped["state"]["stream"]["stream_state"] == {"position": 6}
+    # the CDK's model (protocol 0.17) knows recordCount only: rejectedRecordCount is the command line's
     assert dumped["state"]["destinationStats"] == {"recordCount": 6.0}
     json.dumps(dumped)  # a plain JSON message

@@ -54,6 +54,11 @@ def test_invalid_records_are_skipped_and_counted_by_reason_and_column(heap):
     assert {e["identity"] for e in heap.events} == valid_emails
     assert len(heap.events) == 13
     assert result.states == states_of(messages)
+    # the third state's interval holds the invalid records of users (not the one of secret_orders): rejected
+    assert result.destination_stats == [
+        {"recordCount": count, "rejectedRecordCount": rejected}
+        for count, rejected in ((3.0, 0.0), (3.0, 0.0), (3.0, 5.0), (3.0, 0.0), (1.0, 0.0))
+    ]
 
     def valid(message: dict) -> bool:
         data = message["record"]["data"]
@@ -112,6 +117,10 @@ def test_items_heap_rejects_in_a_bulk_request_are_isolated_by_halving(heap):
     extra = heap.stats()["requests"] - 1
     assert 0 < extra <= 2 * math.ceil(math.log2(1000)) + 2, f"{extra} extra requests to isolate one bad item"
     assert result.states == states_of(messages)
+    # the refused event is rejected on the state after it (records 501 to 750), not loaded
+    assert [(s["recordCount"], s["rejectedRecordCount"]) for s in result.destination_stats] == [
+        (250.0, 0.0), (250.0, 0.0), (249.0, 1.0), (250.0, 0.0)
+    ]
 
 
 def test_several_rejected_items_across_batches_and_in_single_mode(heap):
@@ -127,6 +136,9 @@ def test_several_rejected_items_across_batches_and_in_single_mode(heap):
     assert {u["identity"] for u in heap.users} == {r["email"] for r in rows} - bad
     assert heap.stats()["requests"] == 30  # one request per record, a refused one is not retried
     assert result.states == states_of(messages)
+    assert [(s["recordCount"], s["rejectedRecordCount"]) for s in result.destination_stats] == [
+        (6.0, 1.0), (6.0, 1.0), (7.0, 0.0), (7.0, 0.0), (1.0, 1.0)  # records 1, 14 and 30 refused
+    ]
 
 
 def test_a_rejected_item_with_on_invalid_record_fail_ends_the_sync(heap):

@@ -137,12 +137,19 @@ def test_an_unmapped_stream_is_refused_before_anything_is_sent(heap):
     assert heap.stats()["requests"] == 0
 
 
-def test_a_stream_outside_the_catalog_is_still_counted_and_skipped(heap):
+@pytest.mark.parametrize("streams", [("users",), ("users", "orders")], ids=["one_stream", "two_streams"])
+def test_a_stream_outside_the_catalog_is_still_counted_and_skipped(heap, streams):
+    """One rule with one catalog stream or several: a record of another stream counts toward its own stream's
+    states, never toward the users state (whose recordCount + rejectedRecordCount the platform checks against
+    the source's count of users records)."""
     messages = [rec("users", 1), rec("elsewhere", 2), stream_state(1, "users", state_id=1)]
-    result = run_connector("write", stream_config(heap, {"users": USERS}), catalog("users"), messages)
+    entries = {"users": USERS, "orders": ORDERS}
+    config = stream_config(heap, {name: entries[name] for name in streams})
+    result = run_connector("write", config, catalog(*streams), messages)
     assert result.returncode == 0, result.describe()
     assert result.skipped == {"stream_not_in_catalog": 1}
     assert len(heap.users) == 1
+    assert result.destination_stats == [{"recordCount": 1.0, "rejectedRecordCount": 0.0}]
 
 
 def test_two_track_streams_share_one_budget_against_heaps_limit():

@@ -54,7 +54,9 @@ def test_a_record_no_parser_can_use_is_an_invalid_record(heap, line, problem):
     result = run_connector("write", config(heap, USER_API), catalog(), stdin_lines=lines, check_leaks=False)
     assert result.returncode == 0, result.describe()
     assert result.skipped == {"unreadable_record": 1}
-    assert result.destination_record_counts == [2.0]  # the platform's count includes it
+    # A line whose record cannot be read belongs to no stream: it counts toward states for every stream only
+    # (test_a_record_no_parser_can_use_counts_toward_a_global_state), not this stream's, with one stream or several.
+    assert result.destination_stats == [{"recordCount": 1.0, "rejectedRecordCount": 0.0}]
     assert any(f"line 2 ({problem})" in line or f"Input line 2: {problem}" in line for line in result.log_lines())
     assert "secret-cut" not in result.stdout + result.stderr
 
@@ -65,6 +67,15 @@ def test_a_record_no_parser_can_use_is_an_invalid_record(heap, line, problem):
     assert [e["failure_type"] for e in failing.errors] == ["config_error"]
     assert f"input line 2 ({problem})" in failing.errors[0]["message"]
     assert failing.states == []
+
+
+def test_a_record_no_parser_can_use_counts_toward_a_global_state(heap):
+    body = {"type": "GLOBAL", "id": 8, "global": {"shared_state": {"lsn": 2}, "stream_states": []}}
+    global_state = json.dumps({"type": "STATE", "state": body})
+    lines = [json.dumps(record(person(1))), '{"type": "RECORD", "record": {"data": {"email": "x"}}}', global_state]
+    result = run_connector("write", config(heap, USER_API), catalog(), stdin_lines=lines, check_leaks=False)
+    assert result.returncode == 0, result.describe()
+    assert result.destination_stats == [{"recordCount": 1.0, "rejectedRecordCount": 1.0}]
 
 
 def test_a_state_without_a_body_is_counted_and_reported_not_a_traceback(heap):

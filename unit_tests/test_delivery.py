@@ -345,7 +345,7 @@ def test_a_state_never_leaves_before_every_batch_holding_an_earlier_record_is_ac
                 batch = in_flight.pop(rng.randrange(len(in_flight)))
                 ledger.acknowledged(batch)
                 acknowledged.add(batch)
-            for state in ledger.releasable():
+            for state, _ in ledger.releasable():
                 needed = set(batch_of_record[: state_after[state]])
                 assert needed <= acknowledged, f"state {state} left before batches {needed - acknowledged}"
 
