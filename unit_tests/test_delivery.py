@@ -282,6 +282,34 @@ def test_an_item_heap_names_is_isolated_by_halving():
     assert len(client.requests) <= 1 + 2 * 10 + 2
 
 
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "single"])
+@pytest.mark.parametrize(
+    "bad, named",
+    [({"u0", "u37", "u99"}, True), ({"u1", "u64"}, True), ({"u37"}, False)],
+    ids=["named_at_the_ends", "named_apart", "unexplained"],
+)
+def test_each_refused_item_is_placed_at_its_position_in_the_batch(bad, named, bulk):
+    """The state a refused record belongs to (and counts it as rejected) is found by its position in the batch."""
+
+    def answer(items):
+        for index, item in enumerate(items):
+            if item["identity"] in bad:
+                raise HeapRejected(400, f"postBody.users[{index}].properties should be object" if named else "no")
+
+    client = FakeClient(answer)
+    client.accepted_any = True
+    sender = sender_for(USER_API, client, bulk=bulk)
+    batches = user_batches(1, 100, 100 if bulk else 1)
+    results = run_batches(sender, batches)
+    refused = [
+        orjson.loads(batch.bodies[position])["identity"]
+        for batch, result in zip(batches, results, strict=True)
+        for position in result.refused_at
+    ]
+    assert sorted(refused) == sorted(bad)
+    assert all(len(result.refused_at) == len(result.rejected) for result in results)
+
+
 def test_a_refused_deletion_is_never_skipped():
     def answer(items):
         for index, item in enumerate(items):
