@@ -17,7 +17,15 @@ setup(
         "pyyaml>=6",
     ],
     extras_require={
-        "tests": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "ruff>=0.5", "jsonschema>=4"],
+        "tests": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "hypothesis>=6.100",
+            "ruff>=0.5",
+            "jsonschema>=4",
+            # the protocol's own models, with DestinationCatalog (discover's answer): tests validate against them
+            "airbyte-protocol-models-dataclasses>=0.17.1",
+        ],
     },
     entry_points={
         "console_scripts": [

@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+import serpyco_rs
 from airbyte_cdk.models import AirbyteMessageSerializer
+from airbyte_protocol_dataclasses.models import AirbyteMessage as ProtocolMessage
 
 from heap_standin import HeapStandin
 
@@ -44,10 +46,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = PROJECT_ROOT / "sample_files"
 BIN_DIR = Path(sys.executable).parent
 CONNECTOR = shutil.which("destination-heap-analytics", path=str(BIN_DIR)) or str(BIN_DIR / "destination-heap-analytics")
-AIRBYTE_TYPES = {"RECORD", "STATE", "LOG", "TRACE", "SPEC", "CONNECTION_STATUS", "CATALOG", "CONTROL"}
+AIRBYTE_TYPES = {
+    "RECORD", "STATE", "LOG", "TRACE", "SPEC", "CONNECTION_STATUS", "CATALOG", "CONTROL", "DESTINATION_CATALOG"
+}
 STREAM = "users"
 APP_ID = "11"
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
+# The protocol's own message model: the CDK's (airbyte-cdk 7.x) drops what it does not know, discover's
+# destination_catalog among it, where this one checks it.
+PROTOCOL_MESSAGE = serpyco_rs.Serializer(ProtocolMessage, omit_none=True)
 
 # Mapping configs for the synthetic people below (column names never contain record values).
 TRACK_API = {
@@ -448,7 +455,10 @@ def _message_or_error(raw: bytes) -> tuple[dict | None, str]:
     if not (isinstance(message, dict) and message.get("type") in AIRBYTE_TYPES):
         return None, "a stdout line that is not an Airbyte message"
     try:
-        AirbyteMessageSerializer.load(message)
+        if message["type"] == "DESTINATION_CATALOG":
+            PROTOCOL_MESSAGE.load(message)
+        else:
+            AirbyteMessageSerializer.load(message)
     except Exception as error:  # noqa: BLE001 - any failure to load means the line breaks the protocol
         return None, f"a stdout line that is not a valid Airbyte message ({error})"
     return message, ""
