@@ -61,6 +61,34 @@ APIS = {
     },
     "identify": {"api_type": "identify", "user_id_column": "heap_user_id", "identity_column": "email"},
 }
+# The track load above as data activation runs it: the config maps nothing, the catalog names Heap's event object
+# and the platform hands on each record renamed to the object's fields (the others dropped): the same load.
+ACTIVATION_CATALOG = {
+    "streams": [
+        {
+            "stream": {"name": "users", "json_schema": {"type": "object"}, "supported_sync_modes": ["incremental"]},
+            "sync_mode": "incremental",
+            "destination_sync_mode": "append",
+            "destination_object_name": "event",
+            "primary_key": [],
+            "sync_id": 1,
+        }
+    ]
+}
+
+
+def renamed_for_event(data: dict) -> dict:
+    """A record as the platform renames it for the event object, mapped as APIS["track"] maps it."""
+    return {
+        "identity": data["email"],
+        "event": data["identities"][0]["connection"],
+        "timestamp": data["updated_at"],
+        "blocked": data["blocked"],
+        "created_at": data["created_at"],
+        "name": data["name"],
+    }
+
+
 STORED = {
     "track": "events_stored",
     "add_user_properties": "users_stored",
@@ -113,21 +141,23 @@ def user_record(i: int) -> dict:
     }
 
 
-_inputs: dict[int, Path] = {}
+_inputs: dict[tuple[int, bool], Path] = {}
 
 
-def input_file(records: int) -> Path:
-    """A file of `records` RECORD messages with a STATE after every 1,000 (and after the last); made once."""
-    if records not in _inputs:
-        path = _inputs[records] = WORK / f"messages-{records}.jsonl"
+def input_file(records: int, activation: bool = False) -> Path:
+    """A file of `records` RECORD messages with a STATE after every 1,000 (and after the last); made once.
+    `activation`: each record renamed for the event object, as the platform hands it on."""
+    if (records, activation) not in _inputs:
+        path = _inputs[records, activation] = WORK / f"messages-{records}{'-event' if activation else ''}.jsonl"
         with open(path, "wb") as out:  # written as it goes: this process stays small (see run_connector)
             for i in range(records):
-                record = {"stream": "users", "data": user_record(i), "emitted_at": 1_666_325_394_000 + i}
+                data = renamed_for_event(user_record(i)) if activation else user_record(i)
+                record = {"stream": "users", "data": data, "emitted_at": 1_666_325_394_000 + i}
                 out.write(orjson.dumps({"type": "RECORD", "record": record}) + b"\n")
                 if (i + 1) % STATE_EVERY == 0 or i + 1 == records:
                     state = {"stream_descriptor": {"name": "users"}, "stream_state": {"position": i + 1}}
                     out.write(orjson.dumps({"type": "STATE", "state": {"type": "STREAM", "stream": state}}) + b"\n")
-    return _inputs[records]
+    return _inputs[records, activation]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -192,17 +222,20 @@ def run_connector(args: list[str], stdin: Path | None = None, timeout: float = 9
     return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode, states, stderr)
 
 
-def write_args(url: str, api_type: str, settings: dict, track_events_per_minute: int = 0) -> list[str]:
-    config = {
-        "app_id": "11",
-        "base_url": url,
-        "api": APIS[api_type],
-        "track_events_per_minute": track_events_per_minute,
-        **settings,
-    }
+def write_args(
+    url: str, api_type: str, settings: dict, track_events_per_minute: int = 0, activation: bool = False
+) -> list[str]:
+    """`activation`: mapped in Airbyte's UI (the event object), not by the config."""
+    config = {"app_id": "11", "base_url": url, "track_events_per_minute": track_events_per_minute, **settings}
+    catalog = CATALOG
+    if activation:
+        catalog = WORK / "activation_catalog.json"
+        catalog.write_bytes(orjson.dumps(ACTIVATION_CATALOG))
+    else:
+        config["api"] = APIS[api_type]
     path = WORK / "config.json"
     path.write_bytes(orjson.dumps(config))
-    return ["write", "--config", str(path), "--catalog", str(CATALOG)]
+    return ["write", "--config", str(path), "--catalog", str(catalog)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,16 +282,18 @@ class Benchmark:
         records: int,
         track_events_per_minute: int = 0,
         watch: Callable[[Standin, threading.Event], None] | None = None,
+        activation: bool = False,
     ) -> Row:
         """One connector run of `records` records against a fresh stand-in, `watch` beside it in a thread
-        until the connector exits; checks what arrived, and that every STATE came back."""
+        until the connector exits; checks what arrived, and that every STATE came back. `activation`: the
+        track load mapped in Airbyte's UI instead of by the config."""
         with Standin(latency_ms, track_events_per_minute) as standin:
-            args = write_args(standin.url, api_type, settings, track_events_per_minute)
+            args = write_args(standin.url, api_type, settings, track_events_per_minute, activation)
             stop = threading.Event()
             watcher = threading.Thread(target=watch, args=(standin, stop)) if watch else None
             if watcher:
                 watcher.start()
-            run = run_connector(args, input_file(records))
+            run = run_connector(args, input_file(records, activation))
             stop.set()
             if watcher:
                 watcher.join()
@@ -346,6 +381,8 @@ class Benchmark:
         self.measure_startup()
         for api_type in ("track", "add_user_properties", "add_account_properties"):
             self.load(f"{api_type}, bulk", api_type, BULK, 20, 200_000)
+        ui = self.load("track, bulk, mapped in Airbyte's UI", "track", BULK, 20, 200_000, activation=True)
+        ui.note = "data activation's event object: the track row's load, records renamed by the platform"
         self.load("add_user_properties, bulk", "add_user_properties", BULK, 0, 200_000)
         slow = self.load("add_user_properties, bulk", "add_user_properties", BULK, 100, 200_000)
         slow.note = f"wire bound {self.wire_bound(100):,.0f} records/s"
