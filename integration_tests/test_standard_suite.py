@@ -58,7 +58,6 @@ STANDIN_URL = f"http://127.0.0.1:{STANDIN_PORT}"
 FAILURE_WORDS = {
     "invalid_unreachable": ["Cannot connect", "127.0.0.1:1"],
     "invalid_app_id": ["app_id"],
-    "invalid_missing_api": ["api"],
     "invalid_delete_users_wrong_key": ["api.api_key", "401"],
 }
 
