@@ -48,6 +48,7 @@ class StateLedger(Generic[State]):
         self._waiting: defaultdict[Hashable, deque[tuple[int, int, State, Interval]]] = defaultdict(deque)
         self._arrivals = 0
         self._filling: defaultdict[Hashable, Interval] = defaultdict(Interval)  # stream -> since its last state
+        self._intervals_of: dict[Hashable, Intervals] = {}  # stream -> what its records count toward now
         self._items_of: defaultdict[int, list[Intervals]] = defaultdict(list)  # batch -> each item's intervals
 
     def open_batch(self, stream: Hashable = EVERY_STREAM) -> int:
@@ -60,9 +61,11 @@ class StateLedger(Generic[State]):
     def record_received(self, stream: Hashable = EVERY_STREAM) -> Intervals:
         """A record of `stream` arrived (EVERY_STREAM: a record whose stream is unknown); the intervals it counts
         toward, to pass to record_rejected or record_batched."""
-        intervals = (self._filling[stream],) if stream is EVERY_STREAM else (
-            self._filling[stream], self._filling[EVERY_STREAM]
-        )
+        intervals = self._intervals_of.get(stream)
+        if intervals is None:  # the first record since a state: a record counts toward the two next states
+            filling = self._filling
+            both = (filling[stream],) if stream is EVERY_STREAM else (filling[stream], filling[EVERY_STREAM])
+            intervals = self._intervals_of[stream] = both
         for interval in intervals:
             interval.received += 1
         return intervals
@@ -83,6 +86,10 @@ class StateLedger(Generic[State]):
         last = self._last_opened if stream is EVERY_STREAM else self._last_opened_of.get(stream, 0)
         self._arrivals += 1
         self._waiting[stream].append((last, self._arrivals, state, self._filling.pop(stream, Interval())))
+        if stream is EVERY_STREAM:  # every stream's records now count toward the next such state
+            self._intervals_of.clear()
+        else:
+            self._intervals_of.pop(stream, None)
 
     def acknowledged(self, batch: int, refused: Iterable[int] = ()) -> None:
         """Heap holds every record of this batch but those at the positions `refused`, which it refused."""

@@ -176,3 +176,15 @@ def test_the_next_interval_starts_empty():
         "users-1": {"recordCount": 0.0, "rejectedRecordCount": 1.0},
         "users-2": {"recordCount": 0.0, "rejectedRecordCount": 0.0},
     }
+
+
+def test_a_state_for_every_stream_starts_every_streams_next_interval_but_not_a_streams_own():
+    ledger = StateLedger()
+    ledger.record_rejected(ledger.record_received("users"))
+    ledger.state_received("global-1")
+    ledger.record_rejected(ledger.record_received("users"))
+    ledger.state_received("users-1", "users")
+    ledger.state_received("global-2")
+    assert {state: figures["rejectedRecordCount"] for state, figures in stats(ledger).items()} == {
+        "global-1": 1.0, "users-1": 2.0, "global-2": 1.0
+    }
