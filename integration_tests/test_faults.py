@@ -46,11 +46,11 @@ def assert_succeeded(result, messages: list[dict]) -> None:
 
 
 def test_429_with_retry_after_is_retried_no_sooner_than_heap_asks(heap):
-    """Retry-After 0.8 s on a first attempt, whose own backoff would be at most 0.5 s: the retry must wait for
-    Heap's 0.8 s."""
+    """Retry-After 2 s on a first attempt, whose own backoff would be at most 0.5 s: the retry must wait for
+    Heap's 2 s."""
     rows = people(30)
     messages = interleave(rows, every=10)
-    heap.inject(Fault(status=429, retry_after=0.8))
+    heap.inject(Fault(status=429, retry_after=2.0))
     moments: dict[str, float] = {}
     watch(lambda: heap.stats()["faults_served"] >= 1, lambda: moments.setdefault("throttled", time.monotonic()))
     watch(lambda: heap.stats()["events_stored"] > 0, lambda: moments.setdefault("accepted", time.monotonic()))
@@ -61,7 +61,9 @@ def test_429_with_retry_after_is_retried_no_sooner_than_heap_asks(heap):
     assert_every_event_once(heap, rows)
     assert heap.stats()["by_status"] == {"429": 1, "200": 1}
     assert (result.summary["throttled"], result.summary["retries"]) == (1, 1)
-    assert moments["accepted"] - moments["throttled"] >= 0.7, moments
+    # A lower bound, which a loaded machine only makes easier to meet; the margin is for the watching threads,
+    # which may note the 429 a little late.
+    assert moments["accepted"] - moments["throttled"] >= 1.5, moments
 
 
 @pytest.mark.parametrize(
@@ -107,7 +109,7 @@ def test_server_errors_on_user_properties_in_single_mode_are_retried(heap):
 def test_a_request_that_hangs_past_the_timeout_is_abandoned_and_retried(heap):
     rows = people(30)
     messages = interleave(rows, every=10)
-    heap.inject(Fault(hang_seconds=4))
+    heap.inject(Fault(hang_seconds=20))
     moments: dict[str, float] = {}
     watch(lambda: heap.stats()["faults_served"] >= 1, lambda: moments.setdefault("hung", time.monotonic()))
     watch(lambda: heap.stats()["events_stored"] > 0, lambda: moments.setdefault("accepted", time.monotonic()))
@@ -116,8 +118,9 @@ def test_a_request_that_hangs_past_the_timeout_is_abandoned_and_retried(heap):
     assert_succeeded(result, messages)
     assert_every_event_once(heap, rows)
     assert result.summary["retries"] == 1
-    # Timed out after 1 s (+ at most 0.5 s backoff), not after the 4 s the server kept silent.
-    assert 0.9 <= moments["accepted"] - moments["hung"] < 3.0, moments
+    # A deadline is the behaviour: timed out after 1 s (+ at most 0.5 s backoff), not after the 20 s the server
+    # keeps silent; 10 s leaves a loaded machine room.
+    assert moments["accepted"] - moments["hung"] < 10, moments
 
 
 def test_an_answer_lost_after_heap_stored_the_events_is_retried_without_doubling_them(heap):
