@@ -203,27 +203,34 @@ def trickle(handler: _Handler, path: str, raw: bytes) -> None:
 def test_an_answer_trickling_in_is_bounded_by_the_request_timeout():
     with Server(trickle) as server:
         cfg = config(server.url, TRACK_API, request_timeout_seconds=3, max_retries=1)
-        result = run_connector("write", cfg, catalog(), interleave(people(5), every=5), timeout=60)
+        result = run_connector("write", cfg, catalog(), interleave(people(5), every=5), timeout=120)
     message = assert_failed(result, "transient_error")
     assert "timed out" in message and "2 attempts" in message
-    assert result.duration < 15, f"two attempts of at most 3 s took {result.duration:.0f} s"
-
-
-def endless_200(handler: _Handler, path: str, raw: bytes) -> None:
-    handler.send_response(200)
-    handler.send_header("Content-Length", str(800 * 1024 * 1024))
-    handler.end_headers()
-    chunk = b"{" * (1 << 20)
-    for _ in range(800):
-        handler.wfile.write(chunk)
+    # A deadline is the behaviour: two attempts cut at 3 s each, where one answer trickling to its end takes
+    # 90 s; 45 s leaves start-up on a loaded machine room.
+    assert result.duration < 45, f"two attempts of at most 3 s took {result.duration:.0f} s"
 
 
 def test_an_800_mb_answer_is_not_read_whole_and_is_not_an_acknowledgement():
+    megabytes_sent: list[int] = []
+
+    def endless_200(handler: _Handler, path: str, raw: bytes) -> None:
+        """200 with an 800 MB web page: a wrong base_url's answer, no acknowledgement."""
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(800 * 1024 * 1024 + 6))
+        handler.end_headers()
+        handler.wfile.write(b"<html>")
+        chunk = b" " * (1 << 20)
+        for _ in range(800):
+            handler.wfile.write(chunk)  # fails once the connector has hung up and the socket buffers are full
+            megabytes_sent.append(1)
+
     with Server(endless_200) as server:
         result = run_connector("write", config(server.url, TRACK_API), catalog(), interleave(people(5), every=5))
     message = assert_failed(result)
     assert "base_url" in message and "not Heap's acknowledgement" in message
-    assert result.duration < 20
+    # The connector reads 64 kB of an answer; what else the server got out is what the socket buffers took.
+    assert len(megabytes_sent) < 64, f"the connector read {len(megabytes_sent)} MB of the answer"
 
 
 # ------------------------------------------------------------------------------------------------------------
