@@ -63,7 +63,13 @@ class Pacer:
 
     @classmethod
     def for_api(
-        cls, api_type: str, bulk: bool, track_events_per_minute: int, batch_size: int, sleep: Callable[[float], object]
+        cls,
+        api_type: str,
+        bulk: bool,
+        track_events_per_minute: int,
+        batch_size: int,
+        sleep: Callable[[float], object],
+        clock: Callable[[], float] = time.monotonic,
     ) -> Pacer | None:
         """The pacer Heap's limits call for, or None where Heap publishes no limit or pacing is off (0).
         `sleep` waits; a sync that is stopping passes one that returns early (an Event's wait)."""
@@ -71,10 +77,11 @@ class Pacer:
             return None
         if api_type == "track" and bulk:
             per_identity = BULK_TRACK_EVENTS_PER_MINUTE_PER_IDENTITY
-            return cls(track_events_per_minute / 60, per_identity / 60, batch_size, per_identity / 4, sleep=sleep)
+            rates = (track_events_per_minute / 60, per_identity / 60, batch_size, per_identity / 4)
+            return cls(*rates, clock=clock, sleep=sleep)
         if api_type in ("track", "add_user_properties") and not bulk:
             per_identity = SINGLE_REQUESTS_PER_30S_PER_IDENTITY
-            return cls(0, per_identity / 30, 0, per_identity, sleep=sleep)
+            return cls(0, per_identity / 30, 0, per_identity, clock=clock, sleep=sleep)
         return None
 
     def wait_for(self, identities: Iterable[str | None]) -> float:

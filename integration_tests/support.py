@@ -479,7 +479,7 @@ def run_connector(
     stdin: bytes | str | None = None,
     stdin_file: Path | None = None,
     stdin_offset: int = 0,
-    pauses: dict[int, float] | None = None,
+    pauses: dict[int, float | Callable[[], object]] | None = None,
     on_message: Callable[[dict], None] | None = None,
     on_start: Callable[[subprocess.Popen], None] | None = None,
     env: dict[str, str] | None = None,
@@ -494,7 +494,9 @@ def run_connector(
     Input: `messages`, one JSON line each, fed through a pipe; or, instead, `stdin_lines` (text lines, through
     the pipe), `stdin` (raw bytes or text, written to a file the connector reads) or `stdin_file` (read from
     `stdin_offset` on). With one of those, `messages` only says what the input holds, for the leak check.
-    `pauses` maps a piped line's index to seconds to wait after writing it (to let the connector catch up there).
+    `pauses` maps a piped line's index to what the source does after writing it: wait that many seconds (a
+    stalled or trickling source), or call a function that returns once the test's event happened (the source
+    stays quiet until then: a wait on an Event, with a generous bound).
     `config` is a dict (written as JSON) or text (written as it is: a broken config file).
 
     Each stdout line is parsed (and must be an Airbyte message, else the test fails) as it arrives; `on_message`
@@ -588,7 +590,7 @@ class _Run:
         self,
         process: subprocess.Popen,
         lines: list[str],
-        pauses: dict[int, float] | None,
+        pauses: dict[int, float | Callable[[], object]] | None,
         on_message: Callable[[dict], None] | None,
         strict: bool,
         timeout: float,
@@ -623,11 +625,18 @@ class _Run:
             for index, line in enumerate(self._lines):
                 stdin.write(line.encode() + b"\n")
                 stdin.flush()  # line by line, as a source writes
-                if self._pauses and index in self._pauses and self._exited.wait(self._pauses[index]):
+                if self._pauses and index in self._pauses and self._pause(self._pauses[index]):
                     break
             stdin.close()
         except (BrokenPipeError, OSError, ValueError):
             pass  # the connector stopped reading (it failed, or was terminated): that is its right
+
+    def _pause(self, pause: float | Callable[[], object]) -> bool:
+        """The source's pause after a line; True when the run ended meanwhile."""
+        if callable(pause):
+            pause()
+            return self._exited.is_set()
+        return self._exited.wait(pause)
 
     def _read(self) -> None:
         try:

@@ -139,14 +139,30 @@ def test_ten_rounds_of_the_same_users_end_on_the_last_version_in_heaps_arrival_o
 
 
 def test_account_properties_keep_each_accounts_order():
+    """5 rounds of 300 accounts in batches of 100; Heap takes a second over the first batch (round 0 of
+    accounts 0-99), so round 1 of the same accounts, three batches later, would overtake it if it did not
+    wait. In the order Heap received them, every account's versions arrive as 0, 1, 2, 3, 4."""
     rows = [{"account": f"secret-account-{a}", "version": r} for r in range(5) for a in range(300)]
     api = {"api_type": "add_account_properties", "account_id_column": "account", "property_columns": "version"}
+    slowed = threading.Event()
+
+    def slow_first_batch(item: dict) -> None:
+        if item["account_id"] == "secret-account-0" and not slowed.is_set():
+            slowed.set()
+            time.sleep(1.0)  # accepted, but late
+        return None
+
     with HeapStandin(latency_ms=10) as heap:
+        heap.reject_when(slow_first_batch)
         result = run_connector("write", config(heap, api, batch_size=100), catalog(), interleave(rows, every=500))
         assert result.returncode == 0, result.describe()
-        last = {account["account_id"]: account["properties"]["version"] for account in heap.accounts}
-    assert set(last.values()) == {4} and len(last) == 300
-    reliability.record("updates_kept_in_order", len(rows))
+        versions: dict[str, list[int]] = {}
+        for account in heap.accounts:  # in arrival order
+            versions.setdefault(account["account_id"], []).append(account["properties"]["version"])
+    assert slowed.is_set() and len(versions) == 300
+    out_of_order = [account for account, seen in versions.items() if seen != list(range(5))]
+    assert out_of_order == [], f"{len(out_of_order)} accounts' updates arrived out of order"
+    reliability.record("updates_kept_in_order", sum(len(seen) for seen in versions.values()))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -203,27 +219,34 @@ def trickle(handler: _Handler, path: str, raw: bytes) -> None:
 def test_an_answer_trickling_in_is_bounded_by_the_request_timeout():
     with Server(trickle) as server:
         cfg = config(server.url, TRACK_API, request_timeout_seconds=3, max_retries=1)
-        result = run_connector("write", cfg, catalog(), interleave(people(5), every=5), timeout=60)
+        result = run_connector("write", cfg, catalog(), interleave(people(5), every=5), timeout=120)
     message = assert_failed(result, "transient_error")
     assert "timed out" in message and "2 attempts" in message
-    assert result.duration < 15, f"two attempts of at most 3 s took {result.duration:.0f} s"
-
-
-def endless_200(handler: _Handler, path: str, raw: bytes) -> None:
-    handler.send_response(200)
-    handler.send_header("Content-Length", str(800 * 1024 * 1024))
-    handler.end_headers()
-    chunk = b"{" * (1 << 20)
-    for _ in range(800):
-        handler.wfile.write(chunk)
+    # A deadline is the behaviour: two attempts cut at 3 s each, where one answer trickling to its end takes
+    # 90 s; 45 s leaves start-up on a loaded machine room.
+    assert result.duration < 45, f"two attempts of at most 3 s took {result.duration:.0f} s"
 
 
 def test_an_800_mb_answer_is_not_read_whole_and_is_not_an_acknowledgement():
+    megabytes_sent: list[int] = []
+
+    def endless_200(handler: _Handler, path: str, raw: bytes) -> None:
+        """200 with an 800 MB web page: a wrong base_url's answer, no acknowledgement."""
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(800 * 1024 * 1024 + 6))
+        handler.end_headers()
+        handler.wfile.write(b"<html>")
+        chunk = b" " * (1 << 20)
+        for _ in range(800):
+            handler.wfile.write(chunk)  # fails once the connector has hung up and the socket buffers are full
+            megabytes_sent.append(1)
+
     with Server(endless_200) as server:
         result = run_connector("write", config(server.url, TRACK_API), catalog(), interleave(people(5), every=5))
     message = assert_failed(result)
     assert "base_url" in message and "not Heap's acknowledgement" in message
-    assert result.duration < 20
+    # The connector reads 64 kB of an answer; what else the server got out is what the socket buffers took.
+    assert len(megabytes_sent) < 64, f"the connector read {len(megabytes_sent)} MB of the answer"
 
 
 # ------------------------------------------------------------------------------------------------------------

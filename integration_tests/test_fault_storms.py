@@ -151,7 +151,6 @@ def test_storm_loses_nothing_doubles_nothing(storm: str, standin: HeapStandin, t
     assert standin.stats()["faults_served"] == len(faults), "not every injected fault was met"
     served = standin.faults_served
     assert served == Counter(fault.kind for _, fault in faults), served
-    assert result.duration < 60, f"the storm took {result.duration:.0f} s"
     summary = result.summary_line
     retries = re.search(r"\((\d+) retries", summary)
     assert retries and int(retries[1]) > 0, f"the connector reports no retries after a storm: {summary}"
@@ -189,7 +188,6 @@ def test_server_gone_for_two_seconds_then_back(with_faults: bool, standin: HeapS
     assert outage.get("to"), "the outage never happened"
     assert result.returncode == 0, result.describe()
     assert result.cursors()[-1] == RECORDS - 1
-    assert result.duration < 90, f"took {result.duration:.0f} s"
     if with_faults:
         assert standin.stats()["faults_served"] == len(faults), "not every injected fault was met"
     assert_loaded_once(standin, set(range(RECORDS)))
@@ -200,7 +198,7 @@ def test_server_gone_for_two_seconds_then_back(with_faults: bool, standin: HeapS
 
 
 def test_retry_after_is_honoured(standin: HeapStandin, tmp_path: Path) -> None:
-    """With one sender, the retry after a 429 carrying Retry-After: 1.5 comes no sooner than 1.5 s later."""
+    """With one sender, the retry after a 429 carrying Retry-After: 3 comes no sooner than 3 s later."""
     first_accepted: list[float] = []
     answered: list[float] = []
 
@@ -210,7 +208,7 @@ def test_retry_after_is_honoured(standin: HeapStandin, tmp_path: Path) -> None:
         return None
 
     standin.reject_when(note)
-    standin.inject(Fault(status=429, retry_after=1.5))
+    standin.inject(Fault(status=429, retry_after=3.0))
 
     def watch_429(process: subprocess.Popen) -> None:
         if when(lambda: standin.stats()["faults_served"] >= 1, process):
@@ -221,7 +219,9 @@ def test_retry_after_is_honoured(standin: HeapStandin, tmp_path: Path) -> None:
     assert result.returncode == 0, result.describe()
     assert answered and first_accepted
     waited = first_accepted[0] - answered[0]
-    assert waited >= 1.4, f"retried {waited:.2f} s after a 429 that asked for 1.5 s"
+    # A lower bound, which a loaded machine only makes easier to meet; the margin is for the watching thread,
+    # which may note the 429 a little late.
+    assert waited >= 2.5, f"retried {waited:.2f} s after a 429 that asked for 3 s"
     assert_loaded_once(standin, set(range(200)))
     assert record_faults_served(standin) == {"429_retry_after": 1}
 
@@ -253,7 +253,9 @@ def test_retries_exhausted_fail_clearly_and_resume_completes(kind: str, standin:
 
     result = run_write(tmp_path, config, _messages(rows), during=break_heap, timeout=90)
     assert result.returncode != 0, result.describe()
-    assert result.duration < 45, f"giving up took {result.duration:.0f} s"
+    # Gave up after its retries: each of the 2 senders' requests tried at most 1 + max_retries times (a server
+    # gone for good counts no attempts; the run's timeout bounds that case).
+    assert sum(standin.faults_served.values()) <= 2 * (1 + 2), standin.faults_served
     assert result.errors, f"no TRACE error\n{result.describe()}"
     error = result.errors[-1]
     assert error["failure_type"] == "transient_error", result.describe()

@@ -6,6 +6,7 @@ loudly (non-zero exit, TRACE) with no STATE emitted past what Heap holds.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -45,11 +46,11 @@ def assert_succeeded(result, messages: list[dict]) -> None:
 
 
 def test_429_with_retry_after_is_retried_no_sooner_than_heap_asks(heap):
-    """Retry-After 0.8 s on a first attempt, whose own backoff would be at most 0.5 s: the retry must wait for
-    Heap's 0.8 s."""
+    """Retry-After 2 s on a first attempt, whose own backoff would be at most 0.5 s: the retry must wait for
+    Heap's 2 s."""
     rows = people(30)
     messages = interleave(rows, every=10)
-    heap.inject(Fault(status=429, retry_after=0.8))
+    heap.inject(Fault(status=429, retry_after=2.0))
     moments: dict[str, float] = {}
     watch(lambda: heap.stats()["faults_served"] >= 1, lambda: moments.setdefault("throttled", time.monotonic()))
     watch(lambda: heap.stats()["events_stored"] > 0, lambda: moments.setdefault("accepted", time.monotonic()))
@@ -60,7 +61,9 @@ def test_429_with_retry_after_is_retried_no_sooner_than_heap_asks(heap):
     assert_every_event_once(heap, rows)
     assert heap.stats()["by_status"] == {"429": 1, "200": 1}
     assert (result.summary["throttled"], result.summary["retries"]) == (1, 1)
-    assert moments["accepted"] - moments["throttled"] >= 0.7, moments
+    # A lower bound, which a loaded machine only makes easier to meet; the margin is for the watching threads,
+    # which may note the 429 a little late.
+    assert moments["accepted"] - moments["throttled"] >= 1.5, moments
 
 
 @pytest.mark.parametrize(
@@ -106,7 +109,7 @@ def test_server_errors_on_user_properties_in_single_mode_are_retried(heap):
 def test_a_request_that_hangs_past_the_timeout_is_abandoned_and_retried(heap):
     rows = people(30)
     messages = interleave(rows, every=10)
-    heap.inject(Fault(hang_seconds=4))
+    heap.inject(Fault(hang_seconds=20))
     moments: dict[str, float] = {}
     watch(lambda: heap.stats()["faults_served"] >= 1, lambda: moments.setdefault("hung", time.monotonic()))
     watch(lambda: heap.stats()["events_stored"] > 0, lambda: moments.setdefault("accepted", time.monotonic()))
@@ -115,8 +118,9 @@ def test_a_request_that_hangs_past_the_timeout_is_abandoned_and_retried(heap):
     assert_succeeded(result, messages)
     assert_every_event_once(heap, rows)
     assert result.summary["retries"] == 1
-    # Timed out after 1 s (+ at most 0.5 s backoff), not after the 4 s the server kept silent.
-    assert 0.9 <= moments["accepted"] - moments["hung"] < 3.0, moments
+    # A deadline is the behaviour: timed out after 1 s (+ at most 0.5 s backoff), not after the 20 s the server
+    # keeps silent; 10 s leaves a loaded machine room.
+    assert moments["accepted"] - moments["hung"] < 10, moments
 
 
 def test_an_answer_lost_after_heap_stored_the_events_is_retried_without_doubling_them(heap):
@@ -249,20 +253,25 @@ def test_sigterm_mid_load_keeps_states_safe_and_exits_non_zero(heap):
 
 
 def test_sigterm_while_waiting_for_a_slow_source_exits_promptly_with_acknowledged_states_out(heap):
-    """The source stalls after STATE 5; once Heap holds those 50 records the platform cancels the sync. The
-    connector must stop within seconds, with STATE 1..5 out (none of them held back) and a transient TRACE."""
+    """The source stalls after STATE 5 for two minutes; once the connector has sent STATE 5 back (all 50
+    records in Heap), the platform cancels the sync. The connector must stop long before the source would
+    speak again, with STATE 1..5 out, no other, and a transient TRACE."""
     rows = people(100)
     messages = interleave(rows, every=10)
     stall_after = [i for i, m in enumerate(messages) if m["type"] == "STATE"][4]
     watcher = StateWatcher(heap, "track", lambda d: d["email"])
+    five_states = threading.Event()
     signalled: dict[str, float] = {}
 
+    def on_message(message: dict) -> None:
+        watcher.on_message(message)
+        if len(watcher.snapshots) == 5:
+            five_states.set()
+
     def terminate_during_the_stall(process) -> None:
-        def fire() -> None:
+        if five_states.wait(60):
             signalled["at"] = time.monotonic()
             send_sigterm(process)
-
-        watch(lambda: heap.stats()["events_stored"] >= 50, lambda: (time.sleep(0.5), fire()))
 
     cfg = config(heap, TRACK_API, batch_size=10)
     result = run_connector(
@@ -270,13 +279,16 @@ def test_sigterm_while_waiting_for_a_slow_source_exits_promptly_with_acknowledge
         cfg,
         catalog(),
         messages,
-        on_message=watcher.on_message,
+        on_message=on_message,
         on_start=terminate_during_the_stall,
-        pauses={stall_after: 20},
-        timeout=30,
+        pauses={stall_after: 120},
+        timeout=180,
     )
+    assert signalled, f"STATE 5 never came out during the stall\n{result.describe()}"
     assert result.returncode != 0, result.describe()
-    assert result.ended_at - signalled["at"] < 5, "the connector did not stop promptly on SIGTERM"
+    # The deadline is the behaviour: the connector gives requests in flight up to 10 s (none are left here),
+    # while one that waits for its blocked read to return would sit out the source's 120 s stall.
+    assert result.ended_at - signalled["at"] < 30, "the connector did not stop promptly on SIGTERM"
     assert [e["failure_type"] for e in result.errors] == ["transient_error"], result.describe()
     assert result.states == states_of(messages)[:5]
     watcher.assert_safe(messages)

@@ -179,7 +179,9 @@ def test_two_track_streams_share_one_budget_against_heaps_limit():
 def test_kill_and_resume_with_two_streams_interleaved_loses_and_doubles_nothing():
     """SIGKILL once a seeded-random share of what is left has reached Heap (progress, not time, so the kill lands
     mid-load on a fast machine and a slow one alike); each run resumes every stream from its own last emitted
-    state, as the platform does; at the end every event is in Heap exactly once."""
+    state, as the platform does; at the end every event is in Heap exactly once, and nothing was SENT twice
+    beyond what a kill explains (a resumed run replays the records after its stream's last state) or a lost
+    acknowledgement."""
     counts = {"clicks": 4000, "views": 3000}
     every = {"clicks": 200, "views": 150}
     tracked = dict(ORDERS, property_columns="order_id")
@@ -188,8 +190,9 @@ def test_kill_and_resume_with_two_streams_interleaved_loses_and_doubles_nothing(
     with HeapStandin(latency_ms=10) as heap:
         config = stream_config(heap, dict(entries), batch_size=100)
         resume: dict[str, int] = {}
-        kills = 0
+        kills = replays = 0
         for run in range(12):
+            replays += _held_from(heap, resume)  # this run sends them again: they come after the last states
             messages = interleaved(counts, every, start=resume)
             held = len(heap.events)
             target = held + int((sum(counts.values()) - held) * generator.uniform(0.1, 0.6))
@@ -220,7 +223,21 @@ def test_kill_and_resume_with_two_streams_interleaved_loses_and_doubles_nothing(
         expected = {f"{name}-{i}" for name, count in counts.items() for i in range(count)}
         assert set(order_ids) == expected, f"{len(expected - set(order_ids))} lost"
         assert len(order_ids) == len(set(order_ids)), "an event is held twice"
+        sent_twice, unconfirmed = heap.sent_twice, heap.unconfirmed
+        assert sent_twice <= replays + unconfirmed, (
+            f"{sent_twice} events were sent twice, but only {replays} were replayed after a kill and "
+            f"{unconfirmed} lost their acknowledgement"
+        )
         reliability.record("kill_points_survived", kills)
         reliability.record("kill_points_sigkill", kills)
         reliability.record("records_lost", 0)
         reliability.record("records_held_twice", 0)
+        reliability.record("records_sent_twice", sent_twice)
+        reliability.record("records_sent_twice_unexplained", 0)
+        reliability.record("acknowledgements_lost", unconfirmed)
+
+
+def _held_from(heap: HeapStandin, resume: dict[str, int]) -> int:
+    """Events the stand-in holds at or past each stream's resume point: a resumed run sends them again."""
+    held = (event["properties"]["order_id"].rsplit("-", 1) for event in heap.events)
+    return sum(1 for stream, i in held if int(i) >= resume.get(stream, 0))

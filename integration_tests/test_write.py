@@ -140,10 +140,10 @@ def test_sample_records_arrive_mapped_exactly_with_states_in_order(heap, api_typ
 
 
 def test_states_wait_for_every_earlier_batch_even_when_later_batches_finish_first(heap):
-    """Heap takes 1.5 s over batch 2 (records 21-40, holding record 30, the last before STATE 1) while batch 1
-    and later batches are acknowledged at once, and the input pauses after STATE 2 so the connector sees
-    batch 1 acknowledged first. STATE 1 must still wait for batch 2; every STATE for every record before it;
-    states keep their input order."""
+    """Heap takes 2.5 s over batch 2 (records 21-40, holding record 30, the last before STATE 1) while batch 1
+    and later batches are acknowledged at once; the source goes quiet after the record before STATE 2 until
+    batch 2 is in Heap, so the connector, idle, sees batches 1 and 3 acknowledged first. STATE 1 must still wait
+    for batch 2; every STATE for every record before it; states keep their input order."""
     rows = people(400)
     slow_identity = rows[29]["email"]
     slowed = threading.Event()
@@ -151,8 +151,13 @@ def test_states_wait_for_every_earlier_batch_even_when_later_batches_finish_firs
     def slow_once(item: dict) -> None:
         if item["identity"] == slow_identity and not slowed.is_set():
             slowed.set()
-            time.sleep(1.5)  # accepted, but late
+            time.sleep(2.5)  # accepted, but late
         return None
+
+    def quiet_until_batch_2_is_in_heap() -> None:
+        deadline = time.monotonic() + 60  # only a stuck batch 2 takes this long: it answers after 2.5 s
+        while time.monotonic() < deadline and slow_identity not in {event["identity"] for event in heap.events}:
+            time.sleep(0.01)
 
     heap.reject_when(slow_once)
     messages = interleave(rows, every=30)
@@ -160,11 +165,19 @@ def test_states_wait_for_every_earlier_batch_even_when_later_batches_finish_firs
     cfg = config(heap, TRACK_API, batch_size=20, max_concurrent_requests=4)
     watcher = StateWatcher(heap, "track", lambda d: d["email"])
     result = run_connector(
-        "write", cfg, catalog(), messages, on_message=watcher.on_message, pauses={state_2_line - 1: 0.4}
+        "write",
+        cfg,
+        catalog(),
+        messages,
+        on_message=watcher.on_message,
+        pauses={state_2_line - 1: quiet_until_batch_2_is_in_heap},
     )
 
     assert result.returncode == 0, result.describe()
     assert slowed.is_set()
+    # Observed, not assumed: batches 1 and 3 reached Heap before batch 2 did.
+    arrival = {event["identity"]: position for position, event in enumerate(heap.events)}
+    assert arrival[rows[19]["email"]] < arrival[slow_identity] and arrival[rows[59]["email"]] < arrival[slow_identity]
     assert result.states == states_of(messages)
     watcher.assert_safe(messages)
     assert sorted(e["identity"] for e in heap.events) == sorted(r["email"] for r in rows)

@@ -195,15 +195,25 @@ def test_order_holds_through_the_halving_of_a_refused_request():
 
 
 def test_batches_without_shared_keys_run_in_parallel():
-    """Track batches carry no keys: 8 of them, each taking 0.2 s, finish together, not one after another."""
-    client = FakeClient(delay=lambda: 0.2)
+    """Track batches carry no keys: 8 of them are in Heap's hands at once. Each request waits until all 8 have
+    arrived; one at a time, the first would wait in vain (30 s: only for a sender that serialises them)."""
+    all_in_flight = threading.Barrier(8)
+    met: list[bool] = []
+
+    def answer(items):
+        try:
+            all_in_flight.wait(timeout=30)
+            met.append(True)
+        except threading.BrokenBarrierError:
+            met.append(False)
+
+    client = FakeClient(answer)
     batches = []
     for number in range(1, 9):
         body = orjson.dumps({"identity": f"u{number}", "event": "e"})
         batches.append(Batch(number, None, [body], [f"u{number}"], [], len(body)))
-    started = time.monotonic()
     run_batches(sender_for(TRACK_API, client, max_concurrent_requests=8), batches)
-    assert time.monotonic() - started < 0.8
+    assert met == [True] * 8, "the 8 batches were not all in flight at once"
 
 
 def test_a_batch_whose_predecessor_failed_is_not_sent():

@@ -434,8 +434,7 @@ def test_latency_and_max_in_flight(heap):
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.monotonic() - started
-    assert 0.15 <= elapsed < 1.0
+    assert time.monotonic() - started >= 0.15  # a lower bound: a loaded machine only adds to it
     assert heap.stats()["max_in_flight"] >= 2
     assert heap.stats()["events_stored"] == 4
 
@@ -654,7 +653,7 @@ TOKEN = "/api/public/v0/auth_token"
 
 
 def test_deletion_needs_a_token_that_expires():
-    with HeapStandin(api_key="k3y", token_ttl_seconds=0.3) as heap:
+    with HeapStandin(api_key="k3y") as heap:
         assert requests.post(heap.url + TOKEN, auth=("11", "wrong"), timeout=5).status_code == 401
         assert requests.post(heap.url + TOKEN, auth=("app", "k3y"), timeout=5).status_code == 401
         token = requests.post(heap.url + TOKEN, auth=("11", "k3y"), timeout=5).json()["access_token"]
@@ -667,8 +666,11 @@ def test_deletion_needs_a_token_that_expires():
                               timeout=5)
         assert status.status_code == 200
         assert heap.deleted_users == users["users"]
-        time.sleep(0.35)
+    with HeapStandin(api_key="k3y", token_ttl_seconds=0) as heap:  # a token expired as soon as it is issued
+        token = requests.post(heap.url + TOKEN, auth=("11", "k3y"), timeout=5).json()["access_token"]
+        bearer = {"Authorization": f"Bearer {token}"}
         assert requests.post(heap.url + DELETION, json=users, headers=bearer, timeout=5).status_code == 401
+        assert heap.deleted_users == []
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,13 @@
 
 import pytest
 
+from destination_heap_analytics.config import parse_config
 from destination_heap_analytics.pacing import Pacer
+
+# Heap's published limits (docs/heap-api.md), written out here so that a changed limit in the code shows
+HEAP_BULK_TRACK_EVENTS_PER_MINUTE = 15_000  # per environment
+HEAP_BULK_TRACK_EVENTS_PER_MINUTE_PER_IDENTITY = 1_000
+HEAP_SINGLE_REQUESTS_PER_30S_PER_IDENTITY = 30
 
 
 class FakeClock:
@@ -22,14 +28,45 @@ def pacer(clock: FakeClock, **kwargs) -> Pacer:
     return Pacer(**settings, clock=clock, sleep=clock.sleep)
 
 
-def test_bulk_track_sustains_the_configured_rate_and_no_more():
+def default_pacer(clock: FakeClock, bulk: bool = True, batch_size: int = 1000) -> Pacer:
+    """The track pacer a sync builds from a config that leaves track_events_per_minute at its default."""
+    config = parse_config({"app_id": "11", "api": {"api_type": "track", "identity_column": "u", "event_name": "e"}})
+    paced = Pacer.for_api("track", bulk, config.track_events_per_minute, batch_size, clock.sleep, clock)
+    assert paced is not None
+    return paced
+
+
+def test_bulk_track_by_default_sustains_heaps_published_rate_and_no_more():
     clock = FakeClock()
-    paced = pacer(clock)
+    paced = default_pacer(clock)
     start = clock.now
     for _ in range(31):
         paced.wait_for([f"user-{i}" for i in range(1000)])
-    # the first batch goes at once (burst), then one batch per 4 s at 250 events/s
-    assert clock.now - start == pytest.approx(120.0)
+    # the first batch goes at once (burst), then the other 30,000 events at Heap's rate
+    assert clock.now - start == pytest.approx(30_000 / (HEAP_BULK_TRACK_EVENTS_PER_MINUTE / 60))
+
+
+def test_bulk_track_holds_one_identity_to_heaps_per_identity_rate():
+    """1,250 events of one identity in batches of 50: a quarter of a minute's allowance at once, then the
+    other 1,000 at Heap's per-identity rate; the per-environment rate would let them through in 5 s."""
+    clock = FakeClock()
+    paced = default_pacer(clock, batch_size=50)
+    for _ in range(25):
+        paced.wait_for(["busy"] * 50)
+    assert clock.now - 1000.0 == pytest.approx(1000 / (HEAP_BULK_TRACK_EVENTS_PER_MINUTE_PER_IDENTITY / 60))
+
+
+def test_single_requests_hold_one_identity_to_heaps_rate():
+    """90 single requests of one identity: 30 at once, then one a second (30 per 30 s); another identity is
+    not held back."""
+    clock = FakeClock()
+    paced = default_pacer(clock, bulk=False, batch_size=1)
+    for _ in range(90):
+        paced.wait_for(["busy"])
+    assert clock.now - 1000.0 == pytest.approx(60 / (HEAP_SINGLE_REQUESTS_PER_30S_PER_IDENTITY / 30))
+    before = clock.now
+    paced.wait_for(["other"])
+    assert clock.now == before
 
 
 def test_a_batch_never_leaves_before_the_bucket_has_room():
