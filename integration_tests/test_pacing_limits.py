@@ -2,8 +2,10 @@
 limit/60 a second, answering 429 with Retry-After when a request does not fit), with small limits so each test
 runs in about 20 s.
 
-- Configured pace equal to the stand-in's limit: not one 429, and the rate the stand-in observed (admitted events
-  after the first request, over the time from the first to the last) stays within the limit.
+- Configured pace equal to the stand-in's limit, with another sender of the same environment spending most of the
+  allowance as the sync begins (so a connector any faster than the limit overflows it within seconds): not one
+  429, and the rate the stand-in observed (the connector's admitted events after its first request, over the
+  time from the first to the last) stays within the limit.
 - The stand-in's limit LOWER than the configured pace: the connector meets 429s, slows down (the requests it
   sends after the first 429, admitted or not, are spaced further apart than before it) and still loads every
   record exactly once.
@@ -19,11 +21,14 @@ import re
 from pathlib import Path
 from statistics import mean
 
+import requests
+
 from heap_standin import HeapStandin
 from integration_tests.adversarial import STREAM, assert_loaded_once, event_config, events_catalog, lines, state_message
-from integration_tests.support import Result, record, run_connector
+from integration_tests.support import APP_ID, Result, record, run_connector, watch
 
 BATCH = 20
+OTHER_SENDER = 200  # events another sender of the environment posts in one request as the sync begins
 HELD_BACK = re.compile(r", (\d+(?:\.\d+)?) s held back by pacing")
 ELAPSED = re.compile(r", (\d+(?:\.\d+)?) s, \d+ records/s$")
 
@@ -63,14 +68,38 @@ def _held_back_within_elapsed(result: Result) -> float:
 
 
 def _track_admissions(heap: HeapStandin) -> list[tuple[float, int, bool]]:
-    return [(at, items, throttled) for at, kind, items, throttled in heap.admissions if kind == "track"]
+    """The connector's bulk track requests as the stand-in's rate limits saw them (the other sender's left out)."""
+    return [
+        (at, items, throttled)
+        for at, kind, items, throttled in heap.admissions
+        if kind == "track" and items != OTHER_SENDER
+    ]
+
+
+def _another_sender_spends_the_allowance(heap: HeapStandin, first_index: int) -> list[int]:
+    """Once the connector's first batch is in, another sender posts OTHER_SENDER events to the same environment
+    (their `i` from `first_index` on); returns the status it got, once it got one."""
+    events = [{"identity": "other-sender", "event": "Other", "properties": {"i": first_index + k}}
+              for k in range(OTHER_SENDER)]
+    answered: list[int] = []
+
+    def post() -> None:
+        answer = requests.post(f"{heap.url}/api/track", json={"app_id": APP_ID, "events": events}, timeout=30)
+        answered.append(answer.status_code)
+
+    watch(lambda: heap.stats()["events_stored"] > 0, post)
+    return answered
 
 
 def test_pace_equal_to_the_enforced_limit_meets_no_429_and_stays_within_it(tmp_path: Path) -> None:
-    limit, total = 1200, 400  # 20 events/s: a first batch, then 380 events at the limit, about 19 s
+    # 20 events/s: a first batch, then 380 events at the limit, about 19 s. The stand-in's allowance is 300 events
+    # (limit/4); the other sender leaves 80 of it, so a connector sending 40 events/s overflows it within 4 s.
+    limit, total = 1200, 400
     heap = HeapStandin(track_events_per_minute=limit).start()
     try:
+        other_sender = _another_sender_spends_the_allowance(heap, first_index=total)
         result = _run(heap, tmp_path, total, per_minute=limit)
+        assert other_sender == [200], f"the other sender's events were not admitted: {other_sender}"
         admissions = _track_admissions(heap)
         throttled = [a for a in admissions if a[2]]
         assert not throttled, f"{len(throttled)} requests answered 429 at a pace equal to the limit"
@@ -81,7 +110,7 @@ def test_pace_equal_to_the_enforced_limit_meets_no_429_and_stays_within_it(tmp_p
         assert rate <= limit * 1.03, f"{rate:.0f} events/minute observed, limit {limit}"
         assert rate >= limit * 0.8, f"{rate:.0f} events/minute observed: pacing held back far below {limit}"
         assert _held_back_within_elapsed(result) > 0
-        assert_loaded_once(heap, set(range(total)))
+        assert_loaded_once(heap, set(range(total + OTHER_SENDER)))
     finally:
         heap.stop()
 
