@@ -33,7 +33,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """What the adversarial tests put the connector through, as the README's reliability section quotes it."""
+    """What the adversarial tests put the connector through, as docs/reliability.md quotes it."""
     lines = reliability.summary_lines()
     if lines:
         terminalreporter.section("reliability")

@@ -161,7 +161,7 @@ def test_storm_loses_nothing_doubles_nothing(storm: str, standin: HeapStandin, t
     # leaves only answers that raced a client timeout, none in a healthy run.
     assert_loaded_once(standin, set(range(RECORDS)))
     assert_states_covered(result, standin)
-    record_faults_served(standin)
+    record_faults_served(standin.faults_served)
 
 
 @pytest.mark.parametrize("with_faults", [False, True], ids=["server_gone", "server_gone_plus_storm"])
@@ -192,7 +192,7 @@ def test_server_gone_for_two_seconds_then_back(with_faults: bool, standin: HeapS
         assert standin.stats()["faults_served"] == len(faults), "not every injected fault was met"
     assert_loaded_once(standin, set(range(RECORDS)))
     assert_states_covered(result, standin)
-    record_faults_served(standin)
+    record_faults_served(standin.faults_served)
     if outage["ridden_out"]:
         reliability.record("outage_2s_ridden_out")
 
@@ -223,7 +223,8 @@ def test_retry_after_is_honoured(standin: HeapStandin, tmp_path: Path) -> None:
     # which may note the 429 a little late.
     assert waited >= 2.5, f"retried {waited:.2f} s after a 429 that asked for 3 s"
     assert_loaded_once(standin, set(range(200)))
-    assert record_faults_served(standin) == {"429_retry_after": 1}
+    assert standin.faults_served == {"429_retry_after": 1}
+    record_faults_served(standin.faults_served)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -265,8 +266,8 @@ def test_retries_exhausted_fail_clearly_and_resume_completes(kind: str, standin:
     assert_states_covered(result, standin)
 
     # Heap is back: Airbyte re-runs from the last state the failed attempt emitted, and the load completes.
-    # The faults the failed run met are recorded before the leftovers are drained (those meet no connector).
-    record_faults_served(standin)
+    # The faults the failed run met are counted before the leftovers are drained (those meet no connector).
+    served = standin.faults_served
     if kind == "server_gone_for_good":
         standin.start()
     _drain_faults(standin)
@@ -276,6 +277,7 @@ def test_retries_exhausted_fail_clearly_and_resume_completes(kind: str, standin:
     assert rerun.returncode == 0, rerun.describe()
     assert rerun.cursors()[-1] == RECORDS - 1
     assert_loaded_once(standin, set(range(RECORDS)), replays=replays)
+    record_faults_served(served)
     if kind == "server_gone_for_good":
         reliability.record("outage_for_good")
 
@@ -327,5 +329,6 @@ def test_bulk_rejection_isolates_bad_items_at_bounded_cost(
     requests = standin.stats()["requests"] - len(faults)
     budget = 1 + len(BAD) * (2 * math.ceil(math.log2(1000)) + 2)
     assert requests <= budget, f"{requests} requests to isolate {len(BAD)} bad items (budget {budget})"
-    assert record_faults_served(standin) == {str(f.status or "reset"): 1 for f in faults}
+    assert standin.faults_served == {str(f.status or "reset"): 1 for f in faults}
+    record_faults_served(standin.faults_served)
     reliability.record("bad_items_isolated", len(BAD))
