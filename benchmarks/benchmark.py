@@ -222,6 +222,22 @@ def run_connector(args: list[str], stdin: Path | None = None, timeout: float = 9
     return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode, states, stderr)
 
 
+# The airbyte-cdk modules the connector imports (grep its package for airbyte_cdk); `spec` needs none.
+CDK_IMPORTS = (
+    "import airbyte_cdk.destinations, airbyte_cdk.exception_handler, airbyte_cdk.models, "
+    "airbyte_cdk.sources.utils.schema_helpers, airbyte_cdk.utils.airbyte_secrets_utils, "
+    "airbyte_cdk.utils.traced_exception"
+)
+
+
+def import_seconds(statement: str) -> float:
+    """Wall seconds `statement` takes in a fresh interpreter of the connector's venv, timed inside it (the
+    interpreter's own start-up is not counted)."""
+    code = f"import time; started = time.perf_counter(); {statement}; print(time.perf_counter() - started)"
+    python = CONNECTOR.parent / "python"
+    return float(subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
 def write_args(
     url: str, api_type: str, settings: dict, track_events_per_minute: int = 0, activation: bool = False
 ) -> list[str]:
@@ -258,7 +274,7 @@ class Row:
 class Benchmark:
     def __init__(self) -> None:
         self.rows: list[Row] = []
-        self.startup = self.startup_cpu = self.startup_cpu_spread = self.spec = 0.0
+        self.startup = self.startup_cpu = self.startup_cpu_spread = self.spec = self.cdk_import = 0.0
         self.paced: dict = {}
 
     def measure_startup(self) -> None:
@@ -271,7 +287,11 @@ class Benchmark:
         self.startup_cpu = statistics.median(run.cpu for run in runs)
         self.startup_cpu_spread = max(run.cpu for run in runs) - min(run.cpu for run in runs)
         self.spec = statistics.median(run_connector(["spec"]).wall for _ in range(3))
-        log(f"start-up {self.startup:.2f} s ({self.startup_cpu:.2f} CPU s), spec {self.spec:.2f} s")
+        self.cdk_import = statistics.median(import_seconds(CDK_IMPORTS) for _ in range(3))
+        log(
+            f"start-up {self.startup:.2f} s ({self.startup_cpu:.2f} CPU s), of which importing airbyte-cdk "
+            f"{self.cdk_import:.2f} s; spec {self.spec:.2f} s"
+        )
 
     def load(
         self,
@@ -437,7 +457,7 @@ class Benchmark:
                 f"{memory.peak_mb:.0f} MB",
                 memory.peak_mb <= TARGET_MEMORY_MB,
             ),
-            (f"`spec` cold start <= {TARGET_SPEC_S} s (median of 3)", f"{self.spec:.2f} s", self.spec <= TARGET_SPEC_S),
+            (f"`spec` <= {TARGET_SPEC_S} s (warm, median of 3)", f"{self.spec:.2f} s", self.spec <= TARGET_SPEC_S),
         ]
 
     def report(self, header: list[str], command: str) -> str:
@@ -459,7 +479,9 @@ class Benchmark:
             f"- Peak RSS: the connector process's ru_maxrss (os.wait4); never below this script's own peak "
             f"({resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB), which Linux carries into "
             "a child at exec.",
-            f"- `spec` cold start (median of 3): {self.spec:.2f} s.",
+            f"- Of the start-up, importing the airbyte-cdk modules the connector uses, in a fresh interpreter (median"
+            f" of 3): {self.cdk_import:.2f} s.",
+            f"- `spec` start (warm: the median of 3 runs back to back, files in the page cache): {self.spec:.2f} s.",
             "",
             "| row | latency | records | wall s | records/s | steady records/s | CPU µs/record "
             "(start-up CPU subtracted) | peak RSS MB | check | notes |",
