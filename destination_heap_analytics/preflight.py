@@ -51,7 +51,8 @@ def check_columns(streams: Mapping[StreamKey, StreamConfig], schemas: Mapping[St
         for field, column in named_columns(stream):
             if _declares(declared, column):
                 continue
-            refusal = _refusal(column, declared, closed)
+            # excluding a column the stream lacks costs nothing, but a typo there sends what was meant to stay out
+            refusal = _refusal(column, declared, closed and field != "excluded_columns")
             if refusal:
                 refused.append(f"stream {stream_name(key)}: {field} {column!r} {refusal}")
             else:
@@ -80,6 +81,9 @@ def named_columns(stream: StreamConfig) -> Iterator[tuple[str, str]]:
             yield field, column
     for column in mapping.property_columns or ():  # None: "*", which names no column
         yield "property_columns", column
+    excluded_by_preset = set(preset.get("excluded_columns", "").split(","))
+    for column in sorted(mapping.excluded_columns - excluded_by_preset):
+        yield "excluded_columns", column
 
 
 def first_field(column: str) -> str | None:

@@ -51,6 +51,8 @@ def check(api: dict, json_schema: Any) -> list[str]:
         ({"api_type": "add_account_properties", "account_id_column": "acount", "property_columns": "plan"}, False,
          "account_id_column 'acount'"),
         ({"api_type": "heap_users", "identity_column": "emails"}, False, "identity_column 'emails'"),
+        # a typo in what "*" leaves out would send the very column the user meant to keep out of Heap
+        (dict(USERS, property_columns="*", excluded_columns="nme"), False, "excluded_columns 'nme'"),
     ],
 )
 def test_an_undeclared_column_near_a_declared_one_or_ruled_out_is_refused(api, closed, closest):
@@ -76,6 +78,8 @@ def test_an_undeclared_column_near_a_declared_one_or_ruled_out_is_refused(api, c
         (dict(TRACK, identity_column="emial"), {"type": "object", "properties": {}, "additionalProperties": False}),
         # heap_events' type, time and event_id are optional: per-event tables have no type, the event is the table
         ({"api_type": "heap_events"}, schema(closed=True, properties={"identity": {}, "user_id": {}})),
+        # a preset's own exclusions are not the user's words
+        ({"api_type": "heap_users"}, schema(closed=True, properties={"identity": {}, "user_id": {}})),
     ],
 )
 def test_declared_or_uncheckable_columns_pass_silently(api, json_schema):
@@ -88,6 +92,8 @@ def test_declared_or_uncheckable_columns_pass_silently(api, json_schema):
         (dict(TRACK, identity_column="user_email"), "identity_column 'user_email'"),
         (dict(TRACK, property_columns="plan,updated_at"), "property_columns 'updated_at'"),  # 0.7 to created_at
         ({"api_type": "heap_events"}, "identity_column 'identity'"),  # a preset's required column is checked
+        # leaving out a column the stream lacks costs nothing: a warning only (under a closed schema too)
+        (dict(USERS, property_columns="*", excluded_columns="password_hash"), "excluded_columns 'password_hash'"),
     ],
 )
 def test_other_undeclared_columns_are_warned_about_by_name(api, column):
