@@ -9,8 +9,11 @@ are logged only as a field path and a rule from a fixed list: its wording may qu
 
 from __future__ import annotations
 
+import enum
+import logging
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -21,9 +24,15 @@ import orjson
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import InvalidHeader
+from urllib3.util import Retry
 
 from destination_heap_analytics.config import HeapConfig
 from destination_heap_analytics.pacing import Pacer
+
+logger = logging.getLogger("airbyte")
 
 AUTH_TOKEN_PATH = "/api/public/v0/auth_token"
 TOKEN_RENEWAL_SECONDS = 240.0  # Heap's tokens last 5 minutes: renew with a minute to spare
@@ -84,57 +93,154 @@ class TokenUnavailable(Exception):
     """No deletion token could be had this time (throttled, server error): worth retrying."""
 
 
-class TokenRefused(Exception):
-    """The deletion endpoint answered 401 to the token it was given."""
-
-
 class AnswerTimeout(requests.ReadTimeout):
     """The request, answer included, took longer than its deadline."""
 
 
 @dataclass
 class Answer:
-    """Heap's answer: its status, headers and (at most MAX_ANSWER_BYTES of) its body."""
+    """Heap's answer: its status, headers and (at most MAX_ANSWER_BYTES of) its body; `whole`: the body was not
+    longer than that."""
 
     status: int
     headers: Mapping[str, str]
     body: bytes
+    whole: bool = True
 
 
-def exchange(session: requests.Session, url: str, timeout: tuple[float, float], **kwargs: Any) -> Answer:
-    """POST and read the answer within `timeout` = (connect, whole request) seconds. Redirects are not
-    followed: a body (or a key) must never go to another host than base_url's."""
-    deadline = time.monotonic() + timeout[1]
-    response = session.post(url, timeout=timeout, stream=True, allow_redirects=False, **kwargs)
+class _Deadline:
+    """One exchange's deadline. When it passes, the socket of the connection in use is shut down, which ends
+    whatever the exchange waits for (connecting, sending, the status line, headers or body): a per-read timeout
+    alone lets a server that drips a byte a second hold a request for as long as it likes."""
+
+    def __init__(self, seconds: float) -> None:
+        self.passed = False
+        self._socket: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        _CURRENT.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+        _CURRENT.deadline = None
+
+    def watch(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._socket = sock
+            if self.passed:
+                _shut(sock)
+
+    def _cut(self) -> None:
+        with self._lock:
+            self.passed = True
+            _shut(self._socket)
+
+
+_CURRENT = threading.local()  # the deadline of the exchange this thread is in, for its connection to watch
+
+
+def _shut(sock: socket.socket | None) -> None:
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked read or write, which close() would not
+        except OSError:
+            pass
+
+
+class _DeadlineConnection:
+    """A connection that hands its socket to the deadline of the exchange using it: when it connects, and when a
+    pooled one is used again."""
+
+    def connect(self) -> None:
+        super().connect()
+        _watch(self.sock)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        if self.sock is not None:
+            _watch(self.sock)
+        super().request(*args, **kwargs)
+
+
+def _watch(sock: socket.socket | None) -> None:
+    deadline = getattr(_CURRENT, "deadline", None)
+    if deadline is not None:
+        deadline.watch(sock)
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = type("_HTTPDeadlineConnection", (_DeadlineConnection, HTTPConnection), {})
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = type("_HTTPSDeadlineConnection", (_DeadlineConnection, HTTPSConnection), {})
+
+
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """requests' adapter, its pools (direct or through an HTTP proxy) making deadline-aware connections."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS pools are their own classes
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+
+def heap_session(connections: int = 1) -> requests.Session:
+    """A Session for `exchange`: its connections honour each exchange's deadline; no retries of its own."""
+    session = requests.Session()
+    adapter = _DeadlineAdapter(pool_connections=1, pool_maxsize=connections, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def exchange(
+    session: requests.Session, url: str, timeout: tuple[float, float], method: str = "POST", **kwargs: Any
+) -> Answer:
+    """Send and read the answer within `timeout` = (connect, whole exchange) seconds, on a `heap_session`.
+    Redirects are not followed: a body (or a key) must never go to another host than base_url's."""
     complete = False
-    try:
-        body, complete = _read_answer(response.raw, deadline)
-    finally:
-        if complete:
-            response.raw.release_conn()  # the connection is clean: back to the pool
-        else:
-            response.raw.close()  # unread bytes would confuse the next request on this connection
-    return Answer(response.status_code, response.headers, body)
+    with _Deadline(timeout[1]) as deadline:
+        try:
+            response = session.request(method, url, timeout=timeout, stream=True, allow_redirects=False, **kwargs)
+            try:
+                body, complete = _read_answer(response.raw)
+            finally:
+                if complete and not deadline.passed:
+                    response.raw.release_conn()  # the connection is clean: back to the pool
+                else:
+                    response.raw.close()  # unread bytes would confuse the next request on this connection
+        except requests.ConnectTimeout:
+            raise  # no connection: nothing reached Heap
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
+            if deadline.passed or isinstance(error, requests.Timeout | urllib3.exceptions.TimeoutError):
+                raise AnswerTimeout("no whole answer in time") from None
+            if isinstance(error, requests.RequestException):
+                raise
+            raise requests.ConnectionError(f"broken answer ({type(error).__name__})") from None
+    if deadline.passed:  # cut as the answer ended: it may be cut short, so it is not taken
+        raise AnswerTimeout("no whole answer in time")
+    return Answer(response.status_code, response.headers, body, whole=complete)
 
 
-def _read_answer(raw: urllib3.HTTPResponse, deadline: float) -> tuple[bytes, bool]:
-    """(the body, whether it was read to its end), reading at most MAX_ANSWER_BYTES + 1. Each socket read
-    waits no longer than the time left, so a server that trickles its answer cannot outlast the deadline."""
-    sock = getattr(raw.connection, "sock", None)
+def _read_answer(raw: urllib3.HTTPResponse) -> tuple[bytes, bool]:
+    """(the body, whether it was read to its end), reading at most MAX_ANSWER_BYTES + 1."""
     chunks: list[bytes] = []
     size = 0
     while size <= MAX_ANSWER_BYTES:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AnswerTimeout("Heap's answer did not arrive whole in time")
-        if sock is not None:
-            sock.settimeout(left)
-        try:
-            chunk = raw.read1(MAX_ANSWER_BYTES + 1 - size)
-        except urllib3.exceptions.ReadTimeoutError:
-            raise AnswerTimeout("Heap's answer did not arrive whole in time") from None
-        except (urllib3.exceptions.HTTPError, OSError) as error:
-            raise requests.ConnectionError(f"broken answer ({type(error).__name__})") from None
+        chunk = raw.read1(MAX_ANSWER_BYTES + 1 - size)
         if not chunk:
             return b"".join(chunks), True
         chunks.append(chunk)
@@ -147,6 +253,50 @@ def is_heap_acknowledgement(body: bytes) -> bool:
     their tests mock it as an empty body (200 or 204). So any 2xx is Heap's (empty, `OK`, `Event accepted`,
     JSON) but an HTML or XML page, which only a wrong base_url (a proxy, a website) answers with."""
     return not body.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<")
+
+
+class Verdict(enum.Enum):
+    """What an answer of Heap's means for the request that had it."""
+
+    ACKNOWLEDGED = "acknowledged"
+    RETRY = "retry"  # 408, 429, 5xx: Heap may take it later
+    REFUSED = "refused"  # 400, 413, 422: the content is refused, the same body can never succeed
+    UNAUTHORIZED = "unauthorized"  # 401: the deletion API's token, or the wrong place
+    WRONG_PLACE = "wrong place"  # 403, 404, 405, a redirect: wrong host, path or app
+    NOT_HEAP = "not heap"  # a 2xx web page: some other server answered
+    UNEXPECTED = "unexpected"
+
+
+def classify(status: int, body: bytes, whole: bool = True) -> Verdict:
+    """What an answer means, from its status and body alone (`whole`: no longer than MAX_ANSWER_BYTES, as Heap's
+    answers are)."""
+    if 200 <= status < 300:
+        return Verdict.ACKNOWLEDGED if whole and is_heap_acknowledgement(body) else Verdict.NOT_HEAP
+    if status in REJECTED_STATUSES:
+        return Verdict.REFUSED
+    if status == 401:
+        return Verdict.UNAUTHORIZED
+    if status in (408, 429) or status >= 500:  # 408: Heap gave up waiting for the request, as a timeout
+        return Verdict.RETRY
+    if status in CONFIG_STATUSES or 300 <= status < 400:
+        return Verdict.WRONG_PLACE
+    return Verdict.UNEXPECTED
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """The wait Heap asks for, in seconds: Retry-After in either of its forms (seconds, or an HTTP date), as
+    urllib3 reads it, or a decimal number of seconds, which some servers send; None when absent or unreadable."""
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return Retry(retry_after_max=float("inf")).parse_retry_after(value)
+    except InvalidHeader:
+        try:
+            seconds = float(value)
+        except ValueError:
+            return None
+        return seconds if 0 <= seconds < float("inf") else None
 
 
 def heap_reason(text: str) -> str:
@@ -259,6 +409,7 @@ class DeliveryCounters:
             self._paced_through = max(self._paced_through, ended)
 
     def count(self, outcome: str, retried: bool) -> None:
+        """One attempt: `outcome` is its HTTP status, or what went wrong without an answer."""
         with self._lock:
             self.requests += 1
             self.retries += retried
@@ -283,43 +434,43 @@ class HeapClient:
         self._pacer = pacer
         self._stop = stop
         self.counters = counters or DeliveryCounters()
-        self.accepted_any = False  # Heap acknowledged a request of this sync: app_id and base_url are right
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.max_concurrent_requests, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.session = heap_session(config.max_concurrent_requests)
         self.session.headers.update({"Content-Type": "application/json", "User-Agent": USER_AGENT})
         self._auth = DeletionAuth(config, api_key, self.session, self._timeout) if api_key else None
 
     def post(self, path: str, body: bytes, identities: list[str | None]) -> Answer:
-        """Deliver one body; returns Heap's acknowledgement. Raises HeapRejected, DeliveryError."""
+        """Deliver one body; returns Heap's acknowledgement. Raises HeapRejected, DeliveryError, DeliveryStopped."""
         url = self._base_url + path
         token_renewed = False
+        problem, pause = "", 0.0
         for attempt in range(self._max_retries + 1):
-            if self._stop.is_set():
-                raise DeliveryStopped()
-            if self._pacer:
-                started = time.monotonic()
-                if self._pacer.wait_for(identities):
-                    self.counters.paced(started, time.monotonic())
-                if self._stop.is_set():
-                    raise DeliveryStopped()
+            if attempt:
+                self._stop.wait(pause)
+            self._hold(identities)
             try:
-                answer, problem, retry_after = self._attempt(url, body, retried=attempt > 0)
-            except TokenRefused:
-                if token_renewed:  # a fresh token refused too: the key or app is wrong, not the token's age
-                    raise DeliveryError(
-                        f"Heap answered HTTP 401 at {url} even with a freshly issued token. Check api.api_key, "
-                        "and that app_id is your Main Production environment's.",
-                        transient=False,
-                    ) from None
+                headers = self._auth.headers() if self._auth else None
+                answer = exchange(self.session, url, self._timeout, data=body, headers=headers)
+            except (requests.RequestException, TokenUnavailable) as error:
+                problem = _unanswered(error)
+                self.counters.count(problem, retried=attempt > 0)
+                pause = _backoff(attempt, None)
+                continue
+            self.counters.count(str(answer.status), retried=attempt > 0)
+            verdict = classify(answer.status, answer.body, answer.whole)
+            if verdict is Verdict.ACKNOWLEDGED:
+                if self._pacer:
+                    self._pacer.accepted()
+                return answer
+            if verdict is Verdict.REFUSED:
+                raise HeapRejected(answer.status, answer.body.decode("utf-8", "replace"))
+            if verdict is Verdict.UNAUTHORIZED and self._auth and not token_renewed:
                 self._auth.invalidate()  # the token expired early: fetch a new one and try again
                 token_renewed = True
-                answer, problem, retry_after = None, "HTTP 401 (token renewed)", None
-            if answer is not None:
-                return answer
-            if attempt < self._max_retries:
-                self._stop.wait(_backoff(attempt, retry_after))
+                problem, pause = "HTTP 401 (token renewed)", _backoff(attempt, None)
+                continue
+            if verdict is not Verdict.RETRY:
+                raise DeliveryError(_wrong_answer(verdict, answer.status, url, token_renewed), transient=False)
+            problem, pause = f"HTTP {answer.status}", self._pause_asked(path, answer, attempt)
         raise DeliveryError(
             f"Heap did not accept a request to {path} after {self._max_retries + 1} attempts; last answer: {problem}. "
             "This is usually temporary (Heap throttling or unavailable): run the sync again, it resumes from "
@@ -327,62 +478,62 @@ class HeapClient:
             transient=True,
         )
 
-    def _attempt(self, url: str, body: bytes, retried: bool) -> tuple[Answer | None, str, float | None]:
-        """One request: (Heap's acknowledgement, "", None), or (None, what went wrong, Retry-After) to retry."""
-        try:
-            headers = self._auth.headers() if self._auth else None
-            answer = exchange(self.session, url, self._timeout, data=body, headers=headers)
-        except requests.ReadTimeout:  # no whole answer within request_timeout_seconds
-            self.counters.count("timeout", retried)
-            return None, "timed out", None
-        except requests.RequestException as error:
-            # no connection (connect timeouts too: nothing reached Heap), or a broken answer (it may have landed)
-            self.counters.count("connection_error", retried)
-            return None, f"connection failed ({type(error).__name__})", None
-        except TokenUnavailable as error:
-            self.counters.count("token_unavailable", retried)
-            return None, str(error), None
-        status = answer.status
-        self.counters.count(str(status), retried)
-        if 200 <= status < 300:
-            return self._acknowledgement(url, answer), "", None
-        if status in REJECTED_STATUSES:
-            raise HeapRejected(status, answer.body.decode("utf-8", "replace"))
-        if status == 401 and self._auth:
-            raise TokenRefused()
-        if status in (408, 429) or status >= 500:  # 408: Heap gave up waiting for the request, as a timeout
-            retry_after = _retry_after(answer)
-            if status == 429 and self._pacer:
-                self._pacer.throttled(retry_after)
-            return None, f"HTTP {status}", retry_after
-        if status in CONFIG_STATUSES or 300 <= status < 400:
-            raise DeliveryError(f"Heap answered HTTP {status} at {url}. {CHECK_BASE_URL}", transient=False)
-        raise DeliveryError(f"Heap answered an unexpected HTTP {status} at {url}.", transient=False)
-
-    def _acknowledgement(self, url: str, answer: Answer) -> Answer:
-        """A 2xx counts only if it is Heap's answer: a wrong base_url that answers 200 must not "succeed"."""
-        if not is_heap_acknowledgement(answer.body):
-            raise DeliveryError(
-                f"{url} answered HTTP {answer.status} with an HTML page, not Heap's acknowledgement: nothing is taken "
-                f"as delivered. {CHECK_BASE_URL}",
-                transient=False,
-            )
+    def _hold(self, identities: list[str | None]) -> None:
+        """Before each attempt: stop if the sync is stopping, and wait as Heap's limits require."""
+        if self._stop.is_set():
+            raise DeliveryStopped()
         if self._pacer:
-            self._pacer.accepted()
-        self.accepted_any = True
-        return answer
+            started = time.monotonic()
+            if self._pacer.wait_for(identities):
+                self.counters.paced(started, time.monotonic())
+            if self._stop.is_set():
+                raise DeliveryStopped()
+
+    def _pause_asked(self, path: str, answer: Answer, attempt: int) -> float:
+        """The wait before retrying after a 408, 429 or 5xx: backoff, or longer if Heap asks (Retry-After, at most
+        MAX_RETRY_AFTER_SECONDS). A wait Heap asked for is logged, with the one taken."""
+        asked = retry_after(answer.headers)
+        honoured = None if asked is None else min(asked, MAX_RETRY_AFTER_SECONDS)
+        if answer.status == 429 and self._pacer:
+            self._pacer.throttled(honoured)
+        pause = _backoff(attempt, honoured)
+        if asked is not None and attempt < self._max_retries:
+            capped = asked > MAX_RETRY_AFTER_SECONDS
+            (logger.warning if capped else logger.info)(
+                f"Heap answered HTTP {answer.status} at {path} asking to wait {asked:.1f} s (Retry-After); retrying "
+                f"in {pause:.1f} s" + (", the most this connector waits before a retry" if capped else "") + "."
+            )
+        return pause
+
+
+def _unanswered(error: Exception) -> str:
+    """What went wrong with an attempt that had no answer, in a few words (no values, no secrets)."""
+    if isinstance(error, requests.ReadTimeout):
+        return "timed out"  # no whole answer within request_timeout_seconds
+    if isinstance(error, TokenUnavailable):
+        return str(error)
+    # no connection (connect timeouts too: nothing reached Heap), or a broken answer (it may have landed)
+    return f"connection failed ({type(error).__name__})"
+
+
+def _wrong_answer(verdict: Verdict, status: int, url: str, token_renewed: bool) -> str:
+    """The config error for an answer no retry can change."""
+    if verdict is Verdict.NOT_HEAP:
+        return (
+            f"{url} answered HTTP {status} with an HTML page or more than {MAX_ANSWER_BYTES // 1024} kB, not Heap's "
+            f"acknowledgement: nothing is taken as delivered. {CHECK_BASE_URL}"
+        )
+    if verdict is Verdict.UNAUTHORIZED and token_renewed:  # a fresh token refused too: the key or app is wrong
+        return (
+            f"Heap answered HTTP 401 at {url} even with a freshly issued token. Check api.api_key, and that app_id "
+            "is your Main Production environment's."
+        )
+    if verdict is Verdict.UNEXPECTED:
+        return f"Heap answered an unexpected HTTP {status} at {url}."
+    return f"Heap answered HTTP {status} at {url}. {CHECK_BASE_URL}"
 
 
 def _backoff(attempt: int, retry_after: float | None) -> float:
     """Exponential backoff with full jitter; Heap's Retry-After, when given, is the floor."""
     jittered = random.uniform(0, min(MAX_BACKOFF_SECONDS, INITIAL_BACKOFF_SECONDS * 2**attempt))
     return max(jittered, retry_after or 0.0)
-
-
-def _retry_after(answer: Answer) -> float | None:
-    try:
-        return min(MAX_RETRY_AFTER_SECONDS, max(0.0, float(answer.headers["Retry-After"])))
-    except (KeyError, ValueError):
-        return None
-
-

@@ -12,35 +12,23 @@ shared key run in parallel. The pool starts batches in submission order, so a ba
 already running: no deadlock. Within a batch, retries repeat the same request, and the halves of a refused
 request go one after the other, so the order holds there too. A batch whose predecessor failed is not sent.
 
-Refusals (400, 413, 422). When Heap's text names an item (`postBody.events[3]...`, or a field of a single
-item), the request is halved until each refused item stands alone: the good ones are delivered. When it
-names none (a wrong app_id, a 413), the first item is sent alone to tell a refused request from a refused
-item; refused too, and with nothing of this sync accepted yet, it is the request: the sync stops with a
-config error, after two requests rather than twice the batch. So does a batch whose first three items,
-tried alone before anything was accepted, are refused with the same answer (whatever item Heap names), and
-a 413 for a single item. A refused deletion is never skipped: it stops the sync.
+Refusals (400, 413, 422) are narrowed down by `refusals.ItemDelivery`, with what Heap's answers at each
+endpoint have shown so far (a `RefusalWatch` per endpoint, shared by its batches).
 """
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from destination_heap_analytics.client import (
-    CHECK_BASE_URL,
-    Answer,
-    DeliveryError,
-    DeliveryStopped,
-    HeapClient,
-    HeapRejected,
-)
+from destination_heap_analytics.client import DeliveryError, DeliveryStopped, HeapClient
 from destination_heap_analytics.config import HeapConfig, StreamConfig
+from destination_heap_analytics.refusals import ItemDelivery, RefusalWatch
 
 logger = logging.getLogger("airbyte")
 
@@ -67,8 +55,6 @@ STOP_CHECK_SECONDS = 0.25  # how often a wait for Heap looks whether the sync is
 # Heap publishes no maximum body size: 4 MB keeps a request far from common proxy and gateway limits (10 MB
 # and more) while a batch of 1000 ordinary items (1 to 2 kB each) still fits.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
-# Items refused one by one with the same answer, before anything was accepted: taken as the request refused.
-SAME_REFUSALS_FOR_REQUEST = 3
 MAX_WINDOW_BYTES = 32 * 1024 * 1024  # bodies queued or in flight at once, whatever the number of batches
 
 
@@ -137,12 +123,16 @@ class BatchSender:
         self._stop = stop
         self._window = 2 * config.max_concurrent_requests  # queued as well as running, so no worker idles
         self._pool = ThreadPoolExecutor(config.max_concurrent_requests, thread_name_prefix="heap-sender")
-        # Finished batches arrive here through a done-callback: collecting costs the same whatever the window.
-        self._finished: queue.SimpleQueue[Future[BatchResult]] = queue.SimpleQueue()
+        self._running: set[Future[BatchResult]] = set()  # submitted, not yet collected
         self._turns: dict[int, _Turn] = {}  # batch number -> its turn, until collected
         self._last_turn: dict[Hashable, _Turn] = {}  # (path, key) -> the latest unfinished batch holding it
-        self.in_flight = 0
+        self._watches: dict[str, RefusalWatch] = {}  # endpoint path -> what its refusals have shown
         self.bytes_in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Batches submitted and not yet collected."""
+        return len(self._running)
 
     def submit(self, batch: Batch, while_waiting: Callable[[], object] = lambda: None) -> list[BatchResult]:
         """Queue a batch; returns the results of batches that finished meanwhile. While the window is full it
@@ -155,25 +145,16 @@ class BatchSender:
         if not self._stop.is_set():
             turn = _Turn(batch)
             after = self._take_turn(batch.number, turn)
-            self._pool.submit(self._deliver, batch, after, turn).add_done_callback(self._finished.put)
-            self.in_flight += 1
+            watch = self._watches.setdefault(batch.route.endpoint.path, RefusalWatch(batch.route.endpoint.path))
+            self._running.add(self._pool.submit(self._deliver, batch, after, turn, watch))
             self.bytes_in_flight += batch.size
         return finished
 
     def collect(self, timeout: float | None = 0) -> list[BatchResult]:
         """Results of finished batches, waiting up to `timeout` seconds (None: forever) for the first."""
-        done = []
-        if self.in_flight and timeout != 0:
-            try:
-                done.append(self._finished.get(timeout=timeout))
-            except queue.Empty:
-                return []
-        while True:
-            try:
-                done.append(self._finished.get_nowait())
-            except queue.Empty:
-                break
-        self.in_flight -= len(done)
+        if not self._running:
+            return []
+        done, self._running = wait(self._running, timeout, return_when=FIRST_COMPLETED)
         results = [future.result() for future in done]
         for result in results:
             self._end_turn(result.number)
@@ -204,18 +185,14 @@ class BatchSender:
             if self._last_turn.get(key) is turn:
                 del self._last_turn[key]
 
-    def _deliver(self, batch: Batch, after: list[_Turn], turn: _Turn) -> BatchResult:
+    def _deliver(self, batch: Batch, after: list[_Turn], turn: _Turn, watch: RefusalWatch) -> BatchResult:
         result = BatchResult(batch.number)
-        route = batch.route
         try:
             self._wait_for(after)
             if self._dry_run:
                 self._rehearse(batch, result)
-            elif route.bulk:
-                _deliver_bulk(route, batch.bodies, batch.identities, result)
             else:
-                for position, (body, identity) in enumerate(zip(batch.bodies, batch.identities, strict=True)):
-                    _deliver_alone(route, route.body(body), identity, result, position)
+                ItemDelivery(batch.route, batch, result, watch, self._stop).run()
         except (DeliveryError, DeliveryStopped) as failure:
             result.failure = failure
         turn.delivered = result.failure is None
@@ -242,99 +219,6 @@ class BatchSender:
                 shape["app_id"] = self._app_id  # the config's, not data
             logger.info(f"Dry run: Heap would receive at {route.endpoint.path}: {orjson.dumps(shape).decode()}")
         result.delivered = len(batch.bodies)
-
-
-def _deliver_bulk(
-    route: Route,
-    bodies: list[bytes],
-    identities: list[str | None],
-    result: BatchResult,
-    request_ok: bool = False,
-    first: int = 0,
-) -> None:
-    """Send items in one request. Refused naming an item: halve until each refused item stands alone, the
-    halves in order. Refused naming none: send the first item alone to learn whether Heap refuses the request
-    itself (`request_ok`: an item of this batch was accepted, so it does not). `first`: the position of the
-    first item in its batch."""
-    endpoint = route.endpoint
-    try:
-        answer = route.client.post(endpoint.path, route.body(bodies), identities)
-    except HeapRejected as rejection:
-        if len(bodies) == 1 or endpoint.answers_with_request_id:
-            _refused(route, rejection, result, request_ok, first)  # a refused deletion stops the sync there
-            return
-        if not (request_ok or rejection.names_item):
-            request_ok = _deliver_alone(route, route.body(bodies[:1]), identities[0], result, first)
-            _deliver_bulk(route, bodies[1:], identities[1:], result, request_ok, first + 1)
-            return
-        route.client.counters.bisected()
-        middle = len(bodies) // 2
-        _deliver_bulk(route, bodies[:middle], identities[:middle], result, request_ok, first)
-        _deliver_bulk(route, bodies[middle:], identities[middle:], result, request_ok, first + middle)
-        return
-    result.delivered += len(bodies)
-    if endpoint.answers_with_request_id:
-        _log_deletion_request(answer, len(bodies))
-
-
-def _deliver_alone(route: Route, body: bytes, identity: str | None, result: BatchResult, position: int) -> bool:
-    """Send one item in a request of its own (`body`): True if Heap took it (so the request is fine); raises if
-    Heap refuses the request itself."""
-    try:
-        route.client.post(route.endpoint.path, body, [identity])
-    except HeapRejected as refusal:
-        _refused(route, refusal, result, False, position)
-        return False
-    result.delivered += 1
-    return True
-
-
-def _refused(route: Route, rejection: HeapRejected, result: BatchResult, request_ok: bool, position: int) -> None:
-    """A refusal not to be narrowed down further (one item, or a deletion): the item is counted as rejected if
-    the refusal is about it; otherwise the sync stops."""
-    if route.endpoint.answers_with_request_id:
-        raise DeliveryError(
-            f"Heap refused a deletion request ({rejection}): its users are not deleted, and a deletion is never "
-            "skipped. Check the users' identities or user_ids and api.api_key, then run the sync again; it "
-            "resumes from the last state.",
-            transient=False,
-        )
-    if rejection.status == 413:
-        raise DeliveryError(
-            f"Heap refused a request holding a single item as too large ({rejection}). Nothing more is sent: "
-            "check base_url, and any proxy between this host and Heap.",
-            transient=False,
-        )
-    accepted = request_ok or route.client.accepted_any
-    if accepted or (rejection.names_item and not _same_refusals(result, rejection)):
-        result.rejected.append(rejection.reason)
-        result.refused_at.append(position)
-        return
-    raise DeliveryError(
-        f"Heap refused the request itself, not an item in it ({rejection}), and has accepted nothing from this "
-        f"sync. Nothing more is sent. {CHECK_BASE_URL}",
-        transient=False,
-    )
-
-
-def _same_refusals(result: BatchResult, rejection: HeapRejected) -> bool:
-    """Nothing of the batch delivered, and its first items tried alone all refused with this same answer: it is
-    the request, whatever item Heap names (a few more requests tell it, not twice the batch)."""
-    refused = result.rejected
-    alike = set(refused) <= {rejection.reason}
-    return result.delivered == 0 and alike and len(refused) + 1 >= SAME_REFUSALS_FOR_REQUEST
-
-
-def _log_deletion_request(answer: Answer, users: int) -> None:
-    """Heap deletes asynchronously: the request id is what a user needs to follow the deletion up."""
-    try:
-        body = orjson.loads(answer.body)
-    except orjson.JSONDecodeError:
-        body = None
-    if not isinstance(body, dict):
-        body = {}
-    request_id, status = body.get("deletion_request_id", "(none given)"), body.get("status", "unknown")
-    logger.info(f"Heap accepted a deletion request for {users} users: deletion_request_id {request_id}, {status}")
 
 
 def masked(value: Any) -> Any:

@@ -251,24 +251,29 @@ def _catalog_schemas(streams: list[ConfiguredAirbyteStream]) -> dict[StreamKey, 
 
 def _deletion_credentials_problem(config: HeapConfig) -> str | None:
     """For delete_users, fetching an auth token proves app_id and api_key without deleting anything."""
-    from destination_heap_analytics.client import DeletionAuth, DeliveryError, TokenUnavailable
+    from destination_heap_analytics.client import DeletionAuth, DeliveryError, TokenUnavailable, heap_session
 
     timeout = (CHECK_TIMEOUT_SECONDS, CHECK_TIMEOUT_SECONDS)
     keys = [stream.api_key for stream in config.streams if stream.api_key is not None]
     for api_key in dict.fromkeys([*keys, *([config.api_key] if config.api_key else [])]):
         try:
-            DeletionAuth(config, api_key, requests.Session(), timeout).headers()
+            DeletionAuth(config, api_key, heap_session(), timeout).headers()
         except DeliveryError as error:
             return str(error)
+        except requests.Timeout:
+            return f"Heap's auth token endpoint did not answer within {CHECK_TIMEOUT_SECONDS:.0f} s; try again later."
         except (TokenUnavailable, requests.RequestException) as error:
             return f"Heap's auth token endpoint failed ({type(error).__name__}); try again later."
     return None
 
 
 def _unreachable(base_url: str) -> str | None:
-    """None if Heap's host gives any HTTP answer to a GET (which writes nothing); else what to fix."""
+    """None if Heap's host gives a whole HTTP answer to a GET (which writes nothing) within the deadline; else
+    what to fix."""
+    from destination_heap_analytics.client import exchange, heap_session
+
     try:
-        requests.get(base_url + "/", timeout=CHECK_TIMEOUT_SECONDS, allow_redirects=False)
+        exchange(heap_session(), base_url + "/", (CHECK_TIMEOUT_SECONDS, CHECK_TIMEOUT_SECONDS), method="GET")
     except requests.exceptions.SSLError:
         return f"TLS handshake with {base_url} failed: check base_url and any proxy that intercepts HTTPS."
     except requests.Timeout:

@@ -43,6 +43,7 @@ TERMINATION_GRACE_SECONDS = 10.0  # after SIGTERM, how long requests in flight m
 MAX_BATCH_AGE_SECONDS = 1.0
 LOOK_AROUND_SECONDS = 0.1  # how often the loop looks at batch ages, acknowledged states and progress
 STREAM_NOT_IN_CATALOG = Rejection("stream_not_in_catalog")
+ITEM_TOO_LARGE = Rejection("item_too_large")  # a request of its own would pass the batch's byte cap
 
 
 class StreamLoad:
@@ -154,6 +155,9 @@ class SyncWriter:
         # orjson hands back its whole write buffer (4 kB or more) as the bytes: a window of batches holds
         # thousands of bodies, so each is kept as a right-sized copy
         body = bytes(memoryview(orjson.dumps(item.body)))
+        if len(body) >= MAX_BATCH_BYTES:
+            self._skip(ITEM_TOO_LARGE, load)
+            return
         if load.open is not None and load.open.size + len(body) >= MAX_BATCH_BYTES:
             self.process_batch(load)  # full by bytes: it goes without this item
         if load.open is None:

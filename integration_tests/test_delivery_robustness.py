@@ -3,22 +3,23 @@ the request itself (not of an item) fails the sync quickly instead of "skipping"
 bounded in time as a whole and Heap's answer in size; memory is bounded in bytes; Heap's error texts and
 tokens never reach the logs; a 2xx that is not Heap's answer is no acknowledgement.
 
-The misbehaving servers below are written here with http.server, on 127.0.0.1 only.
+The misbehaving servers are integration_tests/misbehaving.py's, on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
+import email.utils
 import json
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from heap_standin import Fault, HeapStandin
 from integration_tests import reliability
+from integration_tests.misbehaving import DRIP_SECONDS, Handler, Server, always, assert_failed, drip
 from integration_tests.support import (
     TRACK_API,
     USER_API,
@@ -28,6 +29,7 @@ from integration_tests.support import (
     people,
     record,
     run_connector,
+    send_sigterm,
     state,
     states_of,
     watch,
@@ -35,80 +37,15 @@ from integration_tests.support import (
 
 DELETE_API = {"api_type": "delete_users", "identity_column": "email", "api_key": "s3cret-deletion-key"}
 
-# ------------------------------------------------------------------------------------------------------------
-# A small misbehaving server
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.requests.append((self.path, body))
-        try:
-            self.server.answer(self, self.path, body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class Server:
-    """Answers every POST with `answer(handler, path, body)`; records (path, body) of each request."""
-
-    def __init__(self, answer: Callable[[_Handler, str, bytes], None]) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._server.daemon_threads = True
-        self._server.answer = answer
-        self._server.requests = []
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    @property
-    def requests(self) -> list[tuple[str, bytes]]:
-        return list(self._server.requests)
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-def always(status: int, body: bytes, headers: dict[str, str] | None = None):
-    return lambda handler, path, raw: handler.send(status, body, headers)
-
-
-def deletion_server(deletion: Callable[[_Handler], None], token: bytes = b'{"access_token": "tok123"}'):
-    def answer(handler: _Handler, path: str, raw: bytes) -> None:
+def deletion_server(deletion: Callable[[Handler], None], token: bytes = b'{"access_token": "tok123"}'):
+    def answer(handler: Handler, path: str, raw: bytes) -> None:
         if path.endswith("/auth_token"):
             handler.send(200, token, {"Content-Type": "application/json"})
         else:
             deletion(handler)
 
     return Server(answer)
-
-
-def assert_failed(result, failure_type: str = "config_error") -> str:
-    """The sync failed loudly: non-zero exit, one TRACE error of that type, no STATE. Returns its message."""
-    assert result.returncode != 0, result.describe()
-    assert [error["failure_type"] for error in result.errors] == [failure_type], result.describe()
-    assert result.states == [], result.describe()
-    assert "Traceback" not in result.stderr, result.describe()
-    return result.errors[0]["message"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -205,7 +142,7 @@ def test_a_refused_deletion_fails_the_sync_and_is_never_skipped():
 # 3. Deadlines and answer sizes
 
 
-def trickle(handler: _Handler, path: str, raw: bytes) -> None:
+def trickle(handler: Handler, path: str, raw: bytes) -> None:
     """200 with a body announced as 1 MB, sent a byte every 1.5 s."""
     handler.send_response(200)
     handler.send_header("Content-Length", "1000000")
@@ -227,10 +164,42 @@ def test_an_answer_trickling_in_is_bounded_by_the_request_timeout():
     assert result.duration < 45, f"two attempts of at most 3 s took {result.duration:.0f} s"
 
 
+def test_headers_dripping_in_are_bounded_by_the_request_timeout():
+    """Status line and headers one byte a second: the 3 s deadline covers them too, not each byte's wait."""
+    with Server(drip) as server:
+        cfg = config(server.url, TRACK_API, request_timeout_seconds=3, max_retries=0)
+        result = run_connector("write", cfg, catalog(), interleave(people(5), every=5), timeout=DRIP_SECONDS + 30)
+    message = assert_failed(result, "transient_error")
+    assert "timed out" in message and "1 attempts" in message
+    # Time is the behaviour here: one 3 s attempt, on a loaded machine, against a drip that lasts 100 s.
+    assert result.duration < DRIP_SECONDS / 4, f"a 3 s attempt took {result.duration:.0f} s"
+
+
+@pytest.mark.parametrize("dripping", ["GET /", "auth token"])
+def test_check_against_headers_dripping_in_fails_within_its_deadline(dripping: str):
+    """check's GET of base_url and its fetch of a deletion token are bounded as a whole by its 10 s deadline: a
+    server dripping its answer fails the check instead of passing it after 100 s."""
+
+    def answer(handler: Handler, path: str, raw: bytes) -> None:
+        if (dripping == "GET /") == (handler.command == "GET"):
+            drip(handler, path, raw)
+        else:
+            handler.send(200, b'{"access_token": "tok123"}')
+
+    with Server(answer) as server:
+        result = run_connector("check", config(server.url, DELETE_API), timeout=DRIP_SECONDS + 30)
+    assert result.returncode == 0, result.describe()
+    (status,) = result.statuses
+    assert status["status"] == "FAILED", result.describe()
+    assert "did not answer within 10 s" in status["message"], status["message"]
+    # Time is the behaviour here: one 10 s deadline, on a loaded machine, against a drip that lasts 100 s.
+    assert result.duration < DRIP_SECONDS / 3, f"check took {result.duration:.0f} s"
+
+
 def test_an_800_mb_answer_is_not_read_whole_and_is_not_an_acknowledgement():
     megabytes_sent: list[int] = []
 
-    def endless_200(handler: _Handler, path: str, raw: bytes) -> None:
+    def endless_200(handler: Handler, path: str, raw: bytes) -> None:
         """200 with an 800 MB web page: a wrong base_url's answer, no acknowledgement."""
         handler.send_response(200)
         handler.send_header("Content-Length", str(800 * 1024 * 1024 + 6))
@@ -297,6 +266,19 @@ def test_large_records_against_a_slow_heap_stay_within_bounded_memory():
     reliability.record("bytes_bound_peak_mb", round(seen["peak"][0]))
 
 
+def test_an_item_larger_than_a_request_may_be_is_skipped_and_counted(heap):
+    """One record whose item alone is 5 MB (5,000 properties of 1,000 characters, each within Heap's rules) is
+    not sent as a body past the 4 MB a request holds: it is skipped as item_too_large; the others land."""
+    rows = people(10)
+    rows[4] = {**rows[4], **{f"p{k:04d}": f"{k:04d}" + "v" * 996 for k in range(5000)}}
+    messages = interleave(rows, every=5)
+    result = run_connector("write", config(heap, {**TRACK_API, "property_columns": "*"}), catalog(), messages)
+    assert result.returncode == 0, result.describe()
+    assert result.skipped == {"item_too_large": 1}, result.describe()
+    assert sorted(event["identity"] for event in heap.events) == sorted(row["email"] for row in rows[:4] + rows[5:])
+    assert result.states == states_of(messages)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # 6. Smaller ones
 
@@ -320,6 +302,50 @@ def test_408_is_retried_like_a_timeout(heap):
     assert result.summary["retries"] == 2
 
 
+def test_retry_after_as_an_http_date_is_honoured():
+    """A 429 whose Retry-After is an HTTP date 3 s ahead (whole seconds: 2 to 3 s from now): the retry waits for
+    it, where backoff alone would retry within 0.5 s; the log says what Heap asked for and what was taken."""
+
+    def answer(handler: Handler, path: str, raw: bytes) -> None:
+        if len(handler.server.requests) == 1:
+            when = email.utils.formatdate(time.time() + 3, usegmt=True)
+            handler.send(429, b"Too Many Requests", {"Retry-After": when})
+        else:
+            handler.send(200, b"")
+
+    with Server(answer) as server:
+        cfg = config(server.url, TRACK_API, max_concurrent_requests=1)
+        result = run_connector("write", cfg, catalog(), interleave(people(5), every=5))
+        arrivals = server.arrivals
+    assert result.returncode == 0, result.describe()
+    assert len(arrivals) == 2
+    assert arrivals[1] - arrivals[0] >= 1.9, f"retried {arrivals[1] - arrivals[0]:.2f} s after a 429 asking for 2 s+"
+    assert any("(Retry-After); retrying in 2." in line for line in result.log_lines("INFO")), result.describe()
+
+
+def test_a_day_long_retry_after_is_logged_with_the_wait_taken():
+    """Retry-After: 86400 is not waited for a day: the connector says that Heap asked for 86400 s and that it waits
+    300 s (its most) before the retry. The sync is then stopped with SIGTERM rather than waiting 5 minutes."""
+    started: dict[str, object] = {}
+
+    def stop_once_told(message: dict) -> None:
+        if message["type"] == "LOG" and "Retry-After" in message["log"]["message"]:
+            send_sigterm(started["process"])
+
+    with Server(always(429, b"Too Many Requests", {"Retry-After": "86400"})) as server:
+        result = run_connector(
+            "write", config(server.url, TRACK_API), catalog(), interleave(people(5), every=5),
+            on_start=lambda process: started.setdefault("process", process), on_message=stop_once_told, timeout=60,
+        )
+    told = [line for line in result.log_lines("WARN") if "Retry-After" in line]
+    assert told == [
+        "Heap answered HTTP 429 at /api/track asking to wait 86400.0 s (Retry-After); retrying in 300.0 s, the most "
+        "this connector waits before a retry."
+    ], result.describe()
+    assert [error["failure_type"] for error in result.errors] == ["transient_error"], result.describe()
+    assert result.states == []
+
+
 def test_a_deletion_endpoint_answering_401_even_to_a_fresh_token_is_a_config_error():
     with deletion_server(lambda handler: handler.send(401, b"Unauthorized")) as server:
         cfg = config(server.url, DELETE_API, max_retries=6)
@@ -334,7 +360,7 @@ def test_a_deletion_endpoint_answering_401_even_to_a_fresh_token_is_a_config_err
 def test_the_token_request_follows_no_redirect():
     with Server(always(200, b'{"access_token": "elsewhere"}')) as elsewhere:
 
-        def redirect(handler: _Handler, path: str, raw: bytes) -> None:
+        def redirect(handler: Handler, path: str, raw: bytes) -> None:
             handler.send(307, b"", {"Location": elsewhere.url + path})
 
         with Server(redirect) as server:
