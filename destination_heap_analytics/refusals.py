@@ -58,6 +58,7 @@ class RefusalWatch:
         self._run = 0  # refusals naming no item since the last acceptance
         self._last_reason = ""
         self._unpinned_splits = 0
+        self._verdict: DeliveryError | None = None  # Heap's refusals here cannot be pinned on items: stop
         self._changed = threading.Condition()
         # one batch at a time narrows down refusals naming no item: batches already refused wait for its verdict
         # rather than each spending requests on what is likely one cause
@@ -69,23 +70,26 @@ class RefusalWatch:
         return self.acceptances > 0
 
     def before_request(self) -> None:
-        """Raises once Heap has refused RUN_LIMIT requests in a row without naming an item."""
+        """Raises once Heap's refusals here cannot be pinned on items (and for every request after that)."""
         with self._changed:
-            if self._run < RUN_LIMIT:
-                return
-            run, reason, accepted = self._run, self._last_reason, self.acceptances
-        if not accepted:
-            raise DeliveryError(
-                f"Heap refused {run} requests in a row at {self.path} without naming an item it refuses (last: "
-                f"{reason}) and accepted none from this sync: it refuses the requests themselves. Nothing more is "
-                f"sent. {CHECK_BASE_URL}",
+            if self._verdict is None and self._run >= RUN_LIMIT:
+                self._verdict = self._run_refused()
+            if self._verdict is not None:
+                raise DeliveryError(str(self._verdict), self._verdict.transient)  # each thread its own
+
+    def _run_refused(self) -> DeliveryError:
+        if not self.acceptances:
+            return DeliveryError(
+                f"Heap refused {self._run} requests in a row at {self.path} without naming an item it refuses (last: "
+                f"{self._last_reason}) and accepted none from this sync: it refuses the requests themselves. Nothing "
+                f"more is sent. {CHECK_BASE_URL}",
                 transient=False,
             )
-        raise DeliveryError(
-            f"Heap accepted requests at {self.path} earlier in this sync, then refused {run} in a row without naming "
-            f"an item it refuses (last: {reason}). Nothing more is sent, and no state passes a record Heap did not "
-            "take: run the sync again later; if it keeps failing, check app_id and that the Heap environment still "
-            "accepts data.",
+        return DeliveryError(
+            f"Heap accepted requests at {self.path} earlier in this sync, then refused {self._run} in a row without "
+            f"naming an item it refuses (last: {self._last_reason}). Nothing more is sent, and no state passes a "
+            "record Heap did not take: run the sync again later; if it keeps failing, check app_id and that the Heap "
+            "environment still accepts data.",
             transient=True,
         )
 
@@ -108,14 +112,16 @@ class RefusalWatch:
         is all Heap does with requests of more than one item."""
         with self._changed:
             self._unpinned_splits += 1
-            if self._unpinned_splits < UNPINNED_SPLITS:
-                return
-        raise DeliveryError(
-            f"Heap refused {UNPINNED_SPLITS} requests in a row at {self.path} whose items it then accepted in "
-            "smaller requests, and accepted no request of more than one item meanwhile: it takes items one at a "
-            "time only. Set batch_size to 1, or check any proxy between this host and Heap that limits requests.",
-            transient=False,
-        )
+            if self._unpinned_splits >= UNPINNED_SPLITS and self._verdict is None:
+                self._verdict = DeliveryError(
+                    f"Heap refused {UNPINNED_SPLITS} requests in a row at {self.path} whose items it then accepted in "
+                    "smaller requests, and accepted no request of more than one item meanwhile: it takes items one "
+                    "at a time only. Set batch_size to 1, or check any proxy between this host and Heap that limits "
+                    "requests.",
+                    transient=False,
+                )
+            if self._verdict is not None:
+                raise DeliveryError(str(self._verdict), self._verdict.transient)  # each thread its own
 
     def take_turn_to_narrow(self, stop: threading.Event) -> None:
         """Wait until no other batch is narrowing down an unexplained refusal here; then `end_narrowing`."""

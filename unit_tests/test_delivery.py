@@ -1,9 +1,11 @@
-"""Delivery rules without a network: Heap's error texts reduced to data-free reasons, what counts as Heap's
-acknowledgement, per-key order across concurrent batches, refusals about the request against refusals about
-an item, the byte-bounded window, and the state rule with several batches in flight."""
+"""Delivery rules without a network: Heap's error texts reduced to data-free reasons, what an answer means and
+how long Heap asks to wait, per-key order across concurrent batches, refusals about the request against
+refusals about an item (from the start, mid-sync, at random), the byte-bounded window, and the state rule with
+several batches in flight."""
 
 from __future__ import annotations
 
+import email.utils
 import random
 import threading
 import time
@@ -11,13 +13,17 @@ import time
 import orjson
 import pytest
 
+from destination_heap_analytics import refusals
 from destination_heap_analytics.client import (
     UNEXPLAINED,
     DeliveryCounters,
     DeliveryError,
     HeapRejected,
+    Verdict,
+    classify,
     heap_reason,
     is_heap_acknowledgement,
+    retry_after,
 )
 from destination_heap_analytics.config import parse_config
 from destination_heap_analytics.delivery import MAX_WINDOW_BYTES, Batch, BatchSender, Route
@@ -97,6 +103,56 @@ def test_every_2xx_body_is_heaps_acknowledgement_but_another_servers_page(body, 
     assert is_heap_acknowledgement(body) is acknowledged
 
 
+@pytest.mark.parametrize(
+    ("status", "body", "whole", "verdict"),
+    [
+        (200, b"", True, Verdict.ACKNOWLEDGED),
+        (204, b"", True, Verdict.ACKNOWLEDGED),
+        (201, b'{"deletion_request_id": "x"}', True, Verdict.ACKNOWLEDGED),
+        (200, b"<html><body>Welcome</body></html>", True, Verdict.NOT_HEAP),
+        (200, b"{" * 1000, False, Verdict.NOT_HEAP),  # longer than any answer of Heap's
+        (400, b"postBody.events[0].properties should be object", True, Verdict.REFUSED),
+        (413, b"Request Entity Too Large", True, Verdict.REFUSED),
+        (422, b"", True, Verdict.REFUSED),
+        (401, b"Unauthorized", True, Verdict.UNAUTHORIZED),
+        (408, b"", True, Verdict.RETRY),
+        (429, b"Too Many Requests", True, Verdict.RETRY),
+        (500, b"", True, Verdict.RETRY),
+        (503, b"<html>down</html>", True, Verdict.RETRY),
+        (403, b"Forbidden", True, Verdict.WRONG_PLACE),
+        (404, b"", True, Verdict.WRONG_PLACE),
+        (405, b"", True, Verdict.WRONG_PLACE),
+        (307, b"", True, Verdict.WRONG_PLACE),
+        (418, b"", True, Verdict.UNEXPECTED),
+    ],
+)
+def test_what_an_answer_means(status, body, whole, verdict):
+    assert classify(status, body, whole) is verdict
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        (None, None),
+        ("86400", 86400),  # a day: read as asked (the wait taken is capped, and logged, by the client)
+        (" 3 ", 3),
+        ("1.5", 1.5),  # not the standard's form, but some servers send it
+        ("0", 0),
+        ("soon", None),
+        ("-3", None),
+        ("nan", None),
+        (email.utils.formatdate(0, usegmt=True), 0),  # a date in the past: no wait
+    ],
+)
+def test_the_wait_heap_asks_for(header, seconds):
+    assert retry_after({} if header is None else {"Retry-After": header}) == seconds
+
+
+def test_the_wait_heap_asks_for_as_an_http_date():
+    asked = retry_after({"Retry-After": email.utils.formatdate(time.time() + 60, usegmt=True)})
+    assert 58 <= asked <= 60  # whole seconds in the date
+
+
 # ------------------------------------------------------------------------------------------------------------
 # A Heap without a network
 
@@ -107,7 +163,6 @@ class FakeClient:
 
     def __init__(self, answer=None, delay=lambda: 0.0) -> None:
         self.counters = DeliveryCounters()
-        self.accepted_any = False
         self.arrived: list[dict] = []
         self.requests: list[list[dict]] = []
         self._answer = answer or (lambda items: None)
@@ -123,7 +178,6 @@ class FakeClient:
         self._answer(items)
         with self._lock:
             self.arrived.extend(items)
-            self.accepted_any = True
         return object()
 
 
@@ -400,11 +454,119 @@ def test_every_item_refused_alone_with_the_same_answer_is_the_request_found_in_a
 
 
 def test_a_few_items_refused_alike_once_heap_accepted_the_sync_are_skipped():
+    bad = ("u1", "u2", "u3", "u4")
+
     def answer(items):
-        if any(item["identity"] in ("u1", "u2", "u3", "u4") for item in items):
+        if any(item["identity"] in bad and item["properties"]["v"] == 1 for item in items):
             raise HeapRejected(400, "postBody.users[0].properties should be object")
 
     client = FakeClient(answer)
-    client.accepted_any = True
-    (result,) = run_batches(sender_for(USER_API, client), user_batches(1, 8, 8))
-    assert result.failure is None and (result.delivered, len(result.rejected)) == (4, 4)
+    first, second = run_batches(sender_for(USER_API, client, max_concurrent_requests=1), user_batches(2, 8, 8))
+    assert (first.delivered, first.rejected) == (8, [])
+    assert second.failure is None and (second.delivered, len(second.rejected)) == (4, 4)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Refusals that name no item: evidence against the request, not an item
+
+
+def track_batches(items: int, per_batch: int) -> list[Batch]:
+    batches = []
+    for start in range(0, items, per_batch):
+        batch = Batch(len(batches) + 1, None)
+        for i in range(start, min(start + per_batch, items)):
+            body = orjson.dumps({"identity": f"u{i}", "event": "e"})
+            batch.bodies.append(body)
+            batch.identities.append(f"u{i}")
+            batch.size += len(body) + 1
+        batches.append(batch)
+    return batches
+
+
+def refusing(rule, text: str = "Bad Request"):
+    """An answer for FakeClient: the n-th request (from 0) holding `items` is refused with `text` if rule(n, items)."""
+    count = iter(range(10**9))
+    lock = threading.Lock()
+
+    def answer(items):
+        with lock:
+            refused = rule(next(count), items)
+        if refused:
+            raise HeapRejected(400, text)
+
+    return answer
+
+
+@pytest.mark.parametrize("per_batch", [100, 1000])
+def test_heap_refusing_everything_mid_sync_stops_it_in_under_50_requests_skipping_nothing(per_batch):
+    """Two requests accepted, then every one refused without a name (the red team's case, which took 7,564
+    requests and skipped 3,800 records with batches of 100, and overflowed the stack with 1000)."""
+    client = FakeClient(refusing(lambda n, items: n >= 2, "postBody.app_id is invalid"))
+    results = run_batches(sender_for(TRACK_API, client), track_batches(4000, per_batch))
+    failures = [result.failure for result in results if result.failure is not None]
+    assert failures and all(isinstance(failure, DeliveryError | refusals.DeliveryStopped) for failure in failures)
+    assert any(isinstance(failure, DeliveryError) and failure.transient for failure in failures)
+    assert len(client.requests) - 2 <= 50, f"{len(client.requests)} requests"
+    acknowledged = [result for result in results if result.failure is None]
+    assert [result.rejected for result in acknowledged] == [[]] * len(acknowledged)
+    assert sum(result.delivered for result in acknowledged) == 2 * per_batch
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_refusals_never_skip_a_good_item(seed):
+    """One request in ten refused at random, batches of 20, four at a time: every item lands, none is refused."""
+    chance = random.Random(seed)
+    client = FakeClient(refusing(lambda n, items: chance.random() < 0.1))
+    results = run_batches(sender_for(TRACK_API, client, max_concurrent_requests=4), track_batches(2000, 20))
+    assert [result.failure for result in results] == [None] * len(results)
+    assert sum(len(result.rejected) for result in results) == 0
+    assert {item["identity"] for item in client.arrived} == {f"u{i}" for i in range(2000)}
+
+
+def test_heap_taking_single_items_only_stops_the_sync_instead_of_splitting_every_batch():
+    client = FakeClient(refusing(lambda n, items: len(items) > 1))
+    results = run_batches(sender_for(TRACK_API, client), track_batches(3000, 1000))
+    errors = [result.failure for result in results if isinstance(result.failure, DeliveryError)]
+    assert errors and not errors[0].transient and "batch_size" in str(errors[0])
+    assert len(client.requests) <= 50, f"{len(client.requests)} requests"
+
+
+def test_an_item_refused_without_a_name_is_tried_again_before_its_keys_later_updates():
+    """u5's first update is refused twice, then taken: its later update in the same batch waits behind it."""
+    refusals_left = [2]
+
+    def answer(items):
+        if any(item["identity"] == "u5" and item["properties"]["v"] == 0 for item in items) and (
+            len(items) > 1 or refusals_left[0] > 0
+        ):
+            refusals_left[0] -= len(items) == 1
+            raise HeapRejected(400, "Bad Request")
+
+    client = FakeClient(answer)
+    sender = sender_for(USER_API, client, max_concurrent_requests=1)
+    (result,) = run_batches(sender, user_batches(2, 10, 20))
+    assert (result.failure, result.delivered, result.rejected) == (None, 20, [])
+    assert versions_by_user(client.arrived)["u5"] == [0, 1]
+
+
+def test_an_item_heap_refuses_every_time_without_a_name_is_skipped_after_a_harmless_repeat():
+    """The last item of the only batch is refused alone, with nothing after it to show that Heap takes other
+    requests: an event Heap already took is sent again (its idempotency key makes the repeat change nothing), and
+    the item, refused alone twice more after that, is skipped."""
+    client = FakeClient(refusing(lambda n, items: any(item["identity"] == "u9" for item in items)))
+    (result,) = run_batches(sender_for(TRACK_API, client), track_batches(10, 10))
+    assert (result.failure, result.delivered, result.rejected) == (None, 9, [UNEXPLAINED])
+    arrived = [item["identity"] for item in client.arrived]
+    assert sorted(set(arrived)) == sorted(f"u{i}" for i in range(9)) and arrived.count("u8") == 2
+    assert [len(items) for items in client.requests][-4:] == [1, 1, 1, 1]  # u9, u8 again, u9, u9
+
+
+def test_a_lone_refusal_without_a_name_and_no_other_request_taken_stops_the_sync(monkeypatch):
+    """Single items; the first is taken, the second refused every time and nothing else is sent meanwhile: whether
+    Heap refuses it or every request cannot be told, so the sync stops rather than skip it."""
+    monkeypatch.setattr(refusals, "EVIDENCE_WAIT_SECONDS", 0.05)
+    client = FakeClient(refusing(lambda n, items: n > 0))
+    results = run_batches(sender_for(TRACK_API, client, max_concurrent_requests=1), track_batches(2, 1))
+    assert results[0].failure is None and results[0].delivered == 1
+    assert isinstance(results[1].failure, DeliveryError) and results[1].failure.transient
+    assert results[1].rejected == [] and len(client.requests) == 1 + 1 + refusals.SUSPECT_RETRIES
