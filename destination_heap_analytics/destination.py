@@ -251,7 +251,8 @@ def _catalog_schemas(streams: list[ConfiguredAirbyteStream]) -> dict[StreamKey, 
 
 def _deletion_credentials_problem(config: HeapConfig) -> str | None:
     """For delete_users, fetching an auth token proves app_id and api_key without deleting anything."""
-    from destination_heap_analytics.client import DeletionAuth, DeliveryError, TokenUnavailable, heap_session
+    from destination_heap_analytics.client import DeletionAuth, DeliveryError, TokenUnavailable
+    from destination_heap_analytics.exchange import heap_session
 
     timeout = (CHECK_TIMEOUT_SECONDS, CHECK_TIMEOUT_SECONDS)
     keys = [stream.api_key for stream in config.streams if stream.api_key is not None]
@@ -270,7 +271,7 @@ def _deletion_credentials_problem(config: HeapConfig) -> str | None:
 def _unreachable(base_url: str) -> str | None:
     """None if Heap's host gives a whole HTTP answer to a GET (which writes nothing) within the deadline; else
     what to fix."""
-    from destination_heap_analytics.client import exchange, heap_session
+    from destination_heap_analytics.exchange import exchange, heap_session
 
     try:
         exchange(heap_session(), base_url + "/", (CHECK_TIMEOUT_SECONDS, CHECK_TIMEOUT_SECONDS), method="GET")

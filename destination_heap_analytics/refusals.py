@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from destination_heap_analytics.client import CHECK_BASE_URL, Answer, DeliveryError, DeliveryStopped, HeapRejected
+from destination_heap_analytics.client import CHECK_BASE_URL, DeliveryError, DeliveryStopped, HeapRejected
+from destination_heap_analytics.exchange import Answer
 
 if TYPE_CHECKING:
     from destination_heap_analytics.delivery import Batch, BatchResult, Route
