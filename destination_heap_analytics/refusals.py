@@ -211,7 +211,7 @@ class ItemDelivery:
                 transient=False,
             )
         if refusal.names_item and (self._watch.accepted_any or not self._same_refusals(refusal)):
-            self._result.rejected.append(refusal.reason)
+            self._reject(item, refusal)
         elif refusal.names_item or not self._watch.accepted_any:
             raise DeliveryError(
                 f"Heap refused the request itself, not an item in it ({refusal}), and has accepted nothing from "
@@ -222,6 +222,11 @@ class ItemDelivery:
             self._suspects.append((item, self._watch.acceptances))
             if self._keys is not None:
                 self._held.setdefault(self._keys[item], [])
+
+    def _reject(self, item: int, refusal: HeapRejected) -> None:
+        """The item is Heap's to refuse: skipped, counted by Heap's reason and placed by its position."""
+        self._result.rejected.append(refusal.reason)
+        self._result.refused_at.append(item)
 
     def _same_refusals(self, refusal: HeapRejected) -> bool:
         """Nothing of the batch delivered, and its first items tried alone all refused with this same answer: it
@@ -262,7 +267,7 @@ class ItemDelivery:
                 self._refused_alone(item, refusal)
                 return
         if corroborated:
-            self._result.rejected.append(refusal.reason)
+            self._reject(item, refusal)
             return
         raise DeliveryError(
             f"Heap refused an item alone at {self._route.endpoint.path} {SUSPECT_RETRIES + 1} times without naming "

@@ -156,6 +156,7 @@ class SyncWriter:
         # thousands of bodies, so each is kept as a right-sized copy
         body = bytes(memoryview(orjson.dumps(item.body)))
         if len(body) >= MAX_BATCH_BYTES:
+            self._ledger.record_rejected(intervals)
             self._skip(ITEM_TOO_LARGE, load)
             return
         if load.open is not None and load.open.size + len(body) >= MAX_BATCH_BYTES:
