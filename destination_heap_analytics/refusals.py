@@ -23,6 +23,8 @@ also be about the request itself (a wrong app_id, a body too large) or Heap's ow
 - A refused request whose halves Heap then takes, each whole, was refused for no item: `UNPINNED_SPLITS` of
   those in a row, with no request of more than one item accepted between, stop the sync with a config error
   (Heap takes single items only) instead of splitting every batch down to single items.
+- One batch at a time narrows down refusals naming no item at an endpoint; other refused batches wait for its
+  verdict instead of each spending requests on what is likely one cause.
 - A refused deletion is never skipped: it stops the sync.
 """
 
