@@ -1,10 +1,9 @@
 """HTTP request -> acknowledgement: one body into Heap, and knowing whether it got there.
 
-`HeapClient` sends one request with retries (408, 429, 5xx, timeouts, dropped connections) over one
-requests Session (its pool, proxies and TLS handling). Each attempt is bounded as a whole by
-`request_timeout_seconds`, Heap's answer included, and at most `MAX_ANSWER_BYTES` of the answer are read. A
-2xx counts as an acknowledgement unless its body is plainly another server's page (HTML). Heap's refusals
-are logged only as a field path and a rule from a fixed list: its wording may quote record values.
+`HeapClient.post` sends one request with retries (408, 429, 5xx, timeouts, dropped connections), each attempt
+an `exchange` bounded as a whole by `request_timeout_seconds`; what an answer means is a pure function of it
+(`classify`). A 2xx counts as an acknowledgement unless its body is plainly another server's page (HTML). Heap's
+refusals are logged only as a field path and a rule from a fixed list: its wording may quote record values.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from urllib3.exceptions import InvalidHeader
 from urllib3.util import Retry
 
 from destination_heap_analytics.config import HeapConfig
-from destination_heap_analytics.exchange import MAX_ANSWER_BYTES, Answer, exchange, heap_session
+from destination_heap_analytics.exchange import Answer, exchange, heap_session
 from destination_heap_analytics.pacing import Pacer
 
 logger = logging.getLogger("airbyte")
@@ -105,11 +104,10 @@ class Verdict(enum.Enum):
     UNEXPECTED = "unexpected"
 
 
-def classify(status: int, body: bytes, whole: bool = True) -> Verdict:
-    """What an answer means, from its status and body alone (`whole`: no longer than MAX_ANSWER_BYTES, as Heap's
-    answers are)."""
+def classify(status: int, body: bytes) -> Verdict:
+    """What an answer means, from its status and body alone."""
     if 200 <= status < 300:
-        return Verdict.ACKNOWLEDGED if whole and is_heap_acknowledgement(body) else Verdict.NOT_HEAP
+        return Verdict.ACKNOWLEDGED if is_heap_acknowledgement(body) else Verdict.NOT_HEAP
     if status in REJECTED_STATUSES:
         return Verdict.REFUSED
     if status == 401:
@@ -294,7 +292,7 @@ class HeapClient:
                 pause = _backoff(attempt, None)
                 continue
             self.counters.count(str(answer.status), retried=attempt > 0)
-            verdict = classify(answer.status, answer.body, answer.whole)
+            verdict = classify(answer.status, answer.body)
             if verdict is Verdict.ACKNOWLEDGED:
                 if self._pacer:
                     self._pacer.accepted()
@@ -358,8 +356,8 @@ def _wrong_answer(verdict: Verdict, status: int, url: str, token_renewed: bool) 
     """The config error for an answer no retry can change."""
     if verdict is Verdict.NOT_HEAP:
         return (
-            f"{url} answered HTTP {status} with an HTML page or more than {MAX_ANSWER_BYTES // 1024} kB, not Heap's "
-            f"acknowledgement: nothing is taken as delivered. {CHECK_BASE_URL}"
+            f"{url} answered HTTP {status} with an HTML page, not Heap's acknowledgement: nothing is taken as "
+            f"delivered. {CHECK_BASE_URL}"
         )
     if verdict is Verdict.UNAUTHORIZED and token_renewed:  # a fresh token refused too: the key or app is wrong
         return (

@@ -31,13 +31,11 @@ class AnswerTimeout(requests.ReadTimeout):
 
 @dataclass
 class Answer:
-    """Heap's answer: its status, headers and (at most MAX_ANSWER_BYTES of) its body; `whole`: the body was not
-    longer than that."""
+    """Heap's answer: its status, headers and (at most MAX_ANSWER_BYTES of) its body."""
 
     status: int
     headers: Mapping[str, str]
     body: bytes
-    whole: bool = True
 
 
 class _Deadline:
@@ -162,7 +160,7 @@ def exchange(
             raise requests.ConnectionError(f"broken answer ({type(error).__name__})") from None
     if deadline.passed:  # cut as the answer ended: it may be cut short, so it is not taken
         raise AnswerTimeout("no whole answer in time")
-    return Answer(response.status_code, response.headers, body, whole=complete)
+    return Answer(response.status_code, response.headers, body)
 
 
 def _read_answer(raw: urllib3.HTTPResponse) -> tuple[bytes, bool]:

@@ -104,30 +104,29 @@ def test_every_2xx_body_is_heaps_acknowledgement_but_another_servers_page(body, 
 
 
 @pytest.mark.parametrize(
-    ("status", "body", "whole", "verdict"),
+    ("status", "body", "verdict"),
     [
-        (200, b"", True, Verdict.ACKNOWLEDGED),
-        (204, b"", True, Verdict.ACKNOWLEDGED),
-        (201, b'{"deletion_request_id": "x"}', True, Verdict.ACKNOWLEDGED),
-        (200, b"<html><body>Welcome</body></html>", True, Verdict.NOT_HEAP),
-        (200, b"{" * 1000, False, Verdict.NOT_HEAP),  # longer than any answer of Heap's
-        (400, b"postBody.events[0].properties should be object", True, Verdict.REFUSED),
-        (413, b"Request Entity Too Large", True, Verdict.REFUSED),
-        (422, b"", True, Verdict.REFUSED),
-        (401, b"Unauthorized", True, Verdict.UNAUTHORIZED),
-        (408, b"", True, Verdict.RETRY),
-        (429, b"Too Many Requests", True, Verdict.RETRY),
-        (500, b"", True, Verdict.RETRY),
-        (503, b"<html>down</html>", True, Verdict.RETRY),
-        (403, b"Forbidden", True, Verdict.WRONG_PLACE),
-        (404, b"", True, Verdict.WRONG_PLACE),
-        (405, b"", True, Verdict.WRONG_PLACE),
-        (307, b"", True, Verdict.WRONG_PLACE),
-        (418, b"", True, Verdict.UNEXPECTED),
+        (200, b"", Verdict.ACKNOWLEDGED),
+        (204, b"", Verdict.ACKNOWLEDGED),
+        (201, b'{"deletion_request_id": "x"}', Verdict.ACKNOWLEDGED),
+        (200, b"<html><body>Welcome</body></html>", Verdict.NOT_HEAP),
+        (400, b"postBody.events[0].properties should be object", Verdict.REFUSED),
+        (413, b"Request Entity Too Large", Verdict.REFUSED),
+        (422, b"", Verdict.REFUSED),
+        (401, b"Unauthorized", Verdict.UNAUTHORIZED),
+        (408, b"", Verdict.RETRY),
+        (429, b"Too Many Requests", Verdict.RETRY),
+        (500, b"", Verdict.RETRY),
+        (503, b"<html>down</html>", Verdict.RETRY),
+        (403, b"Forbidden", Verdict.WRONG_PLACE),
+        (404, b"", Verdict.WRONG_PLACE),
+        (405, b"", Verdict.WRONG_PLACE),
+        (307, b"", Verdict.WRONG_PLACE),
+        (418, b"", Verdict.UNEXPECTED),
     ],
 )
-def test_what_an_answer_means(status, body, whole, verdict):
-    assert classify(status, body, whole) is verdict
+def test_what_an_answer_means(status, body, verdict):
+    assert classify(status, body) is verdict
 
 
 @pytest.mark.parametrize(
