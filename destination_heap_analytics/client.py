@@ -182,14 +182,14 @@ class DeletionAuth:
             answer = exchange(self._session, self._url, self._timeout, auth=self._credentials)
         except UnicodeEncodeError:  # HTTP Basic carries Latin-1 only; the error would quote the key
             raise DeliveryError(
-                "api.api_key holds a character HTTP Basic authentication cannot carry: check the key.",
+                "The deletion api_key holds a character HTTP Basic authentication cannot carry: check the key.",
                 transient=False,
             ) from None
         status = answer.status
         if status in (401, 403):
             raise DeliveryError(
                 f"Heap refused the api_key for app_id {self._credentials[0]} (HTTP {status}). "
-                "Check api.api_key, and that app_id is your Main Production environment's.",
+                "Check the deletion api_key, and that app_id is your Main Production environment's.",
                 transient=False,
             )
         if status in (408, 429) or status >= 500:
@@ -361,8 +361,8 @@ def _wrong_answer(verdict: Verdict, status: int, url: str, token_renewed: bool) 
         )
     if verdict is Verdict.UNAUTHORIZED and token_renewed:  # a fresh token refused too: the key or app is wrong
         return (
-            f"Heap answered HTTP 401 at {url} even with a freshly issued token. Check api.api_key, and that app_id "
-            "is your Main Production environment's."
+            f"Heap answered HTTP 401 at {url} even with a freshly issued token. Check the deletion api_key, and "
+            "that app_id is your Main Production environment's."
         )
     if verdict is Verdict.UNEXPECTED:
         return f"Heap answered an unexpected HTTP {status} at {url}."

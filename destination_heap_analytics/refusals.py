@@ -185,8 +185,8 @@ class ItemDelivery:
         if self._route.endpoint.answers_with_request_id:
             raise DeliveryError(
                 f"Heap refused a deletion request ({refusal}): its users are not deleted, and a deletion is never "
-                "skipped. Check the users' identities or user_ids and api.api_key, then run the sync again; it "
-                "resumes from the last state.",
+                "skipped. Check the users' identities or user_ids and the deletion api_key, then run the sync "
+                "again; it resumes from the last state.",
                 transient=False,
             )
         if not (refusal.names_item or self._narrowing):

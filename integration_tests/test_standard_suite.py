@@ -58,7 +58,7 @@ STANDIN_URL = f"http://127.0.0.1:{STANDIN_PORT}"
 FAILURE_WORDS = {
     "invalid_unreachable": ["Cannot connect", "127.0.0.1:1"],
     "invalid_app_id": ["app_id"],
-    "invalid_delete_users_wrong_key": ["api.api_key", "401"],
+    "invalid_delete_users_wrong_key": ["api_key", "401"],
 }
 
 
