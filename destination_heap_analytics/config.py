@@ -7,7 +7,9 @@ the newer top-level fields are all optional. Every error names the field and say
 from __future__ import annotations
 
 import ipaddress
+import json
 import pkgutil
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from difflib import get_close_matches
@@ -198,15 +200,30 @@ def parse_config(raw: Mapping[str, Any]) -> HeapConfig:
 StreamKey = tuple[str, str | None]  # a catalog stream's name and namespace
 
 
+def stream_label(key: StreamKey) -> str:
+    """A catalog stream as logs name it: `a.b` and `b` in namespace `a` are two streams, named apart."""
+    name, namespace = key
+    return name if namespace is None else f"{name} (namespace {namespace})"
+
+
 def streams_for_catalog(config: HeapConfig, catalog: list[StreamKey]) -> dict[StreamKey, StreamConfig]:
-    """The mapping of each (stream, namespace) of the catalog: the entry of `streams` that names it, else the
-    top-level api, which maps the one stream no entry names. Streams left without one are refused, by name."""
-    named = [stream for stream in config.streams if stream.stream is not None]
+    """The mapping of each (stream, namespace) of the catalog: the entry of `streams` that names it, the one
+    naming its namespace before one for any namespace, whatever their order; else the top-level api, which maps
+    the one stream no entry names. A name matches as written, or else with spaces around it trimmed. Streams
+    left without a mapping are refused, by name."""
+    entries: dict[StreamKey, StreamConfig] = {}  # by name as written, and trimmed where no entry is so written
+    for stream in config.streams:
+        if stream.stream is not None:
+            entries[(stream.stream, stream.namespace)] = stream
+    for stream in config.streams:
+        if stream.stream is not None:
+            entries.setdefault((stream.stream.strip(), stream.namespace), stream)
     top_level = next((stream for stream in config.streams if stream.stream is None), None)
     chosen: dict[StreamKey, StreamConfig] = {}
     unmapped = []
     for name, namespace in catalog:
-        entry = next((s for s in named if s.stream == name and s.namespace in (None, namespace)), None)
+        candidates = ((name, namespace), (name, None), (name.strip(), namespace), (name.strip(), None))
+        entry = next((entries[key] for key in candidates if key in entries), None)
         if entry is None:
             unmapped.append((name, namespace))
         else:
@@ -214,8 +231,8 @@ def streams_for_catalog(config: HeapConfig, catalog: list[StreamKey]) -> dict[St
     if len(unmapped) == 1 and top_level is not None:
         chosen[unmapped.pop()] = top_level
     if unmapped:
-        names = ", ".join(name if namespace is None else f"{namespace}.{name}" for name, namespace in unmapped)
-        example = ", ".join(f'{{"stream": "{name}", "api": {{"api_type": ...}}}}' for name, _ in unmapped[:2])
+        names = ", ".join(stream_label(key) for key in unmapped)
+        example = ", ".join(_entry_example(key) for key in unmapped[:2])
         raise ConfigError(
             f"No Heap mapping for the stream(s) {names}. Map each stream of the connection to a Heap object in "
             f"Airbyte's Mappings tab, or in streams, for example \"streams\": [{example}]; the top-level api maps "
@@ -227,6 +244,12 @@ def streams_for_catalog(config: HeapConfig, catalog: list[StreamKey]) -> dict[St
         else stream
         for key, stream in chosen.items()
     }
+
+
+def _entry_example(key: StreamKey) -> str:
+    name, namespace = key
+    named = json.dumps(name) + (f", \"namespace\": {json.dumps(namespace)}" if namespace is not None else "")
+    return f'{{"stream": {named}, "api": {{"api_type": ...}}}}'
 
 
 def _stream(raw: Mapping[str, Any], entry: Any, where: str) -> StreamConfig:
@@ -257,7 +280,7 @@ def _stream(raw: Mapping[str, Any], entry: Any, where: str) -> StreamConfig:
         batch_size=_integer(raw, "batch_size", max_batch, highest=max_batch),
         preset=preset,
         api_key=_api_key(api, f"{prefix}api") if mapping.api_type == "delete_users" else None,
-        stream=stream.strip() if stream else None,
+        stream=stream,  # as written: a catalog name may have spaces around it (streams_for_catalog)
         namespace=namespace or None,
     )
 
@@ -313,7 +336,9 @@ def _base_url(value: Any) -> str:
     except LocationParseError:
         parts = None
     if parts is None or parts.scheme not in ("https", "http") or not parts.host:
-        raise ConfigError(f"base_url {url!r} is not a URL; use {US_BASE_URL} (US) or {EU_BASE_URL} (EU).")
+        raise ConfigError(
+            f"base_url {_without_credentials(url)!r} is not a URL; use {US_BASE_URL} (US) or {EU_BASE_URL} (EU)."
+        )
     if parts.auth or "\\" in url or parts.query or parts.fragment:
         raise ConfigError(f"base_url must be a plain URL such as {US_BASE_URL}: no credentials, query or fragment.")
     if parts.scheme == "http" and not is_loopback_host(parts.host.strip("[]")):
@@ -322,6 +347,17 @@ def _base_url(value: Any) -> str:
             "on a loopback address such as 127.0.0.1."
         )
     return url
+
+
+def _without_credentials(url: str) -> str:
+    """`url` safe to print, whatever it is: whatever comes before its last `@` past the scheme (a user and
+    password, however written) is masked, and a query or fragment (a token) dropped."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    if "@" in rest:
+        rest = "…@" + rest.rpartition("@")[2]
+    return scheme + separator + re.split("[?#]", rest, maxsplit=1)[0]
 
 
 def _with_preset(api: Any, preset: str | None) -> Any:

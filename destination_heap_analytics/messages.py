@@ -41,9 +41,12 @@ class SourceRecord:
 
 @dataclass(slots=True)
 class SourceState:
-    """One STATE message exactly as it came; the writer adds `destinationStats` and nothing else."""
+    """One STATE message exactly as it came; the writer adds `destinationStats` and nothing else.
+    `descriptor`: the (name, namespace) a STREAM state names; None for a GLOBAL or LEGACY state, or a STREAM
+    state without a descriptor."""
 
     message: dict[str, Any]
+    descriptor: tuple[str, str | None] | None = None
 
 
 @dataclass(slots=True)
@@ -114,7 +117,7 @@ def parse_line(line: bytes) -> SourceRecord | SourceState | BadLine | None:
     if kind == "RECORD":
         return _record(raw.get("record"))
     if kind == "STATE":
-        return SourceState(raw) if isinstance(raw.get("state"), dict) else BadLine("STATE without a state body")
+        return _state(raw)
     return None if kind in IGNORED_TYPES else BadLine("not an Airbyte message")
 
 
@@ -125,7 +128,9 @@ def from_airbyte_messages(messages: Iterable[AirbyteMessage]) -> Iterator[Source
             record = message.record
             yield SourceRecord(record.stream, record.namespace or None, record.data, int(record.emitted_at or 0))
         elif message.type == Type.STATE and message.state is not None:
-            yield SourceState(AirbyteMessageSerializer.dump(message))
+            state = _state(AirbyteMessageSerializer.dump(message))
+            if state.__class__ is SourceState:  # the CDK's models hold nothing else
+                yield state
 
 
 def _record(record: Any) -> SourceRecord | BadLine:
@@ -133,9 +138,34 @@ def _record(record: Any) -> SourceRecord | BadLine:
         return BadLine("RECORD without a stream", record=True)
     if "data" not in record:
         return BadLine("RECORD without data", record=True)
+    namespace = record.get("namespace") or None
+    if namespace is not None and not isinstance(namespace, str):
+        return BadLine("RECORD whose namespace is not text", record=True)
     emitted_at = record.get("emitted_at")
     emitted_at = int(emitted_at) if isinstance(emitted_at, (int, float)) and math.isfinite(emitted_at) else 0
-    return SourceRecord(record["stream"], record.get("namespace") or None, record["data"], emitted_at)
+    return SourceRecord(record["stream"], namespace, record["data"], emitted_at)
+
+
+def _state(raw: dict[str, Any]) -> SourceState | BadLine:
+    """A STATE whose parts the destination reads (its stream's descriptor, destinationStats) have the
+    protocol's shape; anything else is no usable state (skipped: a later state covers its records)."""
+    body = raw.get("state")
+    if not isinstance(body, dict):
+        return BadLine("STATE without a state body")
+    if not isinstance(body.get("destinationStats") or {}, dict):
+        return BadLine("STATE whose destinationStats is not an object")
+    if body.get("type") != "STREAM" or body.get("stream") is None:
+        return SourceState(raw)
+    stream = body["stream"]
+    descriptor = stream.get("stream_descriptor") if isinstance(stream, dict) else ""
+    if not isinstance(descriptor, dict | None):
+        return BadLine("STREAM state whose stream or stream_descriptor is not an object")
+    name, namespace = (descriptor or {}).get("name"), (descriptor or {}).get("namespace") or None
+    if name is None:
+        return SourceState(raw)  # it names no stream: it waits for every stream
+    if not isinstance(name, str) or not (namespace is None or isinstance(namespace, str)):
+        return BadLine("STREAM state whose stream name or namespace is not text")
+    return SourceState(raw, (name, namespace))
 
 
 def _parse_leniently(line: bytes) -> Any:

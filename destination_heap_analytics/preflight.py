@@ -15,7 +15,14 @@ from typing import Any
 from jsonpath_ng import Child, Fields, Root
 from jsonpath_ng import parse as parse_jsonpath
 
-from destination_heap_analytics.config import PRESETS, REQUIRED_COLUMNS, ConfigError, StreamConfig, StreamKey
+from destination_heap_analytics.config import (
+    PRESETS,
+    REQUIRED_COLUMNS,
+    ConfigError,
+    StreamConfig,
+    StreamKey,
+    stream_label,
+)
 from destination_heap_analytics.mapping import HeapItem, Rejection
 
 # The difflib ratio (case ignored) from which an undeclared column is taken for a typo of a declared one:
@@ -54,10 +61,10 @@ def check_columns(streams: Mapping[StreamKey, StreamConfig], schemas: Mapping[St
             # excluding a column the stream lacks costs nothing, but a typo there sends what was meant to stay out
             refusal = _refusal(column, declared, closed and field != "excluded_columns")
             if refusal:
-                refused.append(f"stream {stream_name(key)}: {field} {column!r} {refusal}")
+                refused.append(f"stream {stream_label(key)}: {field} {column!r} {refusal}")
             else:
                 warnings.append(
-                    f"Stream {stream_name(key)}: {field} {column!r} is not declared in the stream's schema; the sync "
+                    f"Stream {stream_label(key)}: {field} {column!r} is not declared in the stream's schema; the sync "
                     "goes on, as some sources send fields they do not declare. If the records do not have it, fix "
                     "the column name."
                 )
@@ -102,12 +109,6 @@ def first_field(column: str) -> str | None:
     return None
 
 
-def stream_name(key: StreamKey) -> str:
-    """A catalog stream as the logs name it: namespace.name where it has a namespace."""
-    name, namespace = key
-    return name if namespace is None else f"{namespace}.{name}"
-
-
 def _declares(declared: Mapping[str, Any], column: str) -> bool:
     """The schema declares the column (a path: its first field), or the column cannot be checked. PyAirbyte,
     loading from its cache, sends the source's schema with records whose top-level keys it lowercased
@@ -145,7 +146,7 @@ class ColumnWatch:
     before the STATE leaves. After the verdict, or after any other record, the stream is no longer watched."""
 
     def __init__(self, stream: StreamConfig, key: StreamKey) -> None:
-        self._name = stream_name(key)
+        self._name = stream_label(key)
         self._property_columns = stream.mapping.property_columns or ()
         self._records = 0
         self._suspect: Rejection | None = None

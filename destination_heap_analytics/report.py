@@ -20,7 +20,7 @@ UNPARSABLE_LINES_LOGGED = 10
 
 @dataclass
 class StreamFigures:
-    """One catalog stream's part of the totals."""
+    """One catalog stream's part of the totals, kept by its load."""
 
     read: int = 0
     sent: int = 0
@@ -32,11 +32,12 @@ class SyncReport:
         self,
         counters: DeliveryCounters,
         dry_run: bool = False,
-        streams: tuple[str, ...] = (),
+        streams: tuple[tuple[str, StreamFigures], ...] = (),
     ) -> None:
         self.counters = counters
-        # per catalog stream, by name, when there are several: the totals below count every stream and line
-        self.streams = {name: StreamFigures() for name in streams} if len(streams) > 1 else {}
+        # each catalog stream's name and figures (its load keeps them), listed when there are several; the
+        # totals below count every stream and line
+        self._streams = streams if len(streams) > 1 else ()
         self._sent = "would have been sent (dry run: nothing sent)" if dry_run else "sent and acknowledged by Heap"
         self._sent_short = "would have been sent" if dry_run else "sent"
         self.records_read = 0
@@ -49,20 +50,20 @@ class SyncReport:
         self._started = time.monotonic()
         self._next_progress = self._started + PROGRESS_INTERVAL_SECONDS
 
-    def read(self, stream: str | None = None) -> None:
+    def read(self, stream: StreamFigures | None = None) -> None:
         self.records_read += 1
-        if stream in self.streams:
-            self.streams[stream].read += 1
+        if stream is not None:
+            stream.read += 1
 
-    def sent(self, count: int, stream: str | None = None) -> None:
+    def sent(self, count: int, stream: StreamFigures | None = None) -> None:
         self.records_sent += count
-        if stream in self.streams:
-            self.streams[stream].sent += count
+        if stream is not None:
+            stream.sent += count
 
-    def skip(self, reason: str, stream: str | None = None) -> None:
+    def skip(self, reason: str, stream: StreamFigures | None = None) -> None:
         self.skipped[reason] += 1
-        if stream in self.streams:
-            self.streams[stream].skipped[reason] += 1
+        if stream is not None:
+            stream.skipped[reason] += 1
 
     def unparsable(self, number: int, problem: str) -> None:
         """An input line that is not a usable Airbyte message: the first few are logged by position and a fixed
@@ -127,7 +128,7 @@ class SyncReport:
     def _by_stream(self) -> str:
         """Each catalog stream's records read, sent and skipped by reason (stream names come from the catalog)."""
         parts = []
-        for name, figures in self.streams.items():
+        for name, figures in self._streams:
             reasons = f" ({_listing(figures.skipped)})" if figures.skipped else ""
             total = sum(figures.skipped.values())
             parts.append(f"{name}: {figures.read} read, {figures.sent} {self._sent_short}, {total} skipped{reasons}")

@@ -11,17 +11,43 @@ or of every stream), as Airbyte 1.8+ counts them: those that reached Heap and th
 or refused by Heap), together the records received. A record counts toward the next state of its own stream and
 the next state for every stream; one whose stream cannot be read (an unreadable line), toward the latter only.
 Heap's refusals come with the batch's acknowledgement, so a state's figures are final when it may leave.
+
+A STREAM state names its stream by a descriptor that need not match the catalog's key exactly (no namespace
+where the catalog has one): `CatalogStreams` says which stream's records it covers, and where that is not
+certain, it covers them all. A state never leaves before records it may cover.
+
+Each operation costs constant time (amortized), however many streams, states and batches a sync has.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from destination_heap_analytics.config import StreamKey
+
 State = TypeVar("State")
 EVERY_STREAM = None  # the stream of a state that covers them all
+
+
+class CatalogStreams:
+    """Which catalog stream a STREAM state covers, from the descriptor it came with."""
+
+    def __init__(self, catalog: Iterable[StreamKey]) -> None:
+        self._catalog = frozenset(catalog)
+        names = Counter(name for name, _ in self._catalog)
+        self._by_unique_name = {key[0]: key for key in self._catalog if names[key[0]] == 1}
+
+    def covered_by(self, descriptor: StreamKey | None) -> StreamKey | None:
+        """The stream the descriptor names exactly; else the one catalog stream of its name (a descriptor
+        without the namespace, say); else EVERY_STREAM: a state that matches no one stream waits for all."""
+        if descriptor is None:
+            return EVERY_STREAM
+        if descriptor in self._catalog:
+            return descriptor
+        return self._by_unique_name.get(descriptor[0], EVERY_STREAM)
 
 
 @dataclass(slots=True)
@@ -44,9 +70,15 @@ class StateLedger(Generic[State]):
         self._last_opened = 0  # batches are numbered 1, 2, ... in the order their first record arrived
         self._last_opened_of: dict[Hashable, int] = {}  # stream -> the number of its latest batch
         self._stream_of: dict[int, Hashable] = {}  # unacknowledged batch -> its stream
+        # Batches in the order opened, of each stream and of all; acknowledged ones leave from the front only,
+        # so the front is the oldest batch still awaiting Heap once the acknowledged are dropped from it.
+        self._opened_of: dict[Hashable, deque[int]] = {}
+        self._opened: deque[int] = deque()
         # stream -> its states waiting, in arrival order: (last batch it covers, arrival number, state, interval)
-        self._waiting: defaultdict[Hashable, deque[tuple[int, int, State, Interval]]] = defaultdict(deque)
+        self._waiting: dict[Hashable, deque[tuple[int, int, State, Interval]]] = {}
+        self._changed: set[Hashable] = set()  # streams whose waiting states may have become releasable
         self._arrivals = 0
+        self.pending = 0  # states received and not yet released
         self._filling: defaultdict[Hashable, Interval] = defaultdict(Interval)  # stream -> since its last state
         self._intervals_of: dict[Hashable, Intervals] = {}  # stream -> what its records count toward now
         self._items_of: defaultdict[int, list[Intervals]] = defaultdict(list)  # batch -> each item's intervals
@@ -56,6 +88,8 @@ class StateLedger(Generic[State]):
         self._last_opened += 1
         self._last_opened_of[stream] = self._last_opened
         self._stream_of[self._last_opened] = stream
+        self._opened_of.setdefault(stream, deque()).append(self._last_opened)
+        self._opened.append(self._last_opened)
         return self._last_opened
 
     def record_received(self, stream: Hashable = EVERY_STREAM) -> Intervals:
@@ -85,7 +119,11 @@ class StateLedger(Generic[State]):
         including those in a batch still being filled."""
         last = self._last_opened if stream is EVERY_STREAM else self._last_opened_of.get(stream, 0)
         self._arrivals += 1
-        self._waiting[stream].append((last, self._arrivals, state, self._filling.pop(stream, Interval())))
+        self._waiting.setdefault(stream, deque()).append(
+            (last, self._arrivals, state, self._filling.pop(stream, Interval()))
+        )
+        self._changed.add(stream)
+        self.pending += 1
         if stream is EVERY_STREAM:  # every stream's records now count toward the next such state
             self._intervals_of.clear()
         else:
@@ -93,7 +131,9 @@ class StateLedger(Generic[State]):
 
     def acknowledged(self, batch: int, refused: Iterable[int] = ()) -> None:
         """Heap holds every record of this batch but those at the positions `refused`, which it refused."""
-        self._stream_of.pop(batch, None)
+        if batch in self._stream_of:
+            self._changed.add(self._stream_of.pop(batch))
+            self._changed.add(EVERY_STREAM)
         items = self._items_of.pop(batch, [])
         for position in refused:
             self.record_rejected(items[position])
@@ -102,18 +142,25 @@ class StateLedger(Generic[State]):
         """The states, in arrival order, whose records are all acknowledged, each with its interval's figures;
         each is returned once."""
         released: list[tuple[int, State, Interval]] = []
-        for stream, waiting in self._waiting.items():
-            while waiting and self._covered(stream, waiting[0][0]):
+        for stream in self._changed:
+            waiting = self._waiting.get(stream)
+            while waiting and self._oldest_unacknowledged(stream) > waiting[0][0]:
                 _, arrival, state, interval = waiting.popleft()
                 released.append((arrival, state, interval))
-        return [(state, interval) for _, state, interval in sorted(released, key=lambda entry: entry[0])]
+            if waiting is not None and not waiting:
+                del self._waiting[stream]
+        self._changed.clear()
+        self.pending -= len(released)
+        released.sort(key=lambda entry: entry[0])
+        return [(state, interval) for _, state, interval in released]
 
-    @property
-    def pending(self) -> int:
-        return sum(len(waiting) for waiting in self._waiting.values())
-
-    def _covered(self, stream: Hashable, last: int) -> bool:
-        """No batch numbered up to `last` (of `stream`, or of any stream for EVERY_STREAM) awaits Heap."""
-        return not any(
-            number <= last and (stream is EVERY_STREAM or of == stream) for number, of in self._stream_of.items()
-        )
+    def _oldest_unacknowledged(self, stream: Hashable) -> float:
+        """The number of the oldest batch (of `stream`, of any for EVERY_STREAM) awaiting Heap; inf if none."""
+        opened = self._opened if stream is EVERY_STREAM else self._opened_of.get(stream)
+        while opened and opened[0] not in self._stream_of:
+            opened.popleft()
+        if opened:
+            return opened[0]
+        if stream is not EVERY_STREAM:
+            self._opened_of.pop(stream, None)
+        return float("inf")

@@ -20,7 +20,7 @@ from airbyte_cdk.models import FailureType
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
 from destination_heap_analytics.client import DeliveryCounters, DeliveryStopped, HeapClient
-from destination_heap_analytics.config import HeapConfig, StreamConfig, StreamKey
+from destination_heap_analytics.config import HeapConfig, StreamConfig, StreamKey, stream_label
 from destination_heap_analytics.delivery import (
     MAX_BATCH_BYTES,
     STOP_CHECK_SECONDS,
@@ -32,9 +32,9 @@ from destination_heap_analytics.delivery import (
 from destination_heap_analytics.mapping import Mapping, Rejection
 from destination_heap_analytics.messages import BadLine, Message, SourceRecord, SourceState
 from destination_heap_analytics.pacing import Pacer
-from destination_heap_analytics.preflight import ColumnWatch, stream_name
-from destination_heap_analytics.report import SyncReport
-from destination_heap_analytics.state import EVERY_STREAM, StateLedger
+from destination_heap_analytics.preflight import ColumnWatch
+from destination_heap_analytics.report import StreamFigures, SyncReport
+from destination_heap_analytics.state import EVERY_STREAM, CatalogStreams, StateLedger
 
 logger = logging.getLogger("airbyte")
 
@@ -47,11 +47,12 @@ ITEM_TOO_LARGE = Rejection("item_too_large")  # a request of its own would pass 
 
 
 class StreamLoad:
-    """One catalog stream's part of a sync: its mapping, its route to Heap, and the batch it is filling."""
+    """One catalog stream's part of a sync: its mapping, its route to Heap, the batch it is filling and its
+    figures."""
 
     def __init__(self, key: StreamKey, stream: StreamConfig, route: Route) -> None:
         self.key = key
-        self.name = stream_name(key)  # as the report names it
+        self.figures = StreamFigures()
         self.mapping = Mapping(stream.mapping, key[0])
         self.watch = ColumnWatch(stream, key)  # its first records, for a required column none of them has
         self.route = route
@@ -77,9 +78,10 @@ class SyncWriter:
             self._loads[key] = StreamLoad(key, stream, Route(config, stream, client))
         self._sender = BatchSender(config, self._stop)
         self._ledger: StateLedger[SourceState] = StateLedger()
+        self._catalog = CatalogStreams(self._loads)
         self._load_of_batch: dict[int, StreamLoad] = {}  # until acknowledged
-        names = tuple(load.name for load in self._loads.values())
-        self.report = SyncReport(counters, config.dry_run, streams=names)
+        figures = tuple((stream_label(key), load.figures) for key, load in self._loads.items())
+        self.report = SyncReport(counters, config.dry_run, streams=figures)
         self._terminated_at: float | None = None  # when SIGTERM arrived
         self._next_look = 0.0  # see _look_around
 
@@ -120,7 +122,7 @@ class SyncWriter:
         if kind is SourceRecord:
             self.process_record(message)
         elif kind is SourceState:
-            stream = _stream_of(message)
+            stream = self._catalog.covered_by(message.descriptor)
             self._refuse_absent_columns(stream)
             self._ledger.state_received(message, stream)
             yield from self._release(self._sender.collect())
@@ -142,7 +144,7 @@ class SyncWriter:
             self._ledger.record_rejected(intervals)
             self._skip(STREAM_NOT_IN_CATALOG)
             return
-        self.report.read(load.name)
+        self.report.read(load.figures)
         item = load.mapping.map(record.data, record.emitted_at)
         refusal = load.watch.saw(record.data, item) if load.watch.watching else None
         if item.__class__ is Rejection:
@@ -224,7 +226,7 @@ class SyncWriter:
                 failure = failure or result.failure
                 continue
             load = self._load_of_batch.pop(result.number)
-            self.report.sent(result.delivered, load.name)
+            self.report.sent(result.delivered, load.figures)
             for reason in result.rejected:
                 self._skip(Rejection(f"rejected_by_heap: {reason}"), load)
             self._ledger.acknowledged(result.number, result.refused_at)
@@ -263,7 +265,7 @@ class SyncWriter:
             raise AirbyteTracedException(message=message, failure_type=FailureType.config_error)
 
     def _skip(self, rejection: Rejection, load: StreamLoad | None = None) -> None:
-        self.report.skip(rejection.describe(), load.name if load else None)
+        self.report.skip(rejection.describe(), load.figures if load else None)
         self._stop_on_invalid(rejection)
 
     def _stop_on_invalid(self, rejection: Rejection, line: BadLine | None = None) -> None:
@@ -277,11 +279,3 @@ class SyncWriter:
                 failure_type=FailureType.config_error,
             )
 
-
-def _stream_of(state: SourceState) -> StreamKey | None:
-    """The stream a STREAM state is for; EVERY_STREAM for a GLOBAL or LEGACY state."""
-    body = state.message["state"]
-    if body.get("type") != "STREAM":
-        return EVERY_STREAM
-    descriptor = (body.get("stream") or {}).get("stream_descriptor") or {}
-    return descriptor.get("name"), descriptor.get("namespace") or None

@@ -115,6 +115,24 @@ def test_config_errors_say_what_to_fix(overrides, message):
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("ftp://admin:pw@host", "'ftp://…@host'"),
+        ("htps://admin:pw@host/path", "'htps://…@host/path'"),
+        ("htps:admin:pw@host", "'…@host'"),
+        ("ftp://admin:p/w@host", "'ftp://…@host'"),
+        ("ftp://admin:p?w#x@host", "'ftp://…@host'"),
+        ("gopher://host/?token=pw", "'gopher://host/'"),
+        ("https://admin:pw@", "'https://…@'"),
+    ],
+)
+def test_a_refused_base_url_is_never_printed_with_its_credentials(url, shown):
+    with pytest.raises(ConfigError) as error:
+        parse_config(config(base_url=url))
+    assert shown in str(error.value) and "pw" not in str(error.value)
+
+
 def test_config_must_be_an_object():
     with pytest.raises(ConfigError, match="JSON object"):
         parse_config(["app_id"])
@@ -197,12 +215,51 @@ def test_a_namespace_narrows_an_entry_to_that_namespace():
 
 
 @pytest.mark.parametrize(
+    "entries, stream",
+    [
+        ([{"stream": "users", "api": TRACK}, {"stream": "users", "namespace": "crm", "api": USERS}], ("users", "crm")),
+        ([{"stream": "users", "namespace": "crm", "api": USERS}, {"stream": "users", "api": TRACK}], ("users", "crm")),
+        ([{"stream": "users", "api": TRACK}, {"stream": "users", "namespace": "crm", "api": USERS}], ("users", "web")),
+    ],
+)
+def test_the_entry_naming_the_namespace_wins_whatever_the_order(entries, stream):
+    parsed = parse_config({"app_id": "11", "streams": entries})
+    chosen = streams_for_catalog(parsed, [("users", "crm"), ("users", "web")])
+    expected = "add_user_properties" if stream[1] == "crm" else "track"
+    assert chosen[stream].mapping.api_type == expected
+
+
+@pytest.mark.parametrize(
+    "entries, catalog_name, api_type",
+    [
+        ([{"stream": " users ", "api": USERS}], " users ", "add_user_properties"),  # named exactly
+        ([{"stream": "users ", "api": USERS}], "users", "add_user_properties"),  # spaces around, as before
+        ([{"stream": "users", "api": TRACK}, {"stream": " users", "api": USERS}], " users", "add_user_properties"),
+        ([{"stream": " users", "api": USERS}, {"stream": "users", "api": TRACK}], "users", "track"),
+    ],
+)
+def test_a_stream_name_matches_as_written_else_trimmed(entries, catalog_name, api_type):
+    chosen = streams_for_catalog(parse_config({"app_id": "11", "streams": entries}), [(catalog_name, None)])
+    assert chosen[(catalog_name, None)].mapping.api_type == api_type
+
+
+def test_an_unmapped_stream_with_spaces_is_shown_the_entry_that_maps_it():
+    parsed = parse_config({"app_id": "11", "streams": [{"stream": "orders", "api": ORDERS}]})
+    with pytest.raises(ConfigError) as refused:
+        streams_for_catalog(parsed, [("orders", None), (" users ", None), ('say "hi"', "x")])
+    shown = '[{"stream": " users ", "api": {"api_type": ...}}, {"stream": "say \\"hi\\"", "namespace": "x", "api"'
+    assert shown in str(refused.value)
+
+
+@pytest.mark.parametrize(
     "raw, catalog, message",
     [
         ({"api": TRACK}, [("users", None), ("orders", None)], "No Heap mapping for the stream(s) users, orders"),
         ({"streams": [{"stream": "users", "api": USERS}]}, [("users", None), ("orders", "shop")],
-         'shop.orders. Map each stream of the connection to a Heap object in Airbyte\'s Mappings tab, or in streams, '
-         'for example "streams": [{"stream": "orders"'),
+         'orders (namespace shop). Map each stream of the connection to a Heap object in Airbyte\'s Mappings tab, '
+         'or in streams, for example "streams": [{"stream": "orders", "namespace": "shop", "api"'),
+        ({"streams": [{"stream": "users", "api": USERS}]}, [("users", None), ("a.b", None), ("b", "a")],
+         'stream(s) a.b, b (namespace a). Map'),  # two streams, named apart
     ],
 )
 def test_unmapped_streams_are_refused_by_name_with_the_way_to_map_them(raw, catalog, message):

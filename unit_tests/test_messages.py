@@ -20,6 +20,21 @@ from destination_heap_analytics.messages import (
 STATE = b'{"type":"STATE","state":{"type":"STREAM","id":3,"x":[1],"stream":{"stream_descriptor":{"name":"u"}}}}'
 
 
+NOT_TEXT_NAMESPACE = BadLine("RECORD whose namespace is not text", record=True)
+NOT_AN_OBJECT = BadLine("STREAM state whose stream or stream_descriptor is not an object")
+NOT_TEXT = BadLine("STREAM state whose stream name or namespace is not text")
+NOT_STATS = BadLine("STATE whose destinationStats is not an object")
+
+
+class Anything(dict):
+    def __eq__(self, other: object) -> bool:
+        return True
+
+
+ANY = Anything()  # a state's message: kept whole, see test_a_state_is_kept_exactly_as_it_came
+STATE_OF_U = SourceState(ANY, ("u", None))
+
+
 @pytest.mark.parametrize(
     "line, expected",
     [
@@ -38,6 +53,29 @@ STATE = b'{"type":"STATE","state":{"type":"STREAM","id":3,"x":[1],"stream":{"str
         (b'{"type":"RECORD","record":{"stream":"u","data":{', BadLine("not JSON", record=True)),
         (b'{"type":"STATE"}', BadLine("STATE without a state body")),
         (b'{"type":"STATE","state":[]}', BadLine("STATE without a state body")),
+        (b'{"type":"RECORD","record":{"stream":"u","namespace":{"a":1},"data":{}}}', NOT_TEXT_NAMESPACE),
+        (b'{"type":"RECORD","record":{"stream":"u","namespace":7,"data":{}}}', NOT_TEXT_NAMESPACE),
+        (b'{"type":"STATE","state":{"type":"STREAM","stream":"users"}}', NOT_AN_OBJECT),
+        (b'{"type":"STATE","state":{"type":"STREAM","stream":{"stream_descriptor":"users"}}}', NOT_AN_OBJECT),
+        (b'{"type":"STATE","state":{"type":"STREAM","stream":{"stream_descriptor":{"name":["u"]}}}}', NOT_TEXT),
+        (b'{"type":"STATE","state":{"type":"STREAM","stream":{"stream_descriptor":{"name":5}}}}', NOT_TEXT),
+        (
+            b'{"type":"STATE","state":{"type":"STREAM","stream":{"stream_descriptor":{"name":"u","namespace":{}}}}}',
+            SourceState(ANY, ("u", None)),  # an empty namespace is none, as for a RECORD
+        ),
+        (
+            b'{"type":"STATE","state":{"type":"STREAM","stream":{"stream_descriptor":{"name":"u","namespace":[1]}}}}',
+            NOT_TEXT,
+        ),
+        (b'{"type":"STATE","state":{"type":"GLOBAL","destinationStats":"x"}}', NOT_STATS),
+        (b'{"type":"STATE","state":{"type":"LEGACY","destinationStats":[1]}}', NOT_STATS),
+        (b'{"type":"STATE","state":{"type":"STREAM","stream":{"stream_descriptor":{"name":"u"}}}}', STATE_OF_U),
+        (
+            b'{"type":"STATE","state":{"type":"STREAM","stream":{"stream_descriptor":{"name":"u","namespace":"n"}}}}',
+            SourceState(ANY, ("u", "n")),
+        ),
+        (b'{"type":"STATE","state":{"type":"STREAM","stream":{"stream_state":{}}}}', SourceState(ANY, None)),
+        (b'{"type":"STATE","state":{"type":"GLOBAL","global":{},"destinationStats":null}}', SourceState(ANY, None)),
         (b'{"type":"LOG","log":{"level":"INFO","message":"hi"}}', None),
         (b'{"type":"TRACE"}', None),
         (b'{"type":"SOMETHING"}', BadLine("not an Airbyte message")),

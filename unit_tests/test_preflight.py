@@ -110,7 +110,7 @@ def test_every_refused_column_of_every_stream_is_named_at_once():
     with pytest.raises(ConfigError) as refused:
         check_columns(chosen, {("users", None): schema(), ("orders", "shop"): schema()})
     assert "stream users: identity_column 'emial'" in str(refused.value)
-    assert "stream shop.orders: property_columns 'plna'" in str(refused.value)
+    assert "stream orders (namespace shop): property_columns 'plna'" in str(refused.value)
 
 
 @pytest.mark.parametrize(

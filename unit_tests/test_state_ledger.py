@@ -1,8 +1,14 @@
 """The state rule: a STATE leaves only once every batch opened before it is acknowledged, in arrival order."""
 
-import pytest
+import sys
+from collections import deque
 
-from destination_heap_analytics.state import EVERY_STREAM, StateLedger
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from destination_heap_analytics import state as state_module
+from destination_heap_analytics.state import EVERY_STREAM, CatalogStreams, StateLedger
 
 
 def released(ledger: StateLedger) -> list:
@@ -188,3 +194,141 @@ def test_a_state_for_every_stream_starts_every_streams_next_interval_but_not_a_s
     assert {state: figures["rejectedRecordCount"] for state, figures in stats(ledger).items()} == {
         "global-1": 1.0, "users-1": 2.0, "global-2": 1.0
     }
+
+
+# Which stream a STREAM state covers: the one its descriptor names, else the one of its name, else every stream.
+
+CATALOG = [("users", "public"), ("orders", "public"), ("orders", "archive"), ("events", None)]
+
+
+@pytest.mark.parametrize(
+    "descriptor, covered",
+    [
+        (("users", "public"), ("users", "public")),
+        (("users", None), ("users", "public")),  # the namespace left out: the one catalog stream of that name
+        (("users", "other"), ("users", "public")),
+        (("orders", None), EVERY_STREAM),  # two catalog streams of that name: it may cover either
+        (("orders", "archive"), ("orders", "archive")),
+        (("events", None), ("events", None)),
+        (("refunds", None), EVERY_STREAM),  # no catalog stream: wait for all rather than leave at once
+        (None, EVERY_STREAM),  # a STREAM state without a descriptor
+    ],
+)
+def test_the_stream_a_state_covers(descriptor, covered):
+    assert CatalogStreams(CATALOG).covered_by(descriptor) == covered
+
+
+def test_a_state_without_the_namespace_waits_for_its_streams_records():
+    ledger = StateLedger()
+    batch = ledger.open_batch(("users", "public"))
+    ledger.state_received("users-1", CatalogStreams([("users", "public")]).covered_by(("users", None)))
+    assert released(ledger) == []
+    ledger.acknowledged(batch)
+    assert released(ledger) == ["users-1"]
+
+
+# The rule, checked against its plain statement on random sequences of batches, states and acknowledgements.
+
+
+class PlainLedger:
+    """The rule as stated, at any cost: a state leaves once no batch it covers awaits Heap, after the earlier
+    states of its stream."""
+
+    def __init__(self):
+        self.opened, self.unacknowledged, self.waiting = [], set(), []
+
+    def open_batch(self, stream):
+        self.opened.append(stream)
+        self.unacknowledged.add(len(self.opened))
+        return len(self.opened)
+
+    def state_received(self, state, stream):
+        covered = {n for n, of in enumerate(self.opened, 1) if stream is EVERY_STREAM or of == stream}
+        self.waiting.append((stream, covered, state))
+
+    def releasable(self):
+        released, blocked = [], set()
+        for stream, covered, state in self.waiting:
+            if stream not in blocked and not covered & self.unacknowledged:
+                released.append(state)
+            else:
+                blocked.add(stream)
+        self.waiting = [entry for entry in self.waiting if entry[2] not in released]
+        return released
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["open", "state", "ack", "release"]), st.sampled_from([None, "a", "b"]),
+                          st.integers(0, 40)), max_size=60))
+def test_the_ledger_releases_what_the_plain_rule_releases(steps):
+    ledger, plain = StateLedger(), PlainLedger()
+    for number, (action, stream, pick) in enumerate(steps):
+        if action == "open":
+            assert ledger.open_batch(stream) == plain.open_batch(stream)
+        elif action == "state":
+            ledger.state_received(number, stream)
+            plain.state_received(number, stream)
+        elif action == "ack" and plain.unacknowledged:
+            batch = sorted(plain.unacknowledged)[pick % len(plain.unacknowledged)]
+            plain.unacknowledged.discard(batch)
+            ledger.acknowledged(batch)
+        else:
+            assert released(ledger) == plain.releasable()
+    assert released(ledger) == plain.releasable()
+    assert ledger.pending == len(plain.waiting)
+
+
+# Cost: each state in constant time however many streams and states came before. Measured in lines of
+# state.py executed (a count, not a clock: the suite runs on a busy machine).
+
+
+def lines_executed_in_the_ledger(action) -> int:
+    count = 0
+
+    def local(frame, event, arg):
+        nonlocal count
+        count += event == "line"
+        return local
+
+    def tracer(frame, event, arg):
+        return local if frame.f_code.co_filename == state_module.__file__ else None
+
+    sys.settrace(tracer)
+    try:
+        action()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+def states_of_distinct_streams(n: int) -> None:
+    ledger = StateLedger()
+    for i in range(n):
+        batch = ledger.open_batch(f"stream-{i}")
+        ledger.state_received(i, f"stream-{i}")
+        released(ledger)  # as the writer does after every state
+        ledger.acknowledged(batch)
+        released(ledger)
+    assert ledger.pending == 0
+
+
+def states_of_one_stream_with_batches_in_flight(n: int) -> None:
+    ledger, in_flight = StateLedger(), deque()
+    for i in range(n):
+        in_flight.append(ledger.open_batch("users"))
+        ledger.state_received(i, "users")
+        ledger.state_received(-i, EVERY_STREAM)
+        if len(in_flight) > 50:  # a window of batches awaiting Heap
+            ledger.acknowledged(in_flight.popleft())
+        released(ledger)
+    while in_flight:
+        ledger.acknowledged(in_flight.popleft())
+    released(ledger)
+    assert ledger.pending == 0
+
+
+@pytest.mark.parametrize("scenario", [states_of_distinct_streams, states_of_one_stream_with_batches_in_flight])
+def test_each_state_costs_the_same_however_many_came_before(scenario):
+    small = lines_executed_in_the_ledger(lambda: scenario(500))
+    large = lines_executed_in_the_ledger(lambda: scenario(2000))
+    assert large <= 4.4 * small  # linear: 4x the states, 4x the work (quadratic would be 16x)
