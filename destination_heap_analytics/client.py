@@ -41,6 +41,7 @@ CHECK_BASE_URL = "Check base_url (US: https://heapanalytics.com, EU: https://c.e
 _TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")  # printable ASCII: a token goes into a header line
 _PATH = re.compile(r"postBody(?:\.[A-Za-z_]\w{0,63}|\[\d{1,9}\])*")
 _POSITION = re.compile(r"\[\d+\]")
+_PROPERTY_NAME = re.compile(r"(\.properties)\..*")  # under property_columns "*", names are record data
 _ITEM_PATH = re.compile(r"postBody\.(?:(?:events|users|accounts)\[\d+\]|(?!(?:app_id|events|users|accounts)\b)\w)")
 # The rules of Heap's error texts that are kept; anything after them, and any other wording, may quote a
 # record's values and is dropped. Longest first, so that "should be object" wins over "should be".
@@ -136,13 +137,13 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 def heap_reason(text: str) -> str:
-    """Heap's refusal, safe to log: its field path with list positions masked ("postBody.events[n].properties")
-    and its rule from HEAP_RULES ("should be object"); "…" marks wording dropped after the rule. Values are
-    never kept: any other wording becomes a fixed phrase."""
+    """Heap's refusal, safe to log: its field path with list positions and property names masked
+    ("postBody.events[n].properties.<property>") and its rule from HEAP_RULES ("should be object"); "…" marks
+    wording dropped after the rule. Values are never kept: any other wording becomes a fixed phrase."""
     path, _, rule = text.strip().partition(" ")
     if _PATH.fullmatch(path) is None:
         return UNEXPLAINED
-    path = _POSITION.sub("[n]", path)
+    path = _PROPERTY_NAME.sub(r"\1.<property>", _POSITION.sub("[n]", path))
     for known in HEAP_RULES:
         if rule == known:
             return f"{path} {known}"
