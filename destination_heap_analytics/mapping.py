@@ -339,6 +339,33 @@ def _writable(value: Any) -> Any:
     return value
 
 
+OPEN_OBJECT, OPEN_ARRAY, CLOSE = [0], [1], [2]  # _flattened's markers: lists, which no flattened leaf is
+
+
+def _flattened(value: Any) -> list[Any]:
+    """`value` as one flat list, walked without recursion whatever its depth: each object as OPEN_OBJECT, its
+    keys (sorted) each followed by its value, CLOSE; each array as OPEN_ARRAY, its elements, CLOSE; anything
+    else as itself. Different values give different lists."""
+    flat: list[Any] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if item is CLOSE:
+            flat.append(CLOSE)
+        elif isinstance(item, dict):
+            flat.append(OPEN_OBJECT)
+            stack.append(CLOSE)
+            for key in sorted(item, key=str, reverse=True):
+                stack.extend((item[key], _writable(key)))
+        elif isinstance(item, (list, tuple)):
+            flat.append(OPEN_ARRAY)
+            stack.append(CLOSE)
+            stack.extend(reversed(item))
+        else:
+            flat.append(_writable(item))
+    return flat
+
+
 def _identifier(path: ColumnPath | None, record: dict[str, Any], field_name: str) -> str | Rejection:
     value = path.resolve(record) if path else None
     if value.__class__ is str and 0 < len(value) <= MAX_IDENTITY_LENGTH and not value.isspace():
@@ -473,7 +500,9 @@ def idempotency_key(record: dict[str, Any], stream: str = "", event: str = "", e
 
     The recipe is part of the connector's contract: a changed key makes a replay a second event in Heap.
     XXH3-128 of the canonical JSON array ["event_id", stream, event, event_id as text] or
-    ["record", stream, event, record with keys sorted].
+    ["record", stream, event, record with keys sorted]. A record nested deeper than orjson writes (such
+    records used to be skipped as too_deeply_nested, so no earlier key exists for them) gets the key of
+    ["flattened", stream, event, _flattened(record)]: a field the mapping does not use costs no record.
     """
     if isinstance(event_id, str) and event_id.strip() or isinstance(event_id, int) and not isinstance(event_id, bool):
         return xxh3_128_hexdigest(orjson.dumps(["event_id", stream, event, str(event_id)]))
@@ -484,7 +513,10 @@ def idempotency_key(record: dict[str, Any], stream: str = "", event: str = "", e
         canonical = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # anything else (a plain function's caller may pass any dict) as text
         options = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
-        canonical = orjson.dumps(_writable(parts), default=str, option=options)
+        try:
+            canonical = orjson.dumps(_writable(parts), default=str, option=options)
+        except (orjson.JSONEncodeError, RecursionError):  # nested deeper than orjson writes (255 levels)
+            canonical = orjson.dumps(["flattened", stream, event, _flattened(record)], default=str)
     # XXH3-128: for data nobody crafts against it, collisions as unlikely as with a cryptographic 128-bit
     # hash, and it is far cheaper, which matters as it runs once for every event
     return xxh3_128_hexdigest(canonical)

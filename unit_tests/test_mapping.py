@@ -656,13 +656,35 @@ def test_columns_airbyte_adds_are_neither_properties_nor_identity():
     assert cached.body["idempotency_key"] == original.body["idempotency_key"]
 
 
-def test_records_nested_too_deep_to_walk_are_rejected_not_crashing():
-    deep: dict = {"leaf": 1}
-    for _ in range(600):
+def nested(depth: int, leaf: object = 1) -> dict:
+    deep: dict = {"leaf": leaf}
+    for _ in range(depth):
         deep = {"d": deep}
-    assert mapped(track(property_columns=("who",)), {"who": "u", "what": "e", "deep": deep}) == Rejection(
-        "too_deeply_nested"
-    )
+    return deep
+
+
+@pytest.mark.parametrize("depth", [300, 600])
+def test_a_field_nested_too_deep_to_walk_is_refused_only_where_the_mapping_uses_it(depth):
+    record = {"who": "u", "what": "e", "deep": [nested(depth)]}  # an array's objects go to Heap as JSON text
+    assert mapped(track(property_columns=("deep",)), record) == Rejection("too_deeply_nested")
+    item = mapped(track(property_columns=("who",)), record)
+    assert item.body["properties"] == {"who": "u"}
+    replay = mapped(track(property_columns=("who",)), {"deep": [nested(depth)], "what": "e", "who": "u"})
+    other = mapped(track(property_columns=("who",)), {**record, "deep": [nested(depth, leaf=2)]})
+    assert item.body["idempotency_key"] == replay.body["idempotency_key"] != other.body["idempotency_key"]
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        ({"a": ["b", "c"]}, {"a": "b", "c": []}),  # keys, values and markers cannot be mistaken for each other
+        ({"a": [[1], 2]}, {"a": [[1, 2]]}),
+        ({"a": {"b": 1}}, {"a": [{"b": 1}]}),
+        ({"a": [0]}, {"a": [[]]}),
+    ],
+)
+def test_deep_records_that_differ_get_different_keys(first, second):
+    assert idempotency_key({**first, "deep": nested(300)}) != idempotency_key({**second, "deep": nested(300)})
 
 
 def _reasons_in(source: str) -> set[str]:
