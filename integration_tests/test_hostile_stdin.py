@@ -294,3 +294,53 @@ def test_invalid_utf8_lines_are_counted_by_line_number(heap: HeapStandin, tmp_pa
         "overlong UTF-8 sequence line",
         "record cut inside a multi-byte character",
     )
+
+
+# Valid JSON that is not a valid message: each is counted as the README says, and the sync goes on.
+MALFORMED = {  # what each line is -> the line
+    "STATE whose stream is text": {"type": "STREAM", "stream": "events"},
+    "STATE whose stream_descriptor is text": {"type": "STREAM", "stream": {"stream_descriptor": "events"}},
+    "STATE whose stream name is not text": {"type": "STREAM", "stream": {"stream_descriptor": {"name": ["events"]}}},
+    "STATE whose namespace is not text": {
+        "type": "STREAM",
+        "stream": {"stream_descriptor": {"name": "events", "namespace": {"SECRET-NS": 1}}},
+    },
+    "STATE whose destinationStats is not an object": {"type": "LEGACY", "data": {}, "destinationStats": "SECRET-DS"},
+}
+
+
+@pytest.mark.parametrize("kind", MALFORMED)
+def test_a_malformed_state_is_an_unusable_line_and_the_states_around_it_leave(
+    kind: str, heap: HeapStandin, tmp_path: Path
+) -> None:
+    heap.set_latency(50)
+    malformed = json.dumps({"type": "STATE", "state": {**MALFORMED[kind], "id": 7}})
+    stdin = lines(rec(event(0)), rec(event(1)), state(1), malformed, rec(event(2)), state(2))
+    result = run_write(tmp_path, heap, stdin)
+    result.assert_clean("SECRET-NS", "SECRET-DS")
+    assert result.cursors() == [1, 2]
+    assert sorted(by_index(heap)) == [0, 1, 2]
+    assert result.unparsable_lines == [4], result.describe()
+    reliability.note("hostile_inputs", kind)
+
+
+def test_a_record_whose_namespace_is_not_text_is_an_invalid_record(heap: HeapStandin, tmp_path: Path) -> None:
+    bad = {"type": "RECORD", "record": {"stream": "events", "namespace": ["SECRET-NS-1"], "data": event(1)}}
+    result = run_write(tmp_path, heap, lines(rec(event(0)), json.dumps(bad), rec(event(2)), state(2)))
+    result.assert_clean("SECRET-NS-1")
+    assert result.cursors() == [2] and sorted(by_index(heap)) == [0, 2]
+    assert result.skipped == {"unreadable_record": 1}
+    assert counts(result) == {"read": 3, "sent": 2, "skipped": 1}
+    reliability.note("hostile_inputs", "RECORD whose namespace is not text")
+
+
+def test_a_deep_field_the_mapping_does_not_use_costs_no_record(heap: HeapStandin, tmp_path: Path) -> None:
+    deep: object = "SECRET-DEEP-LEAF"
+    for _ in range(300):
+        deep = {"n": deep}
+    stdin = lines(rec(event(0, nest=deep)), rec(event(1)), state(1), rec(event(0, nest=deep)), state(2))
+    result = run_write(tmp_path, heap, stdin, property_columns="i")
+    result.assert_clean("SECRET-DEEP-LEAF")
+    assert result.cursors() == [1, 2] and not result.skipped
+    assert sorted(by_index(heap)) == [0, 1]  # the replay of record 0 is the same event, not a second one
+    assert heap.duplicates_dropped == 1
