@@ -42,8 +42,7 @@ class SourceRecord:
 @dataclass(slots=True)
 class SourceState:
     """One STATE message exactly as it came; the writer adds `destinationStats` and nothing else.
-    `descriptor`: the (name, namespace) a STREAM state names; None for a GLOBAL or LEGACY state, or a STREAM
-    state without a descriptor."""
+    `descriptor`: the (name, namespace) a STREAM state names; None for a GLOBAL or LEGACY state."""
 
     message: dict[str, Any]
     descriptor: tuple[str, str | None] | None = None
@@ -121,16 +120,14 @@ def parse_line(line: bytes) -> SourceRecord | SourceState | BadLine | None:
     return None if kind in IGNORED_TYPES else BadLine("not an Airbyte message")
 
 
-def from_airbyte_messages(messages: Iterable[AirbyteMessage]) -> Iterator[SourceRecord | SourceState]:
+def from_airbyte_messages(messages: Iterable[AirbyteMessage]) -> Iterator[SourceRecord | SourceState | BadLine]:
     """The CDK's in-process form (AirbyteMessage objects) -> the same messages stdin gives."""
     for message in messages:
         if message.type == Type.RECORD and message.record is not None:
             record = message.record
             yield SourceRecord(record.stream, record.namespace or None, record.data, int(record.emitted_at or 0))
         elif message.type == Type.STATE and message.state is not None:
-            state = _state(AirbyteMessageSerializer.dump(message))
-            if state.__class__ is SourceState:  # the CDK's models hold nothing else
-                yield state
+            yield _state(AirbyteMessageSerializer.dump(message))
 
 
 def _record(record: Any) -> SourceRecord | BadLine:
@@ -154,15 +151,14 @@ def _state(raw: dict[str, Any]) -> SourceState | BadLine:
         return BadLine("STATE without a state body")
     if not isinstance(body.get("destinationStats") or {}, dict):
         return BadLine("STATE whose destinationStats is not an object")
-    if body.get("type") != "STREAM" or body.get("stream") is None:
+    if body.get("type") != "STREAM":
         return SourceState(raw)
-    stream = body["stream"]
-    descriptor = stream.get("stream_descriptor") if isinstance(stream, dict) else ""
-    if not isinstance(descriptor, dict | None):
-        return BadLine("STREAM state whose stream or stream_descriptor is not an object")
-    name, namespace = (descriptor or {}).get("name"), (descriptor or {}).get("namespace") or None
-    if name is None:
-        return SourceState(raw)  # it names no stream: it waits for every stream
+    # without a descriptor naming its stream, a STREAM state is not one the platform could take back
+    stream = body.get("stream")
+    descriptor = stream.get("stream_descriptor") if isinstance(stream, dict) else None
+    if not isinstance(descriptor, dict) or descriptor.get("name") is None:
+        return BadLine("STREAM state without a stream descriptor")
+    name, namespace = descriptor["name"], descriptor.get("namespace") or None
     if not isinstance(name, str) or not (namespace is None or isinstance(namespace, str)):
         return BadLine("STREAM state whose stream name or namespace is not text")
     return SourceState(raw, (name, namespace))

@@ -299,6 +299,7 @@ def test_invalid_utf8_lines_are_counted_by_line_number(heap: HeapStandin, tmp_pa
 # Valid JSON that is not a valid message: each is counted as the README says, and the sync goes on.
 MALFORMED = {  # what each line is -> the line
     "STATE whose stream is text": {"type": "STREAM", "stream": "events"},
+    "STREAM state without a descriptor": {"type": "STREAM", "stream": {"stream_state": {"last": 9}}},
     "STATE whose stream_descriptor is text": {"type": "STREAM", "stream": {"stream_descriptor": "events"}},
     "STATE whose stream name is not text": {"type": "STREAM", "stream": {"stream_descriptor": {"name": ["events"]}}},
     "STATE whose namespace is not text": {

@@ -21,7 +21,7 @@ STATE = b'{"type":"STATE","state":{"type":"STREAM","id":3,"x":[1],"stream":{"str
 
 
 NOT_TEXT_NAMESPACE = BadLine("RECORD whose namespace is not text", record=True)
-NOT_AN_OBJECT = BadLine("STREAM state whose stream or stream_descriptor is not an object")
+NO_DESCRIPTOR = BadLine("STREAM state without a stream descriptor")
 NOT_TEXT = BadLine("STREAM state whose stream name or namespace is not text")
 NOT_STATS = BadLine("STATE whose destinationStats is not an object")
 
@@ -55,8 +55,8 @@ STATE_OF_U = SourceState(ANY, ("u", None))
         (b'{"type":"STATE","state":[]}', BadLine("STATE without a state body")),
         (b'{"type":"RECORD","record":{"stream":"u","namespace":{"a":1},"data":{}}}', NOT_TEXT_NAMESPACE),
         (b'{"type":"RECORD","record":{"stream":"u","namespace":7,"data":{}}}', NOT_TEXT_NAMESPACE),
-        (b'{"type":"STATE","state":{"type":"STREAM","stream":"users"}}', NOT_AN_OBJECT),
-        (b'{"type":"STATE","state":{"type":"STREAM","stream":{"stream_descriptor":"users"}}}', NOT_AN_OBJECT),
+        (b'{"type":"STATE","state":{"type":"STREAM","stream":"users"}}', NO_DESCRIPTOR),
+        (b'{"type":"STATE","state":{"type":"STREAM","stream":{"stream_descriptor":"users"}}}', NO_DESCRIPTOR),
         (b'{"type":"STATE","state":{"type":"STREAM","stream":{"stream_descriptor":{"name":["u"]}}}}', NOT_TEXT),
         (b'{"type":"STATE","state":{"type":"STREAM","stream":{"stream_descriptor":{"name":5}}}}', NOT_TEXT),
         (
@@ -74,7 +74,10 @@ STATE_OF_U = SourceState(ANY, ("u", None))
             b'{"type":"STATE","state":{"type":"STREAM","stream":{"stream_descriptor":{"name":"u","namespace":"n"}}}}',
             SourceState(ANY, ("u", "n")),
         ),
-        (b'{"type":"STATE","state":{"type":"STREAM","stream":{"stream_state":{}}}}', SourceState(ANY, None)),
+        (b'{"type":"STATE","state":{"type":"STREAM","stream":{"stream_state":{}}}}', NO_DESCRIPTOR),
+        (b'{"type":"STATE","state":{"type":"STREAM","stream":{"stream_descriptor":{}}}}', NO_DESCRIPTOR),
+        (b'{"type":"STATE","state":{"type":"STREAM"}}', NO_DESCRIPTOR),
+        (b'{"type":"STATE","state":{"type":"GLOBAL","global":{}}}', SourceState(ANY, None)),
         (b'{"type":"STATE","state":{"type":"GLOBAL","global":{},"destinationStats":null}}', SourceState(ANY, None)),
         (b'{"type":"LOG","log":{"level":"INFO","message":"hi"}}', None),
         (b'{"type":"TRACE"}', None),
