@@ -126,10 +126,22 @@ def _config_cases(base_url: str) -> dict[str, tuple[dict, tuple[str, ...]]]:
         "base_url_plain_http_remote": (_with(good, ("base_url",), "http://heapanalytics.com"), ("https",)),
         "base_url_plain_http_private_ip": (_with(good, ("base_url",), "http://10.1.2.3:8080"), ("https",)),
         "base_url_plain_http_loopback_lookalike": (_with(good, ("base_url",), "http://127.0.0.1.nip.io"), ("https",)),
+        # a URL's credentials are never printed, whatever its scheme (URL_PASSWORD: test_..._credentials_...)
+        "base_url_ftp_with_credentials": (
+            _with(good, ("base_url",), f"ftp://admin:{URL_PASSWORD}@heap.invalid"), ("base_url", "ftp://…@heap.invalid")
+        ),
+        "base_url_misspelt_scheme_with_credentials": (
+            _with(good, ("base_url",), f"htps://admin:{URL_PASSWORD}@heap.invalid"), ("base_url", "not a URL")
+        ),
+        "base_url_https_with_credentials": (
+            _with(good, ("base_url",), f"https://admin:{URL_PASSWORD}@heap.invalid"), ("base_url", "no credentials")
+        ),
     }
 
 
+URL_PASSWORD = "SECRET-URL-PASSWORD"
 CASE_IDS = list(_config_cases("http://127.0.0.1:1"))
+CREDENTIAL_CASES = [case for case in CASE_IDS if case.endswith("_with_credentials")]
 UNREADABLE = {"config_not_an_object": "[]", "config_not_json": "{not json"}
 
 
@@ -200,6 +212,14 @@ def test_write_fails_with_config_error_before_sending_anything(case: str, config
     assert config_runs.heap_requests == 0, "a request reached Heap although every config was invalid"
     assert not config_runs.recorder_seen, f"traffic left loopback: {config_runs.recorder_seen[:3]}"
     reliability.note("config_errors_refused", f"write: {case}")
+
+
+@pytest.mark.parametrize("case", CREDENTIAL_CASES)
+def test_a_base_url_s_credentials_are_never_printed(case: str, config_runs: ConfigRuns) -> None:
+    """Not in check's status, nor write's TRACE, its ERROR log line or stderr."""
+    for result in (config_runs.check[case], config_runs.write[case]):
+        assert URL_PASSWORD not in result.stdout + result.stderr, result.describe()
+        assert "admin" not in result.stdout + result.stderr, result.describe()
 
 
 @pytest.mark.parametrize("case", list(UNREADABLE))
