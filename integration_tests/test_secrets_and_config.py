@@ -66,7 +66,7 @@ def run(
     directory: Path,
     command: str,
     config: Any,
-    env: dict[str, str],
+    env: dict[str, str] | None,
     catalog: dict | None = None,
     stdin: str = "",
     raw_config: str | None = None,
@@ -347,6 +347,26 @@ def test_record_values_never_appear_in_any_output(tmp_path: Path) -> None:
     finally:
         recorder.close()
         heap.stop()
+
+
+def test_property_names_from_the_data_never_appear_in_any_output(heap: HeapStandin, tmp_path: Path) -> None:
+    """Under property_columns "*", a record's own keys are property names: a map keyed by name and phone
+    number makes them personal data, so Heap's refusal path is logged with the name masked."""
+    key = "jane_doe_555_0142"
+
+    def refuse(item: dict) -> str | None:
+        names = [name for name in item.get("properties", {}) if key in name]
+        return f"postBody.users[0].properties.{names[0]} should be string" if names else None
+
+    heap.reject_when(refuse)
+    api = {"api_type": "add_user_properties", "identity_column": "user", "property_columns": "*"}
+    rows = [{"user": "u-1", "contacts": {key: True}}, {"user": "u-2", "plan": "pro"}]
+    stdin = "".join(record_line(row) + "\n" for row in rows) + state_line(1) + "\n"
+    result = run(tmp_path, "write", valid_config(heap.url, api=api), None, stdin=stdin)
+    result.assert_clean()
+    assert result.skipped == {"rejected_by_heap: postBody.users[n].properties.<property> should be string": 1}
+    assert key not in result.output_without_states, result.describe()
+    assert [user["identity"] for user in heap.users] == ["u-2"]
 
 
 # ------------------------------------------------------------------------------------------------------------
