@@ -362,7 +362,7 @@ def test_property_names_from_the_data_never_appear_in_any_output(heap: HeapStand
     api = {"api_type": "add_user_properties", "identity_column": "user", "property_columns": "*"}
     rows = [{"user": "u-1", "contacts": {key: True}}, {"user": "u-2", "plan": "pro"}]
     stdin = "".join(record_line(row) + "\n" for row in rows) + state_line(1) + "\n"
-    result = run(tmp_path, "write", valid_config(heap.url, api=api), None, stdin=stdin)
+    result = run(tmp_path, "write", config(heap, api), None, stdin=stdin)
     result.assert_clean()
     assert result.skipped == {"rejected_by_heap: postBody.users[n].properties.<property> should be string": 1}
     assert key not in result.output_without_states, result.describe()
