@@ -8,6 +8,7 @@ anywhere else. The table goes to stdout and to benchmarks/results.md (--quick: b
     bash scripts/benchmark.sh            # full run, 3-4 minutes on a quiet 2-core machine
     bash scripts/benchmark.sh --quick    # the same rows, but the paced run lasts 20 s and the memory row
                                          # has 100,000 records instead of 1,000,000
+    bash scripts/benchmark.sh --only hot-keys   # only the hot-key rows and their baselines, printed (1 minute)
 
 Targets are printed with ok/MISS beside the figures; nothing is asserted.
 """
@@ -106,6 +107,11 @@ TARGET_100MS_SHARE = 0.90  # of min(wire bound, 0 ms steady rate)
 TARGET_PACED_SHARE = 0.99
 TARGET_MEMORY_MB = 100
 TARGET_SPEC_S = 1.2
+TARGET_HOT_SHARE = 0.90  # 200,000 updates of 50 identities, of the rate of 200,000 distinct ones
+TARGET_MIXED_SHARE = 0.90  # users interleaved with updates of 3 accounts, of the rate of the users alone
+HOT_IDENTITIES = 50
+HOT_ACCOUNTS = 3
+MIXED_USERS = 4_000
 
 
 def log(message: str) -> None:
@@ -141,23 +147,78 @@ def user_record(i: int) -> dict:
     }
 
 
-_inputs: dict[tuple[int, bool], Path] = {}
+def hot_user_record(i: int) -> dict:
+    """user_record(i) as one of HOT_IDENTITIES users: many updates of few keys (its add_user_properties
+    identity is user_id)."""
+    return user_record(i) | {"user_id": f"auth0|hot-user-{i % HOT_IDENTITIES}"}
 
 
-def input_file(records: int, activation: bool = False) -> Path:
-    """A file of `records` RECORD messages with a STATE after every 1,000 (and after the last); made once.
-    `activation`: each record renamed for the event object, as the platform hands it on."""
-    if (records, activation) not in _inputs:
-        path = _inputs[records, activation] = WORK / f"messages-{records}{'-event' if activation else ''}.jsonl"
+def hot_account_record(i: int) -> dict:
+    """user_record(i) as an update of one of HOT_ACCOUNTS accounts (add_account_properties: identities.user_id)."""
+    data = user_record(i)
+    data["identities"][0]["user_id"] = f"hot-account-{i % HOT_ACCOUNTS}"
+    return data
+
+
+def event_record(i: int) -> dict:
+    """user_record(i) renamed for the event object, as the platform hands it on (data activation)."""
+    return renamed_for_event(user_record(i))
+
+
+_inputs: dict[tuple, Path] = {}
+
+
+Streams = tuple[tuple[str, Callable[[int], dict]], ...]  # (stream name, its record i)
+
+
+def input_file(records: int, streams: Streams = (("users", user_record),)) -> Path:
+    """A file of `records` RECORD messages of each stream, interleaved (record i of each in turn), with a STATE of
+    a stream after every 1,000 of its records (and after its last); made once."""
+    key = (records, streams)
+    if key not in _inputs:
+        path = _inputs[key] = WORK / f"messages-{len(_inputs)}-{records}.jsonl"
         with open(path, "wb") as out:  # written as it goes: this process stays small (see run_connector)
             for i in range(records):
-                data = renamed_for_event(user_record(i)) if activation else user_record(i)
-                record = {"stream": "users", "data": data, "emitted_at": 1_666_325_394_000 + i}
-                out.write(orjson.dumps({"type": "RECORD", "record": record}) + b"\n")
-                if (i + 1) % STATE_EVERY == 0 or i + 1 == records:
-                    state = {"stream_descriptor": {"name": "users"}, "stream_state": {"position": i + 1}}
-                    out.write(orjson.dumps({"type": "STATE", "state": {"type": "STREAM", "stream": state}}) + b"\n")
-    return _inputs[records, activation]
+                for stream, data in streams:
+                    record = {"stream": stream, "data": data(i), "emitted_at": 1_666_325_394_000 + i}
+                    out.write(orjson.dumps({"type": "RECORD", "record": record}) + b"\n")
+                    if (i + 1) % STATE_EVERY == 0 or i + 1 == records:
+                        state = {"stream_descriptor": {"name": stream}, "stream_state": {"position": i + 1}}
+                        message = {"type": "STATE", "state": {"type": "STREAM", "stream": state}}
+                        out.write(orjson.dumps(message) + b"\n")
+    return _inputs[key]
+
+
+def last_values(records: int, data: Callable[[int], dict], keys: int, api_type: str) -> dict[str, dict]:
+    """Heap's end state after `records` property updates data(0..records-1) over `keys` keys, applied in input
+    order: each key's last value of each property (every record has each mapped property: its last record's)."""
+    columns = APIS[api_type]["property_columns"].split(",")
+    key_column = APIS[api_type].get("identity_column") or APIS[api_type]["account_id_column"]
+    held: dict[str, dict] = {}
+    for i in range(records - 1, -1, -1):  # from the end: each key's last record
+        row = data(i)
+        key = resolve(row, key_column)
+        if key not in held:
+            held[key] = {column: resolve(row, column) for column in columns}
+            if len(held) == keys:
+                break
+    return held
+
+
+def resolve(row: dict, column: str) -> object:
+    """A dotted column of user_record() (`identities.provider`: the first identity's)."""
+    value = row
+    for part in column.split("."):
+        value = value[0][part] if isinstance(value, list) else value[part]
+    return value
+
+
+def end_state(items: list[dict], key: str) -> dict[str, dict]:
+    """What Heap holds after these property items in arrival order: each key's last value of each property."""
+    held: dict[str, dict] = {}
+    for item in items:
+        held.setdefault(item[key], {}).update(item["properties"])
+    return held
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -167,10 +228,9 @@ def input_file(records: int, activation: bool = False) -> Path:
 class Standin:
     """`python -m heap_standin` on a free loopback port, for one row: each row starts from empty counters."""
 
-    def __init__(self, latency_ms: float = 0, track_events_per_minute: int = 0) -> None:
-        options = (
-            f"--port 0 --summary-only --latency-ms {latency_ms} --track-events-per-minute {track_events_per_minute}"
-        )
+    def __init__(self, latency_ms: float = 0, track_events_per_minute: int = 0, keep_items: bool = False) -> None:
+        options = f"--port 0 --latency-ms {latency_ms} --track-events-per-minute {track_events_per_minute}"
+        options += "" if keep_items else " --summary-only"
         command = [sys.executable, "-m", "heap_standin", *options.split()]
         # heap_standin is a development package at the repository root, not installed: run it from there.
         self.proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -182,6 +242,10 @@ class Standin:
 
     def stats(self) -> dict:
         return requests.get(self.url + "/_standin/stats", timeout=10).json()
+
+    def received(self) -> dict:
+        """The items it holds (keep_items only), in arrival order."""
+        return requests.get(self.url + "/_standin/received", timeout=60).json()
 
     def __enter__(self) -> Standin:
         return self
@@ -254,6 +318,22 @@ def write_args(
     return ["write", "--config", str(path), "--catalog", str(catalog)]
 
 
+def two_stream_args(url: str, settings: dict) -> list[str]:
+    """users -> add_user_properties and accounts -> add_account_properties, in one connection."""
+    streams = [
+        {"stream": "users", "api": APIS["add_user_properties"]},
+        {"stream": "accounts", "api": APIS["add_account_properties"]},
+    ]
+    config = {"app_id": "11", "base_url": url, "streams": streams, "track_events_per_minute": 0, **settings}
+    catalog = orjson.loads(CATALOG.read_bytes())
+    users = catalog["streams"][0]
+    catalog["streams"].append(users | {"stream": users["stream"] | {"name": "accounts"}})
+    config_path, catalog_path = WORK / "config.json", WORK / "catalog-two-streams.json"
+    config_path.write_bytes(orjson.dumps(config))
+    catalog_path.write_bytes(orjson.dumps(catalog))
+    return ["write", "--config", str(config_path), "--catalog", str(catalog_path)]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Rows
 
@@ -269,6 +349,7 @@ class Row:
     check: str = "ok"
     note: str = ""
     throttled: int = 0  # 429s the stand-in answered
+    requests: int = 0  # the stand-in's
 
 
 class Benchmark:
@@ -303,28 +384,39 @@ class Benchmark:
         track_events_per_minute: int = 0,
         watch: Callable[[Standin, threading.Event], None] | None = None,
         activation: bool = False,
+        streams: Streams = (("users", user_record),),
+        check: Callable[[Standin], list[str]] | None = None,
     ) -> Row:
-        """One connector run of `records` records against a fresh stand-in, `watch` beside it in a thread
-        until the connector exits; checks what arrived, and that every STATE came back. `activation`: the
-        track load mapped in Airbyte's UI instead of by the config."""
-        with Standin(latency_ms, track_events_per_minute) as standin:
-            args = write_args(standin.url, api_type, settings, track_events_per_minute, activation)
+        """One connector run of `records` records (of each of `streams`) against a fresh stand-in, `watch` beside
+        it in a thread until the connector exits; checks what arrived (`check`: the stand-in, which then keeps
+        the items, says what is wrong; by default its count of `api_type` items must be `records`), and that
+        every STATE came back. `activation`: the track load mapped in Airbyte's UI instead of by the config."""
+        if activation:
+            streams = (("users", event_record),)
+        with Standin(latency_ms, track_events_per_minute, keep_items=check is not None) as standin:
+            if len(streams) == 1:
+                args = write_args(standin.url, api_type, settings, track_events_per_minute, activation)
+            else:
+                args = two_stream_args(standin.url, settings)
             stop = threading.Event()
             watcher = threading.Thread(target=watch, args=(standin, stop)) if watch else None
             if watcher:
                 watcher.start()
-            run = run_connector(args, input_file(records, activation))
+            run = run_connector(args, input_file(records, streams))
             stop.set()
             if watcher:
                 watcher.join()
             stats = standin.stats()
-        problems = [f"exit {run.exit_code}"] if run.exit_code else []
-        if stats[STORED[api_type]] != records:
-            problems.append(f"stand-in holds {stats[STORED[api_type]]:,}")
-        if run.states != -(-records // STATE_EVERY):
+            problems = [f"exit {run.exit_code}"] if run.exit_code else []
+            if check is not None:
+                problems += check(standin)
+            elif stats[STORED[api_type]] != records:
+                problems.append(f"stand-in holds {stats[STORED[api_type]]:,}")
+        if run.states != len(streams) * -(-records // STATE_EVERY):
             problems.append(f"{run.states} states")
         check, throttled = "; ".join(problems) or "ok", stats["by_status"].get("429", 0)
         row = Row(name, latency_ms, records, run.wall, run.cpu, run.peak_mb, check, throttled=throttled)
+        row.requests = stats["requests"]
         self.rows.append(row)
         log(f"{name} @{latency_ms:g} ms, {records:,}: {run.wall:.2f} s, {records / run.wall:,.0f}/s, {row.check}")
         if problems:
@@ -404,14 +496,88 @@ class Benchmark:
         ui = self.load("track, bulk, mapped in Airbyte's UI", "track", BULK, 20, 200_000, activation=True)
         ui.note = "data activation's event object: the track row's load, records renamed by the platform"
         self.load("add_user_properties, bulk", "add_user_properties", BULK, 0, 200_000)
-        slow = self.load("add_user_properties, bulk", "add_user_properties", BULK, 100, 200_000)
-        slow.note = f"wire bound {self.wire_bound(100):,.0f} records/s"
+        self.hot_keys()
         self.load("add_user_properties, single", "add_user_properties", SINGLE, 20, 20_000)
         self.load("identify (single only)", "identify", SINGLE, 20, 20_000)
         self.anchor()
         self.paced_track(seconds)
         memory = self.load("add_user_properties, bulk (memory)", "add_user_properties", BULK, 0, memory_records)
         memory.note = "the peak memory row"
+
+    def hot_keys(self) -> None:
+        """Many updates of few keys beside the same load over distinct keys: 200,000 user property updates of 50
+        users at 100 ms against 200,000 distinct users (the 100 ms row); and a user stream (single mode, 20 ms)
+        interleaved with as many updates of 3 accounts, against the user stream alone."""
+        slow = self.load("add_user_properties, bulk", "add_user_properties", BULK, 100, 200_000)
+        slow.note = f"wire bound {self.wire_bound(100):,.0f} records/s; {slow.requests:,} requests"
+
+        def hot_users_arrived(standin: Standin) -> list[str]:
+            expected = last_values(200_000, hot_user_record, HOT_IDENTITIES, "add_user_properties")
+            held = end_state(standin.received()["users"], "identity")
+            return (
+                []
+                if held == expected
+                else [f"end state differs for {sum(held.get(k) != v for k, v in expected.items())} users"]
+            )
+
+        hot = self.load(
+            f"add_user_properties, bulk, {HOT_IDENTITIES} users",
+            "add_user_properties",
+            BULK,
+            100,
+            200_000,
+            streams=(("users", hot_user_record),),
+            check=hot_users_arrived,
+        )
+        hot.note = f"{hot.requests:,} requests; Heap's end state = every record applied in order"
+        self.load(
+            f"add_user_properties, single, {MIXED_USERS:,} users alone", "add_user_properties", SINGLE, 20, MIXED_USERS
+        )
+
+        def both_arrived(standin: Standin) -> list[str]:
+            received = standin.received()
+            expected = last_values(MIXED_USERS, hot_account_record, HOT_ACCOUNTS, "add_account_properties")
+            problems = (
+                [] if len(received["users"]) == MIXED_USERS else [f"stand-in holds {len(received['users']):,} users"]
+            )
+            if end_state(received["accounts"], "account_id") != expected:
+                problems.append("accounts' end state differs")
+            return problems
+
+        mixed = self.load(
+            f"add_user_properties, single, {MIXED_USERS:,} users + as many updates of {HOT_ACCOUNTS} accounts",
+            "add_user_properties",
+            SINGLE,
+            20,
+            MIXED_USERS,
+            streams=(("users", user_record), ("accounts", hot_account_record)),
+            check=both_arrived,
+        )
+        mixed.note = f"records/s: the users'; {mixed.requests:,} requests; accounts' end state checked"
+
+    def hot_key_targets(self) -> list[tuple[str, str, bool]]:
+        distinct, hot = (
+            self.find("add_user_properties, bulk", 100),
+            self.find(f"add_user_properties, bulk, {HOT_IDENTITIES} users", 100),
+        )
+        alone = self.find(f"add_user_properties, single, {MIXED_USERS:,} users alone", 20)
+        mixed = next(row for row in self.rows if row.name.endswith(f"updates of {HOT_ACCOUNTS} accounts"))
+        hot_share, mixed_share = self.steady(hot) / self.steady(distinct), self.steady(mixed) / self.steady(alone)
+        return [
+            (
+                f"200,000 updates of {HOT_IDENTITIES} users at 100 ms, steady >= {TARGET_HOT_SHARE:.0%} of 200,000 "
+                "distinct users', in fewer requests",
+                f"{self.steady(hot):,.0f} vs {self.steady(distinct):,.0f} = {hot_share:.1%}; "
+                f"{hot.requests:,} vs {distinct.requests:,} requests",
+                hot_share >= TARGET_HOT_SHARE and hot.requests < distinct.requests and hot.check == "ok",
+            ),
+            (
+                f"{MIXED_USERS:,} users (single, 20 ms) with updates of {HOT_ACCOUNTS} accounts interleaved, steady >= "
+                f"{TARGET_MIXED_SHARE:.0%} of the users alone",
+                f"{self.steady(mixed):,.0f} vs {self.steady(alone):,.0f} = {mixed_share:.1%}",
+                mixed_share >= TARGET_MIXED_SHARE and mixed.check == "ok",
+            ),
+        ]
 
     @staticmethod
     def wire_bound(latency_ms: float) -> float:
@@ -458,9 +624,10 @@ class Benchmark:
                 memory.peak_mb <= TARGET_MEMORY_MB,
             ),
             (f"`spec` <= {TARGET_SPEC_S} s (warm, median of 3)", f"{self.spec:.2f} s", self.spec <= TARGET_SPEC_S),
+            *self.hot_key_targets(),
         ]
 
-    def report(self, header: list[str], command: str) -> str:
+    def report(self, header: list[str], command: str, only_hot_keys: bool = False) -> str:
         lines = [
             "# destination-heap-analytics benchmark",
             "",
@@ -468,8 +635,10 @@ class Benchmark:
             f"- Load average at the end: {load_average()}",
             f"- Command: `{command}`",
             "- Each row: the installed `destination-heap-analytics write` (.venv) as a subprocess, stdin from a "
-            "pre-generated file (user records of 15 fields, a STATE every 1,000), against the Heap stand-in "
-            "(`python -m heap_standin --summary-only`, its own process on 127.0.0.1, sharing the cores); "
+            "pre-generated file (user records of 15 fields, a STATE every 1,000 of a stream), against the Heap "
+            "stand-in (`python -m heap_standin --summary-only`, its own process on 127.0.0.1, sharing the cores; "
+            "keeping "
+            "the items for the rows whose end state is checked); "
             "pacing off (track_events_per_minute 0) except the paced row. Bulk: batch_size 1000, 8 requests "
             "in flight; single: 32 in flight (the defaults, set explicitly).",
             f"- Start-up (`write` with empty stdin, median of 3): {self.startup:.2f} s wall, "
@@ -500,7 +669,8 @@ class Benchmark:
                 f"| {cpu} | {peak} | {row.check} | {row.note} |"
             )
         lines += ["", "## Targets (printed, never asserted)", "", "| target | measured | |", "|---|---|---|"]
-        lines += [f"| {target} | {measured} | {'ok' if met else 'MISS'} |" for target, measured, met in self.targets()]
+        targets = self.hot_key_targets() if only_hot_keys else self.targets()
+        lines += [f"| {target} | {measured} | {'ok' if met else 'MISS'} |" for target, measured, met in targets]
         return "\n".join(lines) + "\n"
 
 
@@ -534,18 +704,29 @@ def machine() -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="paced run 20 s, memory row 100,000 records")
+    parser.add_argument(
+        "--only", choices=["hot-keys"], help="run only these rows (and their baselines) and print them; no file"
+    )
     args = parser.parse_args()
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1"  # for requests here and in the connector
     header, bench = machine(), Benchmark()
     try:
-        bench.run(seconds=20 if args.quick else 120, memory_records=100_000 if args.quick else 1_000_000)
+        if args.only:
+            bench.measure_startup()
+            bench.hot_keys()
+        else:
+            bench.run(seconds=20 if args.quick else 120, memory_records=100_000 if args.quick else 1_000_000)
     finally:
         shutil.rmtree(WORK, ignore_errors=True)
-    report = bench.report(header, "bash scripts/benchmark.sh" + (" --quick" if args.quick else ""))
-    output = ROOT / "benchmarks" / ("results-quick.md" if args.quick else "results.md")
-    output.write_text(report)
+    command = (
+        "bash scripts/benchmark.sh" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "")
+    )
+    report = bench.report(header, command, only_hot_keys=bool(args.only))
     print(report)
-    log(f"written to {output.relative_to(ROOT)}")
+    if not args.only:
+        output = ROOT / "benchmarks" / ("results-quick.md" if args.quick else "results.md")
+        output.write_text(report)
+        log(f"written to {output.relative_to(ROOT)}")
     return 0
 
 

@@ -6,11 +6,12 @@ each by its stream's `Route` (endpoint, bulk or single, client), and hands each 
 
 Per-key order. Heap's user and account properties are last-write-wins and identify is order-sensitive, so
 the updates of one key (identity, account ID, user_id) must reach Heap in input order. Each batch carries
-the ordering key of each item (none for track: events carry their own time). When a batch is submitted, it
-is made to wait for the earlier batches, still unfinished, that hold one of its keys; batches without a
-shared key run in parallel. The pool starts batches in submission order, so a batch only ever waits for one
-already running: no deadlock. Within a batch, retries repeat the same request, and the halves of a refused
-request go one after the other, so the order holds there too. A batch whose predecessor failed is not sent.
+the ordering key of each item (none for track: events carry their own time). A batch submitted while
+earlier batches holding one of its keys are unfinished is parked, holding no sender thread, and handed to
+the pool when the last of them finishes; batches without a shared key run in parallel, so one stream's
+waits never hold another stream's requests. Within a batch, retries repeat the same request, and the
+halves of a refused request go one after the other, so the order holds there too. A batch whose
+predecessor failed is not sent.
 
 Refusals (400, 413, 422) are narrowed down by `refusals.ItemDelivery`, with what Heap's answers at each
 endpoint have shown so far (a `RefusalWatch` per endpoint, shared by its batches).
@@ -90,6 +91,11 @@ class Batch:
     identities: list[str | None] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     size: int = 0
+    merged: dict[int, int] = field(default_factory=dict)  # item position -> later records merged into it
+
+    @property
+    def records(self) -> int:
+        return len(self.bodies) + sum(self.merged.values())
 
 
 @dataclass
@@ -102,14 +108,21 @@ class BatchResult:
 
 
 class _Turn:
-    """A submitted batch as the later batches that share a key with it see it: done yet, and delivered?"""
+    """A submitted batch in the keys' queues: the earlier batches it goes after, the later ones parked behind it,
+    and whether it is done and delivered. The lists and flags change under the sender's lock."""
 
-    def __init__(self, batch: Batch) -> None:
+    def __init__(self, batch: Batch, watch: RefusalWatch) -> None:
+        self.batch = batch
+        self.watch = watch  # what Heap's refusals at its endpoint have shown
         # a key is kept in order at its endpoint: two streams updating the same users' properties share it
         path = batch.route.endpoint.path
         self.keys = {(path, key) for key in batch.keys}
         self.size = batch.size
-        self.done = threading.Event()
+        self.result: Future[BatchResult] = Future()
+        self.after: list[_Turn] = []  # the earlier batches holding one of its keys, uncollected when it came
+        self.unfinished = 0  # how many of those are still running or parked: it starts when none is
+        self.parked: list[_Turn] = []  # later batches waiting for this one
+        self.done = False
         self.delivered = False
 
 
@@ -127,6 +140,7 @@ class BatchSender:
         self._turns: dict[int, _Turn] = {}  # batch number -> its turn, until collected
         self._last_turn: dict[Hashable, _Turn] = {}  # (path, key) -> the latest unfinished batch holding it
         self._watches: dict[str, RefusalWatch] = {}  # endpoint path -> what its refusals have shown
+        self._turns_lock = threading.Lock()  # a turn's ending (a sender thread) against a later one's taking
         self.bytes_in_flight = 0
 
     @property
@@ -143,11 +157,12 @@ class BatchSender:
             finished.extend(self.collect(timeout=STOP_CHECK_SECONDS))
             while_waiting()
         if not self._stop.is_set():
-            turn = _Turn(batch)
-            after = self._take_turn(batch.number, turn)
             watch = self._watches.setdefault(batch.route.endpoint.path, RefusalWatch(batch.route.endpoint.path))
-            self._running.add(self._pool.submit(self._deliver, batch, after, turn, watch))
+            turn = _Turn(batch, watch)
+            self._running.add(turn.result)
             self.bytes_in_flight += batch.size
+            if self._take_turn(batch.number, turn):
+                self._pool.submit(self._run, turn)
         return finished
 
     def collect(self, timeout: float | None = 0) -> list[BatchResult]:
@@ -170,13 +185,26 @@ class BatchSender:
             return True
         return self.in_flight > 0 and self.bytes_in_flight + batch.size > MAX_WINDOW_BYTES
 
-    def _take_turn(self, number: int, turn: _Turn) -> list[_Turn]:
-        """Register the batch as its keys' latest; returns the unfinished batches it must wait for."""
+    def behind(self, batch: Batch) -> bool:
+        """Whether an earlier batch holding one of the batch's keys is unfinished (it would be parked)."""
+        path = batch.route.endpoint.path
+        turns = (self._last_turn.get((path, key)) for key in batch.keys)
+        return any(turn is not None and not turn.done for turn in turns)
+
+    def _take_turn(self, number: int, turn: _Turn) -> bool:
+        """Register the batch as its keys' latest, parked behind the earlier unfinished batches holding one of
+        them; True if there are none, and it may start now."""
         after = {id(earlier): earlier for key in turn.keys if (earlier := self._last_turn.get(key)) is not None}
+        turn.after = list(after.values())
+        with self._turns_lock:
+            for earlier in turn.after:
+                if not earlier.done:
+                    earlier.parked.append(turn)
+                    turn.unfinished += 1
         for key in turn.keys:
             self._last_turn[key] = turn
         self._turns[number] = turn
-        return list(after.values())
+        return turn.unfinished == 0
 
     def _end_turn(self, number: int) -> None:
         turn = self._turns.pop(number)
@@ -185,29 +213,39 @@ class BatchSender:
             if self._last_turn.get(key) is turn:
                 del self._last_turn[key]
 
-    def _deliver(self, batch: Batch, after: list[_Turn], turn: _Turn, watch: RefusalWatch) -> BatchResult:
+    def _run(self, turn: _Turn) -> None:
+        """Deliver a batch on a sender thread; then start the batches parked behind it that wait for no other."""
+        outcome: BatchResult | Exception
+        try:
+            outcome = self._deliver(turn.batch, turn.after, turn.watch)
+        except Exception as error:  # a bug, not Heap's answer: collect raises it on the main thread
+            outcome = error
+        with self._turns_lock:
+            turn.done = True
+            turn.delivered = isinstance(outcome, BatchResult) and outcome.failure is None
+            for later in turn.parked:
+                later.unfinished -= 1
+            ready = [later for later in turn.parked if later.unfinished == 0]
+            turn.after, turn.parked = [], []  # one key's batches do not keep each other alive
+        if isinstance(outcome, BatchResult):
+            turn.result.set_result(outcome)
+        else:
+            turn.result.set_exception(outcome)
+        for later in ready:
+            self._pool.submit(self._run, later)
+
+    def _deliver(self, batch: Batch, after: list[_Turn], watch: RefusalWatch) -> BatchResult:
         result = BatchResult(batch.number)
         try:
-            self._wait_for(after)
+            if not all(earlier.delivered for earlier in after):
+                raise DeliveryStopped()  # an earlier update of one of its keys is not in Heap: never overtake it
             if self._dry_run:
                 self._rehearse(batch, result)
             else:
                 ItemDelivery(batch.route, batch, result, watch, self._stop).run()
         except (DeliveryError, DeliveryStopped) as failure:
             result.failure = failure
-        turn.delivered = result.failure is None
-        turn.done.set()
         return result
-
-    def _wait_for(self, after: list[_Turn]) -> None:
-        """Wait until the earlier batches holding one of this batch's keys are done. If one of them did not
-        reach Heap, this one must not overtake it: it is abandoned (the sync fails on the earlier one)."""
-        for earlier in after:
-            while not earlier.done.wait(STOP_CHECK_SECONDS):
-                if self._stop.is_set():
-                    raise DeliveryStopped()
-            if not earlier.delivered:
-                raise DeliveryStopped()
 
     def _rehearse(self, batch: Batch, result: BatchResult) -> None:
         """Dry run: nothing is sent; the first bodies are logged by shape (values masked: personal data)."""

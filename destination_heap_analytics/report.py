@@ -42,6 +42,7 @@ class SyncReport:
         self._sent_short = "would have been sent" if dry_run else "sent"
         self.records_read = 0
         self.records_sent = 0  # acknowledged by Heap
+        self.records_merged = 0  # of those, sent merged into an earlier update of their key: items saved
         self.skipped: Counter[str] = Counter()  # reason -> records left out
         self.adjusted: Counter[str] = Counter()  # "truncated bio" -> values changed or left out to fit Heap
         self.states_emitted = 0
@@ -55,8 +56,10 @@ class SyncReport:
         if stream is not None:
             stream.read += 1
 
-    def sent(self, count: int, stream: StreamFigures | None = None) -> None:
+    def sent(self, count: int, stream: StreamFigures | None = None, merged: int = 0) -> None:
+        """`count` records acknowledged, `merged` of them inside an item of an earlier record of their key."""
         self.records_sent += count
+        self.records_merged += merged
         if stream is not None:
             stream.sent += count
 
@@ -115,13 +118,18 @@ class SyncReport:
         counters = self.counters
         splits = f", {counters.bisections} bulk requests split to isolate refused items" if counters.bisections else ""
         paced = f", {counters.paced_seconds:.1f} s held back by pacing" if counters.paced_seconds else ""
+        merged = (
+            f", {self.records_merged} records merged into an earlier update of their key (as many items saved)"
+            if self.records_merged
+            else ""
+        )
         states = f"{self.states_emitted} states emitted"
         if self.states_withheld:
             states = f"{self.states_withheld} states not emitted (dry run)"
         return (
             f"{self.records_read} records read, {self.records_sent} {self._sent}, "
             f"{sum(self.skipped.values())} skipped, {states}; "
-            f"{counters.requests} requests ({counters.retries} retries, {counters.throttled} throttled){splits}"
+            f"{counters.requests} requests ({counters.retries} retries, {counters.throttled} throttled){merged}{splits}"
             f"{paced}, {elapsed:.1f} s, {self.records_read / elapsed:.0f} records/s"
         )
 

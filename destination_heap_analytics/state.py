@@ -82,6 +82,8 @@ class StateLedger(Generic[State]):
         self._filling: defaultdict[Hashable, Interval] = defaultdict(Interval)  # stream -> since its last state
         self._intervals_of: dict[Hashable, Intervals] = {}  # stream -> what its records count toward now
         self._items_of: defaultdict[int, list[Intervals]] = defaultdict(list)  # batch -> each item's intervals
+        # batch -> item -> the intervals of the later records merged into it (updates of the same key)
+        self._merged_of: defaultdict[int, dict[int, list[Intervals]]] = defaultdict(dict)
 
     def open_batch(self, stream: Hashable = EVERY_STREAM) -> int:
         """Number a new batch of `stream`; it holds records that came after every STATE already received."""
@@ -114,6 +116,10 @@ class StateLedger(Generic[State]):
         """The record is the next item of `batch`: its fate is known when the batch is acknowledged."""
         self._items_of[batch].append(intervals)
 
+    def record_merged(self, batch: int, position: int, intervals: Intervals) -> None:
+        """The record merged into the item at `position` of `batch`: its fate is that item's."""
+        self._merged_of[batch].setdefault(position, []).append(intervals)
+
     def state_received(self, state: State, stream: Hashable = EVERY_STREAM) -> None:
         """A STATE covers every record of its stream received so far (of every stream, for EVERY_STREAM),
         including those in a batch still being filled."""
@@ -130,13 +136,17 @@ class StateLedger(Generic[State]):
             self._intervals_of.pop(stream, None)
 
     def acknowledged(self, batch: int, refused: Iterable[int] = ()) -> None:
-        """Heap holds every record of this batch but those at the positions `refused`, which it refused."""
+        """Heap holds every record of this batch but those of the items at the positions `refused`, which it
+        refused (each record merged into one of those too)."""
         if batch in self._stream_of:
             self._changed.add(self._stream_of.pop(batch))
             self._changed.add(EVERY_STREAM)
         items = self._items_of.pop(batch, [])
+        merged = self._merged_of.pop(batch, {})
         for position in refused:
             self.record_rejected(items[position])
+            for intervals in merged.get(position, ()):
+                self.record_rejected(intervals)
 
     def releasable(self) -> list[tuple[State, Interval]]:
         """The states, in arrival order, whose records are all acknowledged, each with its interval's figures;

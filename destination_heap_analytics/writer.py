@@ -3,6 +3,8 @@ acknowledgement -> STATE.
 
 `process_record` maps one record into the open batch; `process_batch` hands a full batch (by items or by
 bytes) to the sender, with each item's ordering key: the sender keeps each key's updates in input order.
+A user or account property update whose key has an unsent item merges into it (merging.py); such a batch
+that would wait for an earlier one still in flight is held back, still merging, until that one is done.
 The StateLedger alone decides when a STATE may leave.
 """
 
@@ -14,6 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import orjson
 from airbyte_cdk.models import FailureType
@@ -29,12 +32,13 @@ from destination_heap_analytics.delivery import (
     BatchSender,
     Route,
 )
-from destination_heap_analytics.mapping import Mapping, Rejection
+from destination_heap_analytics.mapping import HeapItem, Mapping, Rejection
+from destination_heap_analytics.merging import MERGING_APIS, MergeSlots, merged
 from destination_heap_analytics.messages import BadLine, Message, SourceRecord, SourceState
 from destination_heap_analytics.pacing import Pacer
 from destination_heap_analytics.preflight import ColumnWatch
 from destination_heap_analytics.report import StreamFigures, SyncReport
-from destination_heap_analytics.state import EVERY_STREAM, CatalogStreams, StateLedger
+from destination_heap_analytics.state import EVERY_STREAM, CatalogStreams, Intervals, StateLedger
 
 logger = logging.getLogger("airbyte")
 
@@ -60,6 +64,9 @@ class StreamLoad:
         self.batch_size = stream.batch_size if stream.bulk else 1
         self.open: Batch | None = None
         self.opened_at = 0.0
+        # when its updates merge: its unsent items by key, and its batches held back (closed, not yet sent)
+        self.slots: MergeSlots[Batch] | None = MergeSlots() if stream.mapping.api_type in MERGING_APIS else None
+        self.held: list[Batch] = []
 
 
 class SyncWriter:
@@ -79,7 +86,7 @@ class SyncWriter:
         self._sender = BatchSender(config, self._stop)
         self._ledger: StateLedger[SourceState] = StateLedger()
         self._catalog = CatalogStreams(self._loads)
-        self._load_of_batch: dict[int, StreamLoad] = {}  # until acknowledged
+        self._load_of_batch: dict[int, tuple[StreamLoad, Batch]] = {}  # until acknowledged
         figures = tuple((stream_label(key), load.figures) for key, load in self._loads.items())
         self.report = SyncReport(counters, config.dry_run, streams=figures)
         self._terminated_at: float | None = None  # when SIGTERM arrived
@@ -100,7 +107,7 @@ class SyncWriter:
                 if message is None or time.monotonic() >= self._next_look:  # a few times a second, not per record
                     yield from self._look_around(quiet=message is None)
             if self._terminated_at is None:
-                self._submit_old_batches(max_age=0.0)
+                self._submit_old_batches(max_age=0.0, final=True)
             yield from self._finish()
             outcome = "terminated" if self._terminated_at is not None else "succeeded"
         finally:
@@ -154,21 +161,23 @@ class SyncWriter:
             return
         if item.notes:
             self.report.adjust(item.notes)
-        # orjson hands back its whole write buffer (4 kB or more) as the bytes: a window of batches holds
-        # thousands of bodies, so each is kept as a right-sized copy
-        body = bytes(memoryview(orjson.dumps(item.body)))
+        body = _encoded(item.body)
         if len(body) >= MAX_BATCH_BYTES:
             self._ledger.record_rejected(intervals)
             self._skip(ITEM_TOO_LARGE, load)
+            return
+        if load.slots is not None and self._merged(load, item, len(body), intervals):
             return
         if load.open is not None and load.open.size + len(body) >= MAX_BATCH_BYTES:
             self.process_batch(load)  # full by bytes: it goes without this item
         if load.open is None:
             load.open = Batch(self._ledger.open_batch(load.key), load.route)
             load.opened_at = time.monotonic()
-            self._load_of_batch[load.open.number] = load
+            self._load_of_batch[load.open.number] = (load, load.open)
         batch = load.open
         self._ledger.record_batched(batch.number, intervals)
+        if load.slots is not None:
+            load.slots.put(item.key, batch, len(batch.bodies), item.body)
         batch.bodies.append(body)
         batch.size += len(body) + 1  # and its comma
         batch.identities.append(item.identity)
@@ -178,9 +187,38 @@ class SyncWriter:
             self.process_batch(load)
 
     def process_batch(self, load: StreamLoad) -> None:
-        """Hand a stream's open batch to the sender (blocking while its window is full), note what finished."""
+        """Hand a stream's open batch to the sender (blocking while its window is full), note what finished.
+        A batch of merging updates that would wait for an earlier batch still in flight is held back instead."""
         batch, load.open = load.open, None
+        if load.slots is not None and self._sender.behind(batch):
+            load.held.append(batch)
+        else:
+            self._submit(load, batch)
+
+    def _submit(self, load: StreamLoad, batch: Batch) -> None:
+        if load.slots is not None:
+            load.slots.sent(batch, batch.keys)
         self._acknowledge(self._sender.submit(batch, while_waiting=self.report.maybe_log_progress))
+
+    def _merged(self, load: StreamLoad, item: HeapItem, size: int, intervals: Intervals) -> bool:
+        """Merge a property update into its key's unsent item, if there is one: True if it did. If that would
+        pass the byte cap, the batch holding the item goes now, and the update comes after it."""
+        slot = load.slots.get(item.key)
+        if slot is None:
+            return False
+        batch, position, earlier = slot
+        if batch.size + size >= MAX_BATCH_BYTES:
+            if batch is load.open:
+                load.open = None
+            else:
+                load.held.remove(batch)
+            self._submit(load, batch)
+            return False
+        body = merged(earlier, item.body)
+        _replace(batch, position, body)
+        self._ledger.record_merged(batch.number, position, intervals)
+        load.slots.put(item.key, batch, position, body)
+        return True
 
     def _finish(self) -> Iterator[SourceState]:
         """Wait for the batches in flight, releasing states as they are acknowledged; after SIGTERM, only
@@ -210,12 +248,20 @@ class SyncWriter:
             yield from self._release(self._sender.collect())
         self.report.maybe_log_progress()
 
-    def _submit_old_batches(self, max_age: float = MAX_BATCH_AGE_SECONDS) -> None:
-        """Send each stream's open batch that has been filling for `max_age` seconds (0: every open batch)."""
+    def _submit_old_batches(self, max_age: float = MAX_BATCH_AGE_SECONDS, final: bool = False) -> None:
+        """Send each stream's open batch that has been filling for `max_age` seconds (0: every open batch), and
+        the held-back batches no longer behind an unfinished one; at the end of input (`final`), every batch."""
         now = time.monotonic()
         for load in self._loads.values():
+            for batch in [batch for batch in load.held if final or not self._sender.behind(batch)]:
+                load.held.remove(batch)
+                self._submit(load, batch)
             if load.open is not None and now - load.opened_at >= max_age:
-                self.process_batch(load)
+                if final:
+                    batch, load.open = load.open, None
+                    self._submit(load, batch)
+                else:
+                    self.process_batch(load)
 
     def _acknowledge(self, results: list[BatchResult]) -> None:
         failure = None
@@ -225,10 +271,14 @@ class SyncWriter:
             if result.failure is not None:
                 failure = failure or result.failure
                 continue
-            load = self._load_of_batch.pop(result.number)
-            self.report.sent(result.delivered, load.figures)
-            for reason in result.rejected:
-                self._skip(Rejection(f"rejected_by_heap: {reason}"), load)
+            load, batch = self._load_of_batch.pop(result.number)
+            # in records: a merged item stands for each record merged into it, delivered or refused together
+            refused = [1 + batch.merged.get(position, 0) for position in result.refused_at]
+            merged = sum(batch.merged.values()) - sum(refused) + len(refused)  # into items Heap took
+            self.report.sent(batch.records - sum(refused), load.figures, merged)
+            for reason, records in zip(result.rejected, refused, strict=True):
+                for _ in range(records):
+                    self._skip(Rejection(f"rejected_by_heap: {reason}"), load)
             self._ledger.acknowledged(result.number, result.refused_at)
         if failure is not None:
             self._stop.set()
@@ -279,3 +329,16 @@ class SyncWriter:
                 failure_type=FailureType.config_error,
             )
 
+
+def _replace(batch: Batch, position: int, body: dict[str, Any]) -> None:
+    """The batch's item at `position` becomes `body`, one more record merged into it."""
+    encoded = _encoded(body)
+    batch.size += len(encoded) - len(batch.bodies[position])
+    batch.bodies[position] = encoded
+    batch.merged[position] = batch.merged.get(position, 0) + 1
+
+
+def _encoded(body: dict[str, Any]) -> bytes:
+    # orjson hands back its whole write buffer (4 kB or more) as the bytes: a window of batches holds
+    # thousands of bodies, so each is kept as a right-sized copy
+    return bytes(memoryview(orjson.dumps(body)))

@@ -276,6 +276,31 @@ def test_batches_without_shared_keys_run_in_parallel():
     assert met == [True] * 8, "the 8 batches were not all in flight at once"
 
 
+def test_a_batch_waiting_for_its_key_holds_no_sender_thread():
+    """Two sender threads; batch 1 (u1) is in Heap's hands until batch 3 (u2) arrives, batch 2 (u1) waits for
+    batch 1 in between. Parked, it leaves the second thread to batch 3; holding it, batch 3 could not start."""
+    other_key_arrived = threading.Event()
+    seen_while_first_in_flight = []
+
+    def answer(items):
+        if items[0]["identity"] == "u2":
+            other_key_arrived.set()
+        elif items[0]["properties"]["v"] == 0:  # batch 1; the wait is only a bound for the failing case
+            seen_while_first_in_flight.append(other_key_arrived.wait(timeout=5))
+
+    client = FakeClient(answer)
+    bodies = [{"identity": "u1", "properties": {"v": 0}}, {"identity": "u1", "properties": {"v": 1}}]
+    bodies.append({"identity": "u2", "properties": {"v": 0}})
+    batches = []
+    for number, item in enumerate(bodies, start=1):
+        body = orjson.dumps(item)
+        batches.append(Batch(number, None, [body], [item["identity"]], [item["identity"]], len(body)))
+    results = run_batches(sender_for(USER_API, client, max_concurrent_requests=2), batches)
+    assert [result.failure for result in results] == [None, None, None]
+    assert seen_while_first_in_flight == [True]
+    assert versions_by_user(client.arrived) == {"u1": [0, 1], "u2": [0]}
+
+
 def test_a_batch_whose_predecessor_failed_is_not_sent():
     def answer(items):
         if items[0]["properties"]["v"] == 0:
