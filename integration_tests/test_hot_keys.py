@@ -136,6 +136,8 @@ def test_a_refused_merged_item_counts_every_record_merged_into_it_as_rejected():
     assert sum(result.skipped.values()) == 5 and all(reason.startswith("rejected_by_heap") for reason in result.skipped)
     assert MERGED.search(result.summary_line)[1] == "36"  # 4 of each of the 9 users Heap took
     assert result.states == states_of(messages)
+    (state,) = [message["state"] for message in result.messages if message["type"] == "STATE"]
+    assert state["destinationStats"] == {"recordCount": 45.0, "rejectedRecordCount": 5.0}
 
 
 def test_an_update_behind_a_request_for_its_key_still_in_flight_merges_into_the_next_item():

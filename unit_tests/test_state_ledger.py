@@ -147,6 +147,25 @@ def test_a_states_figures_count_its_intervals_records_heap_refusals_included_onc
     }
 
 
+def test_records_merged_into_a_refused_item_are_each_rejected_in_their_own_interval():
+    """Item 0 takes a later update of its key from each side of a state; Heap refuses it: all three records are
+    rejected, each in its own state's figures. Item 1 took one merged update too, and Heap took it."""
+    ledger = StateLedger()
+    batch = ledger.open_batch("users")
+    for _ in range(2):
+        ledger.record_batched(batch, ledger.record_received("users"))  # positions 0, 1
+    ledger.record_merged(batch, 0, ledger.record_received("users"))
+    ledger.state_received("users-1", "users")
+    ledger.record_merged(batch, 0, ledger.record_received("users"))
+    ledger.record_merged(batch, 1, ledger.record_received("users"))
+    ledger.state_received("users-2", "users")
+    ledger.acknowledged(batch, refused=[0])
+    assert stats(ledger) == {
+        "users-1": {"recordCount": 1.0, "rejectedRecordCount": 2.0},
+        "users-2": {"recordCount": 1.0, "rejectedRecordCount": 1.0},
+    }
+
+
 @pytest.mark.parametrize(
     "state_stream, expected",
     [
