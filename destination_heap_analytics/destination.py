@@ -158,11 +158,7 @@ class DestinationHeapAnalytics(Destination):
         input_messages: Iterable[AirbyteMessage],
     ) -> Iterable[AirbyteMessage]:
         """Load the records into Heap, yielding each STATE once Heap acknowledged every record before it."""
-        try:
-            heap_config = parse_config(config)
-        except ConfigError as error:
-            raise AirbyteTracedException(message=str(error), failure_type=FailureType.config_error) from None
-        for state in self._sync(heap_config, configured_catalog, from_airbyte_messages(input_messages)):
+        for state in self._sync(_heap_config(config), configured_catalog, from_airbyte_messages(input_messages)):
             yield AirbyteMessageSerializer.load(state.message)
 
     def _parse_config(self, raw: Mapping[str, Any]) -> HeapConfig:
@@ -170,10 +166,7 @@ class DestinationHeapAnalytics(Destination):
         the connector's rules, then the spec (what the platform and PyAirbyte check a config against)."""
         spec = self.spec(logger)
         update_secrets(get_secrets(spec.connectionSpecification, raw))
-        try:
-            config = parse_config(raw)
-        except ConfigError as error:
-            raise AirbyteTracedException(message=str(error), failure_type=FailureType.config_error) from None
+        config = _heap_config(raw)
         check_config_against_spec_or_exit(raw, spec)
         return config
 
@@ -207,6 +200,14 @@ class DestinationHeapAnalytics(Destination):
         writer = SyncWriter(config, streams)
         # SIGTERM can be handled only from the main thread; a host calling write elsewhere handles it itself
         return writer.write(messages, handle_sigterm=threading.current_thread() is threading.main_thread())
+
+
+def _heap_config(raw: Mapping[str, Any]) -> HeapConfig:
+    """The config parsed by the connector's rules; a refusal is a config_error naming the field."""
+    try:
+        return parse_config(raw)
+    except ConfigError as error:
+        raise AirbyteTracedException(message=str(error), failure_type=FailureType.config_error) from None
 
 
 def _status(status: Status, message: str | None) -> AirbyteMessage:

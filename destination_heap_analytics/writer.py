@@ -186,11 +186,12 @@ class SyncWriter:
         if len(batch.bodies) >= load.batch_size:
             self.process_batch(load)
 
-    def process_batch(self, load: StreamLoad) -> None:
+    def process_batch(self, load: StreamLoad, may_hold: bool = True) -> None:
         """Hand a stream's open batch to the sender (blocking while its window is full), note what finished.
-        A batch of merging updates that would wait for an earlier batch still in flight is held back instead."""
+        A batch of merging updates that would wait for an earlier batch still in flight is held back instead,
+        unless `may_hold` is False (the end of input: nothing more can merge)."""
         batch, load.open = load.open, None
-        if load.slots is not None and self._sender.behind(batch):
+        if may_hold and load.slots is not None and self._sender.behind(batch):
             load.held.append(batch)
         else:
             self._submit(load, batch)
@@ -257,11 +258,7 @@ class SyncWriter:
                 load.held.remove(batch)
                 self._submit(load, batch)
             if load.open is not None and now - load.opened_at >= max_age:
-                if final:
-                    batch, load.open = load.open, None
-                    self._submit(load, batch)
-                else:
-                    self.process_batch(load)
+                self.process_batch(load, may_hold=not final)
 
     def _acknowledge(self, results: list[BatchResult]) -> None:
         failure = None
