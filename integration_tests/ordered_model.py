@@ -44,6 +44,12 @@ def input_end_state(
     )
 
 
+def assert_same_end_state(held: dict[str, Properties], wanted: dict[str, Properties], kind: str) -> None:
+    """Heap holds for each key what ordered delivery leaves (`kind`: users, accounts), saying how many do not."""
+    astray = sorted(key for key in held.keys() | wanted.keys() if held.get(key) != wanted.get(key))
+    assert held == wanted, f"{len(astray)} of {len(wanted)} {kind} end where ordered delivery would not leave them"
+
+
 def expected_destination_stats(messages: list[dict], refused: Callable[[dict], bool]) -> dict[object, dict]:
     """Each input STATE's destinationStats by its `id`: its stream's records since that stream's previous
     state, those Heap takes as `recordCount` and those it refuses as `rejectedRecordCount`."""

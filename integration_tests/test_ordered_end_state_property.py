@@ -12,22 +12,28 @@ without the refused records; (b) holding each track event, but the refused ones,
 must (c) count each record once: recordCount its interval's delivered records and rejectedRecordCount its
 refused ones, adding up to the records received; (d) come back each once, with its id, each stream's in order.
 
-On d108963, merged items Heap refuses take their good records with them, and the two user streams each keep
-their own per-key order, so (a) and (c) fail.
+On d108963 every one of the 8 examples (two per request mode) fails: merged items Heap refuses take their
+good records with them (rejectedRecordCount too high in all 8, in all and per state: 18 to 349 rejected
+against 1 to 14 refused), and users end where ordered delivery would not leave them in 6 (the two user
+streams each keep their own per-key order; refused merged items lose good updates), accounts in 3. (b) and
+(d) hold there.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from heap_standin import Fault, HeapStandin
 from integration_tests.ordered_model import (
+    assert_same_end_state,
     assert_states_echoed_with_their_ids,
     expected_destination_stats,
     heap_end_state,
@@ -44,6 +50,12 @@ MAPPINGS = {"profiles": USERS, "signups": USERS, "companies": ACCOUNTS, "clicks"
 USER_STREAMS = ("profiles", "signups")
 STREAM_WEIGHTS = {"profiles": 35, "signups": 25, "companies": 20, "clicks": 20}
 CITIES = ("Oslo", "Lima", "Pune")
+REQUEST_MODES = {  # bulk requests of up to 1000, 20 or 3 items, or one item a request
+    "bulk_1000": {"bulk": True, "batch_size": 1000},
+    "bulk_20": {"bulk": True, "batch_size": 20},
+    "bulk_3": {"bulk": True, "batch_size": 3},
+    "single": {"bulk": False},
+}
 FAULTS = {
     "429": Fault(status=429, retry_after=0.2),
     "503": Fault(status=503),
@@ -76,16 +88,15 @@ class Load:
     refused_percent: int
     state_every: int  # on average, a STATE after this many records
     faults: tuple[tuple[int, str], ...]  # (where in the input, in thousandths; fault): the next request gets it
-    bulk: bool
-    batch_size: int
     max_concurrent_requests: int
     latency_ms: int
 
-    def messages(self) -> list[dict]:
-        chooser = random.Random(self.seed)
+    def messages(self, salt: str) -> list[dict]:
+        """The input: rows from `seed` and `salt` (so one drawn shape gives each request mode rows of its own)."""
+        chooser = random.Random(f"{self.seed}/{salt}")
         streams, weights = list(STREAM_WEIGHTS), list(STREAM_WEIGHTS.values())
         messages: list[dict] = []
-        state_ids = iter(range(1, 10**6))
+        state_ids = itertools.count(1)
         for seq in range(self.records):
             stream = chooser.choices(streams, weights)[0]
             messages.append(record(self._row(chooser, stream, seq), stream))
@@ -116,7 +127,9 @@ class Load:
 
 @st.composite
 def loads(draw: st.DrawFn) -> Load:
-    faults = draw(st.lists(st.tuples(st.integers(0, 999), st.sampled_from(sorted(FAULTS))), min_size=2, max_size=8))
+    # at most max_retries (6 by default) faults: even all on one request, Heap's trouble passes and the sync goes on
+    fault = st.tuples(st.integers(0, 999), st.sampled_from(sorted(FAULTS)))
+    faults = draw(st.lists(fault, min_size=2, max_size=6))
     return Load(
         seed=draw(st.integers(0, 2**32 - 1)),
         records=draw(st.integers(200, 500)),
@@ -125,8 +138,6 @@ def loads(draw: st.DrawFn) -> Load:
         refused_percent=draw(st.integers(1, 4)),
         state_every=draw(st.integers(15, 80)),
         faults=tuple(sorted(faults)),
-        bulk=draw(st.booleans()),
-        batch_size=draw(st.sampled_from([3, 20, 1000])),
         max_concurrent_requests=draw(st.sampled_from([2, 8])),
         latency_ms=draw(st.sampled_from([0, 10, 30])),
     )
@@ -141,30 +152,34 @@ def faults_while_reading(heap: HeapStandin, load: Load, lines: int) -> dict[int,
     return {line: (lambda faults=tuple(faults): heap.inject(*faults)) for line, faults in due.items()}
 
 
-# Each example is one run of the connector (a few seconds on a busy machine), so the examples are few and the
-# same every run (derandomized, no example database); shrinking is off, since it would rerun the connector for
-# minutes on a failure: the failing Load is printed as drawn, and each assertion says what went wrong.
-@settings(max_examples=8, derandomize=True, database=None, deadline=None, phases=(Phase.explicit, Phase.generate))
+# Each example is one run of the connector (a few seconds on a busy machine), so the examples are few (two in
+# each request mode) and the same every run (derandomized, no example database); shrinking is off, since it
+# would rerun the connector for minutes on a failure: the failing Load is printed as drawn, and each assertion
+# says what went wrong.
+@pytest.mark.parametrize("mode", REQUEST_MODES)
+@settings(max_examples=2, derandomize=True, database=None, deadline=None, phases=(Phase.explicit, Phase.generate))
 @given(load=loads())
-def test_heap_ends_where_ordered_delivery_leaves_it_and_each_record_counts_once(load: Load):
+def test_heap_ends_where_ordered_delivery_leaves_it_and_each_record_counts_once(mode: str, load: Load):
     """(a) each user and account ends as the input applied in order across streams, without the refused
     records; (b) each track event Heap does not refuse is held exactly once; (c) each STATE counts its
     interval's records, delivered and refused, adding up to the records received; (d) each STATE comes back
     once with its id, each stream's in order."""
-    messages = load.messages()
+    messages = load.messages(salt=mode)
     entries = [{"stream": name, "api": api} for name, api in MAPPINGS.items()]
     with HeapStandin(latency_ms=load.latency_ms) as heap:
         heap.reject_when(refusal)
         cfg = {"app_id": APP_ID, "base_url": heap.url, "streams": entries, "track_events_per_minute": 0}
-        cfg.update(bulk=load.bulk, batch_size=load.batch_size, max_concurrent_requests=load.max_concurrent_requests)
+        cfg.update(REQUEST_MODES[mode], max_concurrent_requests=load.max_concurrent_requests)
         pauses = faults_while_reading(heap, load, len(messages))
         result = run_connector("write", cfg, catalog(*MAPPINGS), messages, pauses=pauses, timeout=180)
         assert result.returncode == 0, result.describe()
         users, accounts, events = heap.users, heap.accounts, heap.events
 
     # (a) Heap's end state
-    assert heap_end_state(users, "identity") == input_end_state(messages, USER_STREAMS, "email", refused)
-    assert heap_end_state(accounts, "account_id") == input_end_state(messages, ["companies"], "account", refused)
+    wanted_users = input_end_state(messages, USER_STREAMS, "email", refused)
+    assert_same_end_state(heap_end_state(users, "identity"), wanted_users, "users")
+    wanted_accounts = input_end_state(messages, ["companies"], "account", refused)
+    assert_same_end_state(heap_end_state(accounts, "account_id"), wanted_accounts, "accounts")
     # (b) every track event once
     clicks = [m["record"]["data"] for m in messages if m["type"] == "RECORD" and m["record"]["stream"] == "clicks"]
     assert Counter(event["properties"]["seq"] for event in events) == Counter(
