@@ -6,15 +6,38 @@ state as applying every record in input order, across the streams loading one en
 records Heap refuses on their own (a refused record changes nothing in Heap). And each STATE's
 destinationStats count its interval's records (those of its stream since that stream's previous state):
 `recordCount` those delivered, `rejectedRecordCount` those refused.
+
+Which records Heap refuses on their own is the tests' choice: those carrying the property `bad`, which the
+stand-in is told to refuse (`refuse_the_bad_property`), as Heap refuses an item with a property it will not take.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from heap_standin import HeapStandin
 from integration_tests.support import states_of
 
 Properties = dict[str, object]
+REFUSED_PROPERTY = "bad"
+
+
+def refused(data: dict) -> bool:
+    """Whether Heap refuses this record's item on its own."""
+    return REFUSED_PROPERTY in data
+
+
+def refusal(item: dict) -> str | None:
+    """Heap's 400 text for a request holding this item (naming the item, as Heap does), or None."""
+    if REFUSED_PROPERTY not in item.get("properties", {}):
+        return None
+    kind = "events" if "event" in item else "accounts" if "account_id" in item else "users"
+    return f"postBody.{kind}[0].properties.{REFUSED_PROPERTY} should be string"
+
+
+def refuse_the_bad_property(heap: HeapStandin) -> None:
+    """From now on the stand-in answers 400 to any request holding an item with the refused property."""
+    heap.reject_when(refusal)
 
 
 def applied_in_order(updates: Iterable[tuple[str, Properties]]) -> dict[str, Properties]:

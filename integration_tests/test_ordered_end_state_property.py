@@ -33,16 +33,18 @@ from hypothesis import strategies as st
 
 from heap_standin import Fault, HeapStandin
 from integration_tests.ordered_model import (
+    REFUSED_PROPERTY,
     assert_same_end_state,
     assert_states_echoed_with_their_ids,
     expected_destination_stats,
     heap_end_state,
     input_end_state,
+    refuse_the_bad_property,
+    refused,
 )
 from integration_tests.support import APP_ID, catalog, record, run_connector
 from integration_tests.support import state as stream_state
 
-REFUSED_PROPERTY = "bad"
 USERS = {"api_type": "add_user_properties", "identity_column": "email", "property_columns": "seq,plan,seats,city,bad"}
 ACCOUNTS = {"api_type": "add_account_properties", "account_id_column": "account", "property_columns": "seq,plan,bad"}
 CLICKS = {"api_type": "track", "identity_column": "email", "event_name": "Clicked", "property_columns": "seq,bad"}
@@ -63,18 +65,6 @@ FAULTS = {
     "dropped": Fault(reset=True),
     "dropped after storing": Fault(reset=True, after_store=True),
 }
-
-
-def refused(data: dict) -> bool:
-    return REFUSED_PROPERTY in data
-
-
-def refusal(item: dict) -> str | None:
-    """Heap's 400 for a request holding an item with the refused property, naming the item."""
-    if REFUSED_PROPERTY not in item.get("properties", {}):
-        return None
-    kind = "events" if "event" in item else "accounts" if "account_id" in item else "users"
-    return f"postBody.{kind}[0].properties.bad should be string"
 
 
 @dataclass(frozen=True)
@@ -167,7 +157,7 @@ def test_heap_ends_where_ordered_delivery_leaves_it_and_each_record_counts_once(
     messages = load.messages(salt=mode)
     entries = [{"stream": name, "api": api} for name, api in MAPPINGS.items()]
     with HeapStandin(latency_ms=load.latency_ms) as heap:
-        heap.reject_when(refusal)
+        refuse_the_bad_property(heap)
         cfg = {"app_id": APP_ID, "base_url": heap.url, "streams": entries, "track_events_per_minute": 0}
         cfg.update(REQUEST_MODES[mode], max_concurrent_requests=load.max_concurrent_requests)
         pauses = faults_while_reading(heap, load, len(messages))
