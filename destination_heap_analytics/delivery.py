@@ -211,6 +211,7 @@ class Dispatcher:
                 continue
             decision = decide(self._evidence(route, request, refusal, watch))
             if decision.action is Action.SPLIT:
+                route.client.counters.bisected()
                 todo.extendleft(reversed(_halves(request)))
             elif decision.action is Action.REJECT:
                 self._reject(route, request[0], refusal)
