@@ -1,35 +1,31 @@
-"""Batch -> HTTP requests: getting batches of Heap items into Heap, and knowing exactly which ones got there.
+"""Items -> HTTP requests -> fates: getting the items of every lane into Heap, and booking what became of each record.
 
-`BatchSender` runs several batches at once on a thread pool, in a window bounded in batches and in bytes,
-each by its stream's `Route` (endpoint, bulk or single, client), and hands each finished batch back as a
-`BatchResult`.
-
-Per-key order. Heap's user and account properties are last-write-wins and identify is order-sensitive, so
-the updates of one key (identity, account ID, user_id) must reach Heap in input order. Each batch carries
-the ordering key of each item (none for track: events carry their own time). A batch submitted while
-earlier batches holding one of its keys are unfinished is parked, holding no sender thread, and handed to
-the pool when the last of them finishes; batches without a shared key run in parallel, so one stream's
-waits never hold another stream's requests. Within a batch, retries repeat the same request, and the
-halves of a refused request go one after the other, so the order holds there too. A batch whose
-predecessor failed is not sent.
-
-Refusals (400, 413, 422) are narrowed down by `refusals.ItemDelivery`, with what Heap's answers at each
-endpoint have shown so far (a `RefusalWatch` per endpoint, shared by its batches).
+The `Dispatcher` owns one `Lane` per Heap endpoint (lanes.py: each key's items in input order, merging) and
+`max_concurrent_requests` sender threads. A sender takes a request's worth of ready items of one route, under the
+dispatcher's one lock, when there is a full request of them, when the oldest has waited `MAX_ITEM_AGE_SECONDS`, or
+when the writer asks for everything ready to go (the source is quiet, the window is full, the input has ended). It
+then delivers them without any lock: `_deliver` sends the request through the route's client and acts on
+`refusals.decide` when Heap refuses it; every record's fate is booked in the `StateLedger` once. Any error that stops
+the sync is kept in `failure`, for the writer to raise; the other senders stop before their next attempt.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Hashable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from destination_heap_analytics.client import DeliveryError, DeliveryStopped, HeapClient
-from destination_heap_analytics.config import HeapConfig, StreamConfig
-from destination_heap_analytics.refusals import ItemDelivery, RefusalWatch
+from destination_heap_analytics.client import DeliveryError, DeliveryStopped, HeapClient, HeapRejected
+from destination_heap_analytics.config import HeapConfig
+from destination_heap_analytics.exchange import Answer
+from destination_heap_analytics.lanes import MERGING_APIS, Item, Lane
+from destination_heap_analytics.refusals import Action, Evidence, decide
+from destination_heap_analytics.state import Fate, StateLedger
 
 logger = logging.getLogger("airbyte")
 
@@ -52,211 +48,259 @@ ENDPOINTS = {
     ),
 }
 DRY_RUN_SAMPLES = 3
-STOP_CHECK_SECONDS = 0.25  # how often a wait for Heap looks whether the sync is stopping
 # Heap publishes no maximum body size: 4 MB keeps a request far from common proxy and gateway limits (10 MB
-# and more) while a batch of 1000 ordinary items (1 to 2 kB each) still fits.
-MAX_BATCH_BYTES = 4 * 1024 * 1024
-MAX_WINDOW_BYTES = 32 * 1024 * 1024  # bodies queued or in flight at once, whatever the number of batches
+# and more) while a request of 1000 ordinary items (1 to 2 kB each) still fits.
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+MAX_ITEM_AGE_SECONDS = 1.0  # a ready item waits at most this long for a full request: slow sources' states flow
+LOOK_SECONDS = 0.25  # how often an idle sender looks at item ages, and a waiting one whether the sync stops
+SUSPECT_PAUSE_SECONDS = 0.5  # before a record refused alone without a name is tried again, doubled each time
 
 
 class Route:
-    """Where one stream's batches go: its endpoint, in bulk or one item a request, through its client. Items
-    arrive as JSON: a body is written around them, never parsed and dumped again."""
+    """Where items go: an endpoint, in bulk or one item a request, through a client. Items arrive as JSON: a body is
+    written around them, never parsed and dumped again. Streams with the same settings share one route (and so
+    their requests)."""
 
-    def __init__(self, config: HeapConfig, stream: StreamConfig, client: HeapClient) -> None:
-        self.endpoint = ENDPOINTS[stream.mapping.api_type]
-        self.bulk = stream.bulk
+    def __init__(self, config: HeapConfig, api_type: str, bulk: bool, batch_size: int, client: HeapClient) -> None:
+        self.endpoint = ENDPOINTS[api_type]
+        self.bulk = bulk
+        self.batch_size = batch_size if bulk else 1
         self.client = client
         envelope = {"app_id": config.app_id} if self.endpoint.app_id_in_body else {}
-        if stream.bulk:
+        if bulk:
             self._opening = orjson.dumps(envelope | {self.endpoint.list_key: []})[:-2]  # {"app_id":"1","users":[
         else:
             self._opening = orjson.dumps(envelope)[:-1] + (b"," if envelope else b"")  # {"app_id":"1", then item
 
-    def body(self, items: list[bytes] | bytes) -> bytes:
+    def body(self, items: list[bytes]) -> bytes:
         """The request body: a bulk list of items, or the single form of one item."""
         if self.bulk:
             return b"%s%s]}" % (self._opening, b",".join(items))
-        return self._opening + items[1:]  # the item's own fields after the envelope's
+        return self._opening + items[0][1:]  # the item's own fields after the envelope's
 
 
-@dataclass
-class Batch:
-    """Heap items of one stream in input order: each one's JSON and the identity it counts against in rate
-    limits, the keys whose order is kept (HeapItem.key; none for track), and the bytes of its bodies."""
+class EndpointWatch:
+    """What Heap's answers at one endpoint have shown so far (counts only; changed under its own small lock)."""
 
-    number: int
-    route: Route
-    bodies: list[bytes] = field(default_factory=list)
-    identities: list[str | None] = field(default_factory=list)
-    keys: list[str] = field(default_factory=list)
-    size: int = 0
-    merged: dict[int, int] = field(default_factory=dict)  # item position -> later records merged into it
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.acceptances = 0
+        self.run = 0  # refusals naming no item since the last acceptance
 
-    @property
-    def records(self) -> int:
-        return len(self.bodies) + sum(self.merged.values())
+    def accepted(self) -> None:
+        with self._lock:
+            self.acceptances += 1
+            self.run = 0
 
-
-@dataclass
-class BatchResult:
-    number: int
-    delivered: int = 0
-    rejected: list[str] = field(default_factory=list)  # Heap's reason, one entry per refused item
-    refused_at: list[int] = field(default_factory=list)  # each refused item's position in the batch, likewise
-    failure: DeliveryError | DeliveryStopped | None = None  # set: the batch is not (wholly) in Heap
+    def refused(self, names_item: bool) -> int:
+        with self._lock:
+            self.run += not names_item
+            return self.run
 
 
-class _Turn:
-    """A submitted batch in the keys' queues: the earlier batches it goes after, the later ones parked behind it,
-    and whether it is done and delivered. The lists and flags change under the sender's lock."""
+class Dispatcher:
+    """See the module."""
 
-    def __init__(self, batch: Batch, watch: RefusalWatch) -> None:
-        self.batch = batch
-        self.watch = watch  # what Heap's refusals at its endpoint have shown
-        # a key is kept in order at its endpoint: two streams updating the same users' properties share it
-        path = batch.route.endpoint.path
-        self.keys = {(path, key) for key in batch.keys}
-        self.size = batch.size
-        self.result: Future[BatchResult] = Future()
-        self.after: list[_Turn] = []  # the earlier batches holding one of its keys, uncollected when it came
-        self.unfinished = 0  # how many of those are still running or parked: it starts when none is
-        self.parked: list[_Turn] = []  # later batches waiting for this one
-        self.done = False
-        self.delivered = False
-
-
-class BatchSender:
-    """See the module: concurrent batches, each key's in input order, in a window bounded in batches and bytes."""
-
-    def __init__(self, config: HeapConfig, stop: threading.Event) -> None:
-        self._app_id = config.app_id
-        self._dry_run = config.dry_run
-        self._samples_left = DRY_RUN_SAMPLES if config.dry_run else 0
+    def __init__(self, config: HeapConfig, ledger: StateLedger, stop: threading.Event) -> None:
+        self._ledger = ledger
         self._stop = stop
-        self._window = 2 * config.max_concurrent_requests  # queued as well as running, so no worker idles
-        self._pool = ThreadPoolExecutor(config.max_concurrent_requests, thread_name_prefix="heap-sender")
-        self._running: set[Future[BatchResult]] = set()  # submitted, not yet collected
-        self._turns: dict[int, _Turn] = {}  # batch number -> its turn, until collected
-        self._last_turn: dict[Hashable, _Turn] = {}  # (path, key) -> the latest unfinished batch holding it
-        self._watches: dict[str, RefusalWatch] = {}  # endpoint path -> what its refusals have shown
-        self._turns_lock = threading.Lock()  # a turn's ending (a sender thread) against a later one's taking
-        self.bytes_in_flight = 0
+        self._dry_run = config.dry_run
+        self._app_id = config.app_id
+        self._samples_left = DRY_RUN_SAMPLES if config.dry_run else 0
+        self._on_invalid_fail = config.on_invalid_record == "fail"
+        self._lock = threading.Condition()
+        self._lanes: dict[str, Lane] = {}  # endpoint path -> its lane
+        self._watches: dict[str, EndpointWatch] = {}
+        self._routes: dict[Route, Lane] = {}
+        self._flushing = False  # everything ready goes, full request or not
+        self.in_flight = 0  # requests being delivered
+        self.failure: Exception | None = None  # what stops the sync (set once)
+        self._senders = [
+            threading.Thread(target=self._send_requests, name=f"heap-sender-{n}", daemon=True)
+            for n in range(config.max_concurrent_requests)
+        ]
+        for sender in self._senders:
+            sender.start()
 
-    @property
-    def in_flight(self) -> int:
-        """Batches submitted and not yet collected."""
-        return len(self._running)
+    def add(self, item: Item, api_type: str) -> bool:
+        """Queue an item in its endpoint's lane; True if it merged into an earlier update of its key."""
+        route = item.route
+        with self._lock:
+            lane = self._routes.get(route)
+            if lane is None:
+                lane = self._routes[route] = self._lane(route.endpoint.path, api_type)
+            merged = lane.add(item)
+            if not merged and len(lane.ready.get(route, ())) >= route.batch_size:
+                self._lock.notify()
+            return merged
 
-    def submit(self, batch: Batch, while_waiting: Callable[[], object] = lambda: None) -> list[BatchResult]:
-        """Queue a batch; returns the results of batches that finished meanwhile. While the window is full it
-        waits (back-pressure on stdin), calling `while_waiting` now and then; once the sync is stopping, the
-        batch is dropped, never acknowledged."""
-        finished = self.collect()
-        while self._window_is_full(batch) and not self._stop.is_set():
-            finished.extend(self.collect(timeout=STOP_CHECK_SECONDS))
-            while_waiting()
-        if not self._stop.is_set():
-            watch = self._watches.setdefault(batch.route.endpoint.path, RefusalWatch(batch.route.endpoint.path))
-            turn = _Turn(batch, watch)
-            self._running.add(turn.result)
-            self.bytes_in_flight += batch.size
-            if self._take_turn(batch.number, turn):
-                self._pool.submit(self._run, turn)
-        return finished
+    def _lane(self, path: str, api_type: str) -> Lane:
+        """The endpoint's one lane, whatever stream or route its items come by."""
+        if path not in self._lanes:
+            self._lanes[path] = Lane(api_type in MERGING_APIS, MAX_REQUEST_BYTES)
+            self._watches[path] = EndpointWatch()
+        return self._lanes[path]
 
-    def collect(self, timeout: float | None = 0) -> list[BatchResult]:
-        """Results of finished batches, waiting up to `timeout` seconds (None: forever) for the first."""
-        if not self._running:
-            return []
-        done, self._running = wait(self._running, timeout, return_when=FIRST_COMPLETED)
-        results = [future.result() for future in done]
-        for result in results:
-            self._end_turn(result.number)
-        return results
+    def flush(self, flushing: bool = True) -> None:
+        """Whether every ready item goes now, full request or not (the source is quiet, the window full, the input
+        ended), or only full requests and old items (records are flowing)."""
+        if flushing != self._flushing:
+            with self._lock:
+                self._flushing = flushing
+                self._lock.notify_all()
 
     def close(self) -> None:
-        """Stop: abandon queued batches, let running requests end (bounded by their timeout)."""
+        """Stop: no new request starts; requests in flight end at their next attempt."""
         self._stop.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._lock.notify_all()
 
-    def _window_is_full(self, batch: Batch) -> bool:
-        if self.in_flight >= self._window:
-            return True
-        return self.in_flight > 0 and self.bytes_in_flight + batch.size > MAX_WINDOW_BYTES
+    def _fail(self, failure: Exception) -> None:
+        with self._lock:
+            self.failure = self.failure or failure
+        self._stop.set()
 
-    def behind(self, batch: Batch) -> bool:
-        """Whether an earlier batch holding one of the batch's keys is unfinished (it would be parked)."""
-        path = batch.route.endpoint.path
-        turns = (self._last_turn.get((path, key)) for key in batch.keys)
-        return any(turn is not None and not turn.done for turn in turns)
+    # -- sender threads -----------------------------------------------------------------------------------------
 
-    def _take_turn(self, number: int, turn: _Turn) -> bool:
-        """Register the batch as its keys' latest, parked behind the earlier unfinished batches holding one of
-        them; True if there are none, and it may start now."""
-        after = {id(earlier): earlier for key in turn.keys if (earlier := self._last_turn.get(key)) is not None}
-        turn.after = list(after.values())
-        with self._turns_lock:
-            for earlier in turn.after:
-                if not earlier.done:
-                    earlier.parked.append(turn)
-                    turn.unfinished += 1
-        for key in turn.keys:
-            self._last_turn[key] = turn
-        self._turns[number] = turn
-        return turn.unfinished == 0
+    def _send_requests(self) -> None:
+        while True:
+            with self._lock:
+                request = self._next_request()
+                while request is None:
+                    if self._stop.is_set():
+                        return
+                    self._lock.wait(LOOK_SECONDS)
+                    request = self._next_request()
+                self.in_flight += 1
+            route, items = request
+            try:
+                self._deliver(route, items)
+            except DeliveryStopped:
+                pass  # the sync is stopping: the items' fate stays open, so no state passes them
+            except DeliveryError as failure:
+                self._fail(failure)
+            except Exception as bug:  # not Heap's answer: the writer raises it on the main thread
+                self._fail(bug)
+            with self._lock:
+                self.in_flight -= 1
+                self._lanes[route.endpoint.path].done(items)
+                self._lock.notify_all()
 
-    def _end_turn(self, number: int) -> None:
-        turn = self._turns.pop(number)
-        self.bytes_in_flight -= turn.size
-        for key in turn.keys:
-            if self._last_turn.get(key) is turn:
-                del self._last_turn[key]
+    def _next_request(self) -> tuple[Route, list[Item]] | None:
+        """The items of the first route with a request's worth ready (or an old one, or any when flushing)."""
+        if self._stop.is_set():
+            return None
+        too_old = time.monotonic() - MAX_ITEM_AGE_SECONDS
+        for route, lane in self._routes.items():
+            ready = len(lane.ready.get(route, ()))
+            if ready >= route.batch_size or (ready and (self._flushing or lane.oldest(route) <= too_old)):
+                return route, lane.take(route, route.batch_size, MAX_REQUEST_BYTES)
+        return None
 
-    def _run(self, turn: _Turn) -> None:
-        """Deliver a batch on a sender thread; then start the batches parked behind it that wait for no other."""
-        outcome: BatchResult | Exception
-        try:
-            outcome = self._deliver(turn.batch, turn.after, turn.watch)
-        except Exception as error:  # a bug, not Heap's answer: collect raises it on the main thread
-            outcome = error
-        with self._turns_lock:
-            turn.done = True
-            turn.delivered = isinstance(outcome, BatchResult) and outcome.failure is None
-            for later in turn.parked:
-                later.unfinished -= 1
-            ready = [later for later in turn.parked if later.unfinished == 0]
-            turn.after, turn.parked = [], []  # one key's batches do not keep each other alive
-        if isinstance(outcome, BatchResult):
-            turn.result.set_result(outcome)
-        else:
-            turn.result.set_exception(outcome)
-        for later in ready:
-            self._pool.submit(self._run, later)
-
-    def _deliver(self, batch: Batch, after: list[_Turn], watch: RefusalWatch) -> BatchResult:
-        result = BatchResult(batch.number)
-        try:
-            if not all(earlier.delivered for earlier in after):
-                raise DeliveryStopped()  # an earlier update of one of its keys is not in Heap: never overtake it
-            if self._dry_run:
-                self._rehearse(batch, result)
+    def _deliver(self, route: Route, items: list[Item]) -> None:
+        """One request's items into Heap, narrowing refusals down as `decide` says; each record's fate booked."""
+        if self._dry_run:
+            self._rehearse(route, items)
+            return
+        watch = self._watches[route.endpoint.path]
+        todo: deque[list[Item]] = deque([items])
+        while todo:
+            request = todo.popleft()
+            refusal = self._send(route, request, watch)
+            if refusal is None:
+                continue
+            decision = decide(self._evidence(route, request, refusal, watch))
+            if decision.action is Action.SPLIT:
+                route.client.counters.bisected()
+                todo.extendleft(reversed(_halves(request)))
+            elif decision.action is Action.REJECT:
+                self._reject(route, request[0], refusal)
+            elif decision.action is Action.RETRY:
+                pause = SUSPECT_PAUSE_SECONDS * 2 ** (request[0].lone_refusals - 1)
+                if self._stop.wait(pause):
+                    raise DeliveryStopped()
+                todo.appendleft(request)
             else:
-                ItemDelivery(batch.route, batch, result, watch, self._stop).run()
-        except (DeliveryError, DeliveryStopped) as failure:
-            result.failure = failure
-        return result
+                raise DeliveryError(decision.message, decision.transient)
 
-    def _rehearse(self, batch: Batch, result: BatchResult) -> None:
+    def _send(self, route: Route, request: list[Item], watch: EndpointWatch) -> HeapRejected | None:
+        """One request: None if Heap took it (its records booked as delivered), else Heap's refusal."""
+        body = route.body([item.body() for item in request])
+        try:
+            answer = route.client.post(route.endpoint.path, body, [item.identity for item in request])
+        except HeapRejected as refusal:
+            return refusal
+        watch.accepted()
+        for item in request:
+            self._ledger.delivered(item.entries)
+        if route.endpoint.answers_with_request_id:
+            _log_deletion_request(answer, len(request))
+        return None
+
+    def _evidence(self, route: Route, request: list[Item], refusal: HeapRejected, watch: EndpointWatch) -> Evidence:
+        run = watch.refused(refusal.names_item)
+        for item in request:
+            if item.refused_at is None:
+                item.refused_at = watch.acceptances
+        alone = request[0]
+        if len(request) == 1 and not refusal.names_item:
+            alone.lone_refusals += 1
+        return Evidence(
+            path=route.endpoint.path,
+            reason=refusal.reason,
+            items=len(request),
+            records=sum(len(item.entries) for item in request),
+            names_item=refusal.names_item,
+            deletion=route.endpoint.answers_with_request_id,
+            run=run,
+            accepted_any=watch.acceptances > 0,
+            lone_refusals=alone.lone_refusals,
+            accepted_since_refused=alone.refused_at is not None and watch.acceptances > alone.refused_at,
+        )
+
+    def _reject(self, route: Route, item: Item, refusal: HeapRejected) -> None:
+        if self._on_invalid_fail:
+            raise DeliveryError(
+                f"Heap refused a record at {route.endpoint.path} ({refusal.reason}). Fix the source data or the column "
+                "mapping, or set on_invalid_record to skip to count and skip such records.",
+                transient=False,
+            )
+        message = f"Heap refused this record at {route.endpoint.path}: {refusal.reason}"
+        self._ledger.rejected(item.entries, Fate(f"rejected_by_heap: {refusal.reason}", None, message))
+
+    def _rehearse(self, route: Route, items: list[Item]) -> None:
         """Dry run: nothing is sent; the first bodies are logged by shape (values masked: personal data)."""
-        route = batch.route
-        if self._samples_left > 0:
-            self._samples_left -= 1
-            shape = masked(orjson.loads(route.body(batch.bodies[:2] if route.bulk else batch.bodies[0])))
+        with self._lock:
+            sample = self._samples_left > 0
+            self._samples_left -= sample
+        if sample:
+            shape = masked(orjson.loads(route.body([item.body() for item in items[:2]])))
             if "app_id" in shape:
                 shape["app_id"] = self._app_id  # the config's, not data
             logger.info(f"Dry run: Heap would receive at {route.endpoint.path}: {orjson.dumps(shape).decode()}")
-        result.delivered = len(batch.bodies)
+        for item in items:
+            self._ledger.delivered(item.entries)
+
+
+def _halves(request: list[Item]) -> list[list[Item]]:
+    """A refused request as two, in order: its items halved, or its one merged item's records."""
+    if len(request) > 1:
+        middle = len(request) // 2
+        return [request[:middle], request[middle:]]
+    first, second = request[0].halves()
+    return [[first], [second]]
+
+
+def _log_deletion_request(answer: Answer, users: int) -> None:
+    """Heap deletes asynchronously: the request id is what a user needs to follow the deletion up."""
+    try:
+        body = orjson.loads(answer.body)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    request_id, status = body.get("deletion_request_id", "(none given)"), body.get("status", "unknown")
+    logger.info(f"Heap accepted a deletion request for {users} users: deletion_request_id {request_id}, {status}")
 
 
 def masked(value: Any) -> Any:
@@ -272,3 +316,4 @@ def masked(value: Any) -> Any:
     if isinstance(value, str):
         return f"<text, {len(value)} chars>"
     return f"<{type(value).__name__}>"
+

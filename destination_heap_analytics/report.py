@@ -1,5 +1,7 @@
-"""What a sync did, counted as it goes and told in the log: progress at a steady interval, a summary at the end.
+"""What a sync did, told in the log: progress at a steady interval, a summary at the end.
 
+Every record figure is read from the StateLedger's book (state.py), where each record's fate is booked once; this
+module only counts what is not a record's fate (states emitted, unusable lines, values adjusted) and words it.
 Only counts, reasons and column names are ever logged, never a record's values (they are personal data).
 """
 
@@ -8,9 +10,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Hashable
 
 from destination_heap_analytics.client import DeliveryCounters
+from destination_heap_analytics.state import StateLedger, StreamFigures
 
 logger = logging.getLogger("airbyte")
 
@@ -18,55 +21,32 @@ PROGRESS_INTERVAL_SECONDS = 15.0
 UNPARSABLE_LINES_LOGGED = 10
 
 
-@dataclass
-class StreamFigures:
-    """One catalog stream's part of the totals, kept by its load."""
-
-    read: int = 0
-    sent: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-
-
 class SyncReport:
     def __init__(
-        self,
-        counters: DeliveryCounters,
-        dry_run: bool = False,
-        streams: tuple[tuple[str, StreamFigures], ...] = (),
+        self, ledger: StateLedger, counters: DeliveryCounters, labels: dict[Hashable, str], dry_run: bool = False
     ) -> None:
+        self._ledger = ledger
         self.counters = counters
-        # each catalog stream's name and figures (its load keeps them), listed when there are several; the
-        # totals below count every stream and line
-        self._streams = streams if len(streams) > 1 else ()
+        self._labels = labels if len(labels) > 1 else {}  # each catalog stream by name, listed when there are several
         self._sent = "would have been sent (dry run: nothing sent)" if dry_run else "sent and acknowledged by Heap"
         self._sent_short = "would have been sent" if dry_run else "sent"
-        self.records_read = 0
-        self.records_sent = 0  # acknowledged by Heap
-        self.records_merged = 0  # of those, sent merged into an earlier update of their key: items saved
-        self.skipped: Counter[str] = Counter()  # reason -> records left out
         self.adjusted: Counter[str] = Counter()  # "truncated bio" -> values changed or left out to fit Heap
         self.states_emitted = 0
         self.states_withheld = 0  # dry run: states never emitted
         self.unparsable_lines = 0
+        self.unreadable_records = 0
         self._started = time.monotonic()
         self._next_progress = self._started + PROGRESS_INTERVAL_SECONDS
 
-    def read(self, stream: StreamFigures | None = None) -> None:
-        self.records_read += 1
-        if stream is not None:
-            stream.read += 1
-
-    def sent(self, count: int, stream: StreamFigures | None = None, merged: int = 0) -> None:
-        """`count` records acknowledged, `merged` of them inside an item of an earlier record of their key."""
-        self.records_sent += count
-        self.records_merged += merged
-        if stream is not None:
-            stream.sent += count
-
-    def skip(self, reason: str, stream: StreamFigures | None = None) -> None:
-        self.skipped[reason] += 1
-        if stream is not None:
-            stream.skipped[reason] += 1
+    def totals(self, snapshot: dict[Hashable, StreamFigures] | None = None) -> StreamFigures:
+        """Every stream's figures added up."""
+        total = StreamFigures()
+        for figures in (snapshot or self._ledger.snapshot()).values():
+            total.read += figures.read
+            total.delivered += figures.delivered
+            total.items += figures.items
+            total.rejected.update(figures.rejected)
+        return total
 
     def unparsable(self, number: int, problem: str) -> None:
         """An input line that is not a usable Airbyte message: the first few are logged by position and a fixed
@@ -76,10 +56,10 @@ class SyncReport:
             logger.warning(f"Input line {number}: {problem}; skipped (content not logged).")
 
     def unreadable_record(self, number: int, problem: str) -> None:
-        """A line meant as a RECORD that no parser can use: counted as a skipped record; the first few are
-        logged by position and a fixed description, never by content."""
-        self.skip("unreadable_record")
-        if self.skipped["unreadable_record"] <= UNPARSABLE_LINES_LOGGED:
+        """A line meant as a RECORD that no parser can use (booked as rejected): the first few are logged by position
+        and a fixed description, never by content."""
+        self.unreadable_records += 1
+        if self.unreadable_records <= UNPARSABLE_LINES_LOGGED:
             logger.warning(f"Input line {number} ({problem}): an invalid record, skipped (content not logged).")
 
     def state_withheld(self) -> None:
@@ -99,7 +79,8 @@ class SyncReport:
         now = time.monotonic()
         if now >= self._next_progress:
             self._next_progress = now + PROGRESS_INTERVAL_SECONDS
-            logger.info(f"Progress: {self._figures(now)}{self._by_stream()}")
+            snapshot = self._ledger.snapshot()
+            logger.info(f"Progress: {self._figures(now, snapshot)}{self._by_stream(snapshot)}")
 
     def log_summary(self, outcome: str) -> None:
         if self.unparsable_lines:
@@ -107,39 +88,42 @@ class SyncReport:
                 f"{self.unparsable_lines} input lines were not usable Airbyte messages and were skipped "
                 f"(the first {min(self.unparsable_lines, UNPARSABLE_LINES_LOGGED)} are logged by line number)."
             )
-        logger.info(f"Sync summary ({outcome}): {self._figures(time.monotonic())}{self._by_stream()}")
-        if self.skipped:
-            logger.warning(f"Records skipped, by reason: {_listing(self.skipped)}")
+        snapshot = self._ledger.snapshot()
+        logger.info(f"Sync summary ({outcome}): {self._figures(time.monotonic(), snapshot)}{self._by_stream(snapshot)}")
+        rejected = self.totals(snapshot).rejected
+        if rejected:
+            logger.warning(f"Records skipped, by reason: {_listing(rejected)}")
         if self.adjusted:
             logger.warning(f"Property values adjusted to fit Heap's rules: {_listing(self.adjusted)}")
 
-    def _figures(self, now: float) -> str:
+    def _figures(self, now: float, snapshot: dict[Hashable, StreamFigures]) -> str:
         elapsed = max(now - self._started, 1e-9)
+        total = self.totals(snapshot)
         counters = self.counters
         splits = f", {counters.bisections} bulk requests split to isolate refused items" if counters.bisections else ""
         paced = f", {counters.paced_seconds:.1f} s held back by pacing" if counters.paced_seconds else ""
-        merged = (
-            f", {self.records_merged} records merged into an earlier update of their key (as many items saved)"
-            if self.records_merged
-            else ""
-        )
+        merged = total.delivered - total.items
+        merges = f", {merged} records merged into an earlier update of their key (as many items saved)"
+        merges = merges if merged else ""
         states = f"{self.states_emitted} states emitted"
         if self.states_withheld:
             states = f"{self.states_withheld} states not emitted (dry run)"
         return (
-            f"{self.records_read} records read, {self.records_sent} {self._sent}, "
-            f"{sum(self.skipped.values())} skipped, {states}; "
-            f"{counters.requests} requests ({counters.retries} retries, {counters.throttled} throttled){merged}{splits}"
-            f"{paced}, {elapsed:.1f} s, {self.records_read / elapsed:.0f} records/s"
+            f"{total.read} records read, {total.delivered} {self._sent}, "
+            f"{sum(total.rejected.values())} skipped, {states}; "
+            f"{counters.requests} requests ({counters.retries} retries, {counters.throttled} throttled){merges}{splits}"
+            f"{paced}, {elapsed:.1f} s, {total.read / elapsed:.0f} records/s"
         )
 
-    def _by_stream(self) -> str:
+    def _by_stream(self, snapshot: dict[Hashable, StreamFigures]) -> str:
         """Each catalog stream's records read, sent and skipped by reason (stream names come from the catalog)."""
         parts = []
-        for name, figures in self._streams:
-            reasons = f" ({_listing(figures.skipped)})" if figures.skipped else ""
-            total = sum(figures.skipped.values())
-            parts.append(f"{name}: {figures.read} read, {figures.sent} {self._sent_short}, {total} skipped{reasons}")
+        for key, name in self._labels.items():
+            figures = snapshot.get(key) or StreamFigures()
+            reasons = f" ({_listing(figures.rejected)})" if figures.rejected else ""
+            total = sum(figures.rejected.values())
+            sent = f"{figures.delivered} {self._sent_short}"
+            parts.append(f"{name}: {figures.read} read, {sent}, {total} skipped{reasons}")
         return f". By stream: {'; '.join(parts)}" if parts else ""
 
 

@@ -1,35 +1,32 @@
-"""The one place that decides when a STATE message may be emitted.
+"""The book of record fates, and the one place that decides when a STATE may leave.
 
-Airbyte's promise: every record before an emitted STATE is in Heap. Records travel in numbered batches, each
-of one stream, that Heap may acknowledge in any order. A stream's STATE waits until every batch of that
-stream opened before it was acknowledged, whatever the other streams do; a state for the whole source
-(GLOBAL, LEGACY: `stream` None) waits for every batch opened before it. The states of one stream, and the
-states for the whole source, leave in the order they came.
+Every record the sync receives gets an `Entry` here, and its fate is booked once: delivered (Heap acknowledged the
+item holding it) or rejected (with its reason: skipped by the mapping, refused by Heap, too large). Every figure is
+derived from these bookings: each STATE's `destinationStats`, each stream's figures, the sync's totals, and the
+window (the records received whose fate is still open, and their bytes: reading pauses while it is full).
 
-Each state also says what became of the records of its interval (those since the previous state of its stream,
-or of every stream), as Airbyte 1.8+ counts them: those that reached Heap and those rejected (skipped as invalid
-or refused by Heap), together the records received. A record counts toward the next state of its own stream and
-the next state for every stream; one whose stream cannot be read (an unreadable line), toward the latter only.
-Heap's refusals come with the batch's acknowledgement, so a state's figures are final when it may leave.
+A STATE covers the records of its stream received before it (of every stream, for a GLOBAL or LEGACY state, or a
+STREAM state `CatalogStreams` cannot pin on one catalog stream). It leaves once every one of them has its fate,
+with the figures of its interval: the records it is the first state to cover, so that each record counts in
+exactly one state's figures (`recordCount` delivered, `rejectedRecordCount` rejected: together, the records
+received, as Airbyte 1.8+ checks them). States of one stream, and states for every stream, leave in arrival order.
 
-A STREAM state names its stream by a descriptor that need not match the catalog's key exactly (no namespace
-where the catalog has one): `CatalogStreams` says which stream's records it covers, and where that is not
-certain, it covers them all. A state never leaves before records it may cover.
-
-Each operation costs constant time (amortized), however many streams, states and batches a sync has.
+Records arrive on the main thread; fates are booked by sender threads: everything here runs under one lock.
+Each operation costs constant time (amortized), however many streams, states and records a sync has.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict, deque
+import threading
+from collections import Counter, deque
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from destination_heap_analytics.config import StreamKey
 
 State = TypeVar("State")
-EVERY_STREAM = None  # the stream of a state that covers them all
+EVERY_STREAM = None  # the stream of a state that covers them all, and of a record whose stream is unknown
 
 
 class CatalogStreams:
@@ -50,127 +47,200 @@ class CatalogStreams:
         return self._by_unique_name.get(descriptor[0], EVERY_STREAM)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Interval:
-    """The records of a stream (or of every stream) between two of its states."""
+    """The records of one stream received between two states covering it; the later state reports them."""
 
     received: int = 0
-    rejected: int = 0  # skipped as invalid, or refused by Heap
+    delivered: int = 0
+    rejected: int = 0
+    closed_at: int = 0  # the arrival number of the state that closed it; 0 while it is filling
+
+    @property
+    def settled(self) -> bool:
+        return self.delivered + self.rejected == self.received
+
+
+@dataclass(slots=True, eq=False)
+class Entry:
+    """One record in the book: where its fate counts, its Heap item's JSON while it is in the window, and the
+    record as received (only where rejected records are stored)."""
+
+    stream: Hashable
+    interval: Interval
+    record: Any = None
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Fate:
+    """Why a record was rejected: a reason from a fixed list, the column (or Heap field) at fault if one, and a
+    sentence for the user. Never holds the record's values."""
+
+    reason: str
+    column: str | None = None
+    message: str = ""
+
+    def describe(self) -> str:
+        return f"{self.reason} (column {self.column})" if self.column else self.reason
+
+
+@dataclass
+class StreamFigures:
+    """What became of one stream's records (EVERY_STREAM: the lines whose stream is unknown)."""
+
+    read: int = 0
+    delivered: int = 0
+    items: int = 0  # Heap items delivered: fewer than the records delivered where updates of a key merged
+    rejected: Counter[str] = field(default_factory=Counter)  # by Fate.describe()
+
+
+@dataclass(slots=True)
+class Release(Generic[State]):
+    state: State
+    delivered: int
+    rejected: int
 
     def destination_stats(self) -> dict[str, float]:
-        """A state's destinationStats: the records that reached Heap, and the rejected ones."""
-        return {"recordCount": float(self.received - self.rejected), "rejectedRecordCount": float(self.rejected)}
-
-
-Intervals = tuple[Interval, ...]  # the intervals one record counts toward
+        return {"recordCount": float(self.delivered), "rejectedRecordCount": float(self.rejected)}
 
 
 class StateLedger(Generic[State]):
-    def __init__(self) -> None:
-        self._last_opened = 0  # batches are numbered 1, 2, ... in the order their first record arrived
-        self._last_opened_of: dict[Hashable, int] = {}  # stream -> the number of its latest batch
-        self._stream_of: dict[int, Hashable] = {}  # unacknowledged batch -> its stream
-        # Batches in the order opened, of each stream and of all; acknowledged ones leave from the front only,
-        # so the front is the oldest batch still awaiting Heap once the acknowledged are dropped from it.
-        self._opened_of: dict[Hashable, deque[int]] = {}
-        self._opened: deque[int] = deque()
-        # stream -> its states waiting, in arrival order: (last batch it covers, arrival number, state, interval)
-        self._waiting: dict[Hashable, deque[tuple[int, int, State, Interval]]] = {}
+    def __init__(self, keep_rejected: bool = False) -> None:
+        self._lock = threading.Condition()
+        self.figures: dict[Hashable, StreamFigures] = {}
+        self.open_records = 0  # received, fate not yet booked: the window
+        self.open_bytes = 0  # their items' JSON
+        self._keep_rejected = keep_rejected
+        self._rejected: list[tuple[Entry, Fate]] = []  # for the store of rejected records, until taken
+        self._filling: dict[Hashable, Interval] = {}  # stream -> its interval no state has closed yet
+        self._closed_of: dict[Hashable, deque[Interval]] = {}  # stream -> its closed intervals, oldest first
+        self._closed: deque[Interval] = deque()  # every stream's closed intervals, oldest first
+        # stream (EVERY_STREAM: the states covering all) -> its states waiting: (arrival, state, intervals)
+        self._waiting: dict[Hashable, deque[tuple[int, State, list[Interval]]]] = {}
         self._changed: set[Hashable] = set()  # streams whose waiting states may have become releasable
         self._arrivals = 0
         self.pending = 0  # states received and not yet released
-        self._filling: defaultdict[Hashable, Interval] = defaultdict(Interval)  # stream -> since its last state
-        self._intervals_of: dict[Hashable, Intervals] = {}  # stream -> what its records count toward now
-        self._items_of: defaultdict[int, list[Intervals]] = defaultdict(list)  # batch -> each item's intervals
-        # batch -> item -> the intervals of the later records merged into it (updates of the same key)
-        self._merged_of: defaultdict[int, dict[int, list[Intervals]]] = defaultdict(dict)
 
-    def open_batch(self, stream: Hashable = EVERY_STREAM) -> int:
-        """Number a new batch of `stream`; it holds records that came after every STATE already received."""
-        self._last_opened += 1
-        self._last_opened_of[stream] = self._last_opened
-        self._stream_of[self._last_opened] = stream
-        self._opened_of.setdefault(stream, deque()).append(self._last_opened)
-        self._opened.append(self._last_opened)
-        return self._last_opened
+    # -- records ------------------------------------------------------------------------------------------------
 
-    def record_received(self, stream: Hashable = EVERY_STREAM) -> Intervals:
-        """A record of `stream` arrived (EVERY_STREAM: a record whose stream is unknown); the intervals it counts
-        toward, to pass to record_rejected or record_batched."""
-        intervals = self._intervals_of.get(stream)
-        if intervals is None:  # the first record since a state: a record counts toward the two next states
-            filling = self._filling
-            both = (filling[stream],) if stream is EVERY_STREAM else (filling[stream], filling[EVERY_STREAM])
-            intervals = self._intervals_of[stream] = both
-        for interval in intervals:
+    def received(self, stream: Hashable, record: Any = None) -> Entry:
+        """A record of `stream` arrived (EVERY_STREAM: one whose stream cannot be read)."""
+        with self._lock:
+            interval = self._filling.get(stream)
+            if interval is None:
+                interval = self._filling[stream] = Interval()
             interval.received += 1
-        return intervals
+            self._figures(stream).read += 1
+            self.open_records += 1
+            return Entry(stream, interval, record if self._keep_rejected else None)
 
-    @staticmethod
-    def record_rejected(intervals: Intervals) -> None:
-        """The record was skipped as invalid before it was sent."""
-        for interval in intervals:
-            interval.rejected += 1
+    def hold(self, entry: Entry, body: bytes) -> None:
+        """The record is on its way to Heap as `body`: its bytes count in the window until its fate is booked."""
+        entry.body = body
+        with self._lock:
+            self.open_bytes += len(body)
 
-    def record_batched(self, batch: int, intervals: Intervals) -> None:
-        """The record is the next item of `batch`: its fate is known when the batch is acknowledged."""
-        self._items_of[batch].append(intervals)
+    def delivered(self, entries: list[Entry]) -> None:
+        """Heap acknowledged one item holding these records."""
+        with self._lock:
+            for entry in entries:
+                entry.interval.delivered += 1
+                self._figures(entry.stream).delivered += 1
+                self._settle(entry)
+            self._figures(entries[0].stream).items += 1
 
-    def record_merged(self, batch: int, position: int, intervals: Intervals) -> None:
-        """The record merged into the item at `position` of `batch`: its fate is that item's."""
-        self._merged_of[batch].setdefault(position, []).append(intervals)
+    def rejected(self, entries: list[Entry], fate: Fate) -> None:
+        """These records will not reach Heap, for `fate`'s reason."""
+        with self._lock:
+            for entry in entries:
+                entry.interval.rejected += 1
+                self._figures(entry.stream).rejected[fate.describe()] += 1
+                if self._keep_rejected:
+                    self._rejected.append((entry, fate))
+                self._settle(entry)
+
+    def snapshot(self) -> dict[Hashable, StreamFigures]:
+        """Each stream's figures as they stand (copies: sender threads go on booking)."""
+        with self._lock:
+            return {
+                stream: StreamFigures(figures.read, figures.delivered, figures.items, Counter(figures.rejected))
+                for stream, figures in self.figures.items()
+            }
+
+    def take_rejected(self) -> list[tuple[Entry, Fate]]:
+        """The rejected records booked since the last call, for the store."""
+        with self._lock:
+            taken, self._rejected = self._rejected, []
+            return taken
+
+    def wait_for_room(self, records: int, size: int, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the window to be under `records` and `size` bytes; True if it is."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self.open_records < records and self.open_bytes < size, timeout)
+
+    def _settle(self, entry: Entry) -> None:
+        self.open_records -= 1
+        self.open_bytes -= len(entry.body)
+        entry.body = b""
+        if entry.interval.closed_at and entry.interval.settled:
+            self._changed.add(entry.stream)
+            self._changed.add(EVERY_STREAM)
+        self._lock.notify_all()
+
+    def _figures(self, stream: Hashable) -> StreamFigures:
+        figures = self.figures.get(stream)
+        if figures is None:
+            figures = self.figures[stream] = StreamFigures()
+        return figures
+
+    # -- states -------------------------------------------------------------------------------------------------
 
     def state_received(self, state: State, stream: Hashable = EVERY_STREAM) -> None:
-        """A STATE covers every record of its stream received so far (of every stream, for EVERY_STREAM),
-        including those in a batch still being filled."""
-        last = self._last_opened if stream is EVERY_STREAM else self._last_opened_of.get(stream, 0)
-        self._arrivals += 1
-        self._waiting.setdefault(stream, deque()).append(
-            (last, self._arrivals, state, self._filling.pop(stream, Interval()))
-        )
-        self._changed.add(stream)
-        self.pending += 1
-        if stream is EVERY_STREAM:  # every stream's records now count toward the next such state
-            self._intervals_of.clear()
-        else:
-            self._intervals_of.pop(stream, None)
+        """A STATE covering every record of `stream` received so far (of every stream, for EVERY_STREAM)."""
+        with self._lock:
+            self._arrivals += 1
+            streams = list(self._filling) if stream is EVERY_STREAM else [stream]
+            intervals = []
+            for closing in streams:
+                interval = self._filling.pop(closing, None)
+                if interval is not None:
+                    interval.closed_at = self._arrivals
+                    self._closed_of.setdefault(closing, deque()).append(interval)
+                    self._closed.append(interval)
+                    intervals.append(interval)
+            self._waiting.setdefault(stream, deque()).append((self._arrivals, state, intervals))
+            self._changed.add(stream)
+            self.pending += 1
 
-    def acknowledged(self, batch: int, refused: Iterable[int] = ()) -> None:
-        """Heap holds every record of this batch but those of the items at the positions `refused`, which it
-        refused (each record merged into one of those too)."""
-        if batch in self._stream_of:
-            self._changed.add(self._stream_of.pop(batch))
-            self._changed.add(EVERY_STREAM)
-        items = self._items_of.pop(batch, [])
-        merged = self._merged_of.pop(batch, {})
-        for position in refused:
-            self.record_rejected(items[position])
-            for intervals in merged.get(position, ()):
-                self.record_rejected(intervals)
-
-    def releasable(self) -> list[tuple[State, Interval]]:
-        """The states, in arrival order, whose records are all acknowledged, each with its interval's figures;
+    def releasable(self) -> list[Release[State]]:
+        """The states, in arrival order, whose records all have their fate, each with its interval's figures;
         each is returned once."""
-        released: list[tuple[int, State, Interval]] = []
-        for stream in self._changed:
-            waiting = self._waiting.get(stream)
-            while waiting and self._oldest_unacknowledged(stream) > waiting[0][0]:
-                _, arrival, state, interval = waiting.popleft()
-                released.append((arrival, state, interval))
-            if waiting is not None and not waiting:
-                del self._waiting[stream]
-        self._changed.clear()
-        self.pending -= len(released)
-        released.sort(key=lambda entry: entry[0])
-        return [(state, interval) for _, state, interval in released]
+        with self._lock:
+            released: list[tuple[int, Release[State]]] = []
+            for stream in self._changed:
+                waiting = self._waiting.get(stream)
+                while waiting and self._settled_through(stream) > waiting[0][0]:
+                    arrival, state, intervals = waiting.popleft()
+                    delivered = sum(interval.delivered for interval in intervals)
+                    rejected = sum(interval.rejected for interval in intervals)
+                    released.append((arrival, Release(state, delivered, rejected)))
+                if waiting is not None and not waiting:
+                    del self._waiting[stream]
+            self._changed.clear()
+            self._settled_through(EVERY_STREAM)  # drop settled intervals even where no state covers all
+            self.pending -= len(released)
+            released.sort(key=lambda entry: entry[0])
+            return [release for _, release in released]
 
-    def _oldest_unacknowledged(self, stream: Hashable) -> float:
-        """The number of the oldest batch (of `stream`, of any for EVERY_STREAM) awaiting Heap; inf if none."""
-        opened = self._opened if stream is EVERY_STREAM else self._opened_of.get(stream)
-        while opened and opened[0] not in self._stream_of:
-            opened.popleft()
-        if opened:
-            return opened[0]
+    def _settled_through(self, stream: Hashable) -> float:
+        """The arrival number of the state that closed the oldest interval of `stream` (of any, for EVERY_STREAM)
+        still open; inf if none: every state of it arrived before that may leave."""
+        closed = self._closed if stream is EVERY_STREAM else self._closed_of.get(stream)
+        while closed and closed[0].settled:
+            closed.popleft()
+        if closed:
+            return closed[0].closed_at
         if stream is not EVERY_STREAM:
-            self._opened_of.pop(stream, None)
+            self._closed_of.pop(stream, None)
         return float("inf")

@@ -43,6 +43,12 @@ from airbyte_protocol_dataclasses.models import AirbyteMessage as ProtocolMessag
 from heap_standin import HeapStandin
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONTAINER_SETUP = PROJECT_ROOT / "scripts" / "setup-container.sh"
+CONTAINER_SETUP_TIMEOUT = 1800  # from scratch about 2.5 minutes here (apt, debootstrap, build); cached, seconds
+CONNECTOR_IMAGE = "localhost/destination-heap-analytics:dev"  # what scripts/setup-container.sh builds
+# A directory whose `docker` runs podman with the flags this machine needs: first on PATH, it is the docker CLI
+# the CDK's standard image tests call.
+PODMAN_AS_DOCKER = PROJECT_ROOT / "scripts" / "podman-as-docker"
 SAMPLE_DIR = PROJECT_ROOT / "sample_files"
 BIN_DIR = Path(sys.executable).parent
 CONNECTOR = shutil.which("destination-heap-analytics", path=str(BIN_DIR)) or str(BIN_DIR / "destination-heap-analytics")
@@ -750,6 +756,31 @@ def run_setup_script(script: Path, timeout: float) -> str:
     if setup.returncode != 0:
         pytest.fail(f"{script.name} failed (exit {setup.returncode}):\n{setup.stdout[-3000:]}\n{setup.stderr[-5000:]}")
     return setup.stdout
+
+
+def build_connector_image() -> str:
+    """The connector image, built (or refreshed from the layer cache) by scripts/setup-container.sh; the test
+    skips only where podman cannot be had (not root, or no apt-get), and fails instead under CI."""
+    missing = [
+        tool
+        for tool in ("podman", "runc", "debootstrap")
+        if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists()
+    ]
+    if missing and (os.geteuid() != 0 or shutil.which("apt-get") is None):
+        reason = (
+            f"{', '.join(missing)} not installed, and installing needs root and apt-get "
+            "(run scripts/setup-container.sh as root on Debian)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the container tests: {reason}")
+        pytest.skip(reason)
+    run_setup_script(CONTAINER_SETUP, CONTAINER_SETUP_TIMEOUT)
+    return CONNECTOR_IMAGE
+
+
+def docker_run(*args: str) -> list[str]:
+    """`docker run -i --rm <args>` by podman with this machine's flags (scripts/podman-as-docker/docker)."""
+    return [str(PODMAN_AS_DOCKER / "docker"), "run", "-i", "--rm", *args]
 
 
 def send_sigterm(process: subprocess.Popen) -> None:

@@ -1,19 +1,17 @@
 """The connector image: built from the Dockerfile with podman, then spec, check and write run through it.
 
 A module fixture runs scripts/setup-container.sh (installs podman, runc and debootstrap from Debian when missing,
-makes the local Python base image, builds localhost/destination-heap-analytics:dev). The containers run with the
-flags a machine without a Docker engine needs (runc, host network so the in-process stand-in on 127.0.0.1 is
-reachable, rlimits no higher than the host's, the config directory mounted read-only), and behave exactly like
-the installed console script: same spec, same items in Heap, same STATE messages.
+makes the local Python base image, builds localhost/destination-heap-analytics:dev). The containers run through
+scripts/podman-as-docker/docker, podman with the flags a machine without a Docker engine needs (runc, host network
+so the in-process stand-in on 127.0.0.1 is reachable, rlimits no higher than the host's), with the config
+directory mounted read-only, and behave exactly like the installed console script: same spec, same items in
+Heap, same STATE messages.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import resource
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -26,45 +24,17 @@ import yaml
 from heap_standin import HeapStandin
 from integration_tests.support import (
     PROJECT_ROOT,
+    build_connector_image,
+    docker_run,
     run_connector,
-    run_setup_script,
     sample_catalog,
     sample_config,
     sample_messages,
     states_of,
 )
 
-IMAGE = "localhost/destination-heap-analytics:dev"
-SETUP = PROJECT_ROOT / "scripts" / "setup-container.sh"
-SETUP_TIMEOUT = 1800  # from scratch about 2.5 minutes here (apt, debootstrap, build); cached, seconds
 RUN_TIMEOUT = 120.0
 SAMPLE_KINDS = ("track", "user_properties", "account_properties")
-
-
-def _ulimit(kind: int, wanted: int) -> str:
-    """`soft:hard` no higher than this process's hard limit: raising rlimits is not permitted here."""
-    hard = resource.getrlimit(kind)[1]
-    value = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    return f"{value}:{value}"
-
-
-def podman_run(*args: str) -> list[str]:
-    """`podman run` with this machine's flags, never pulling: the image must be the one built here."""
-    return [
-        "podman",
-        "--runtime",
-        "runc",
-        "run",
-        "-i",
-        "--rm",
-        "--pull=never",
-        "--network=host",
-        "--ulimit",
-        f"nofile={_ulimit(resource.RLIMIT_NOFILE, 10000)}",
-        "--ulimit",
-        f"nproc={_ulimit(resource.RLIMIT_NPROC, 1000)}",
-        *args,
-    ]
 
 
 @contextmanager
@@ -80,28 +50,9 @@ def mounted(**files: dict) -> Iterator[list[str]]:
         yield ["-v", f"{directory}:/secrets:ro"]
 
 
-def _tools_missing() -> list[str]:
-    return [
-        tool
-        for tool in ("podman", "runc", "debootstrap")
-        if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists()
-    ]
-
-
 @pytest.fixture(scope="module")
 def image() -> str:
-    """Build (or refresh from the layer cache) the connector image; skip only where podman cannot be had."""
-    missing = _tools_missing()
-    if missing and (os.geteuid() != 0 or shutil.which("apt-get") is None):
-        reason = (
-            f"{', '.join(missing)} not installed, and installing needs root and apt-get "
-            "(run scripts/setup-container.sh as root on Debian)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the container tests: {reason}")
-        pytest.skip(reason)
-    run_setup_script(SETUP, SETUP_TIMEOUT)
-    return IMAGE
+    return build_connector_image()
 
 
 def inspect(image: str) -> dict:
@@ -160,13 +111,13 @@ def test_image_labels_entrypoint_and_user(image):
 def test_container_runs_as_a_non_root_user_and_airbyte_entrypoint_works(image):
     """What the platform does with AIRBYTE_ENTRYPOINT (run it with the command's arguments) gives the spec."""
     uid = subprocess.run(
-        podman_run("--entrypoint", "id", image, "-u"), capture_output=True, text=True, timeout=RUN_TIMEOUT
+        docker_run("--entrypoint", "id", image, "-u"), capture_output=True, text=True, timeout=RUN_TIMEOUT
     )
     assert uid.returncode == 0, uid.stderr
     assert uid.stdout.strip() not in ("", "0"), f"the container runs as uid {uid.stdout.strip()!r}"
     via_env = run_connector(
         "spec",
-        argv=podman_run("--entrypoint", "/bin/sh", image, "-c", 'exec $AIRBYTE_ENTRYPOINT "$@"', "sh", "spec"),
+        argv=docker_run("--entrypoint", "/bin/sh", image, "-c", 'exec $AIRBYTE_ENTRYPOINT "$@"', "sh", "spec"),
         timeout=RUN_TIMEOUT,
     )
     assert via_env.returncode == 0, via_env.describe()
@@ -181,7 +132,7 @@ def test_the_image_ships_the_connector_and_nothing_else(image):
         "u.find_spec('integration_tests') is None)"
     )
     found = subprocess.run(
-        podman_run("--entrypoint", "python3", image, "-c", script), capture_output=True, text=True, timeout=RUN_TIMEOUT
+        docker_run("--entrypoint", "python3", image, "-c", script), capture_output=True, text=True, timeout=RUN_TIMEOUT
     )
     assert found.returncode == 0, found.stderr
     assert found.stdout.split() == [metadata()["dockerImageTag"], "True", "True"], found.stdout
@@ -192,7 +143,7 @@ def test_the_image_ships_the_connector_and_nothing_else(image):
 
 
 def test_spec_through_the_container_is_the_installed_connectors_spec(image):
-    contained = run_connector("spec", argv=podman_run(image, "spec"), timeout=RUN_TIMEOUT)
+    contained = run_connector("spec", argv=docker_run(image, "spec"), timeout=RUN_TIMEOUT)
     assert contained.returncode == 0, contained.describe()
     specs = [m["spec"] for m in contained.messages if m["type"] == "SPEC"]
     assert len(specs) == 1, contained.describe()
@@ -205,7 +156,7 @@ def test_check_through_the_container_reaches_the_standin_and_writes_nothing(imag
     config = sample_config("track", heap)
     with mounted(config=config) as volume:
         result = run_connector(
-            "check", argv=podman_run(*volume, image, "check", "--config", "/secrets/config.json"), timeout=RUN_TIMEOUT
+            "check", argv=docker_run(*volume, image, "check", "--config", "/secrets/config.json"), timeout=RUN_TIMEOUT
         )
     assert result.returncode == 0, result.describe()
     assert [s["status"] for s in result.statuses] == ["SUCCEEDED"], result.describe()
@@ -220,7 +171,7 @@ def test_check_through_the_container_fails_cleanly_when_heap_is_unreachable(imag
     config["base_url"] = url
     with mounted(config=config) as volume:
         result = run_connector(
-            "check", argv=podman_run(*volume, image, "check", "--config", "/secrets/config.json"), timeout=RUN_TIMEOUT
+            "check", argv=docker_run(*volume, image, "check", "--config", "/secrets/config.json"), timeout=RUN_TIMEOUT
         )
     assert [s["status"] for s in result.statuses] == ["FAILED"], result.describe()
 
@@ -239,7 +190,7 @@ def test_write_through_the_container_delivers_like_the_installed_connector(image
         contained = run_connector(
             "write",
             messages=messages,
-            argv=podman_run(
+            argv=docker_run(
                 *volume, image, "write", "--config", "/secrets/config.json", "--catalog", "/secrets/catalog.json"
             ),
             timeout=RUN_TIMEOUT,

@@ -155,18 +155,21 @@ def test_an_unmapped_stream_is_refused_before_anything_is_sent(heap):
 
 
 @pytest.mark.parametrize("streams", [("users",), ("users", "orders")], ids=["one_stream", "two_streams"])
-def test_a_stream_outside_the_catalog_is_still_counted_and_skipped(heap, streams):
-    """One rule with one catalog stream or several: a record of another stream counts toward its own stream's
-    states, never toward the users state (whose recordCount + rejectedRecordCount the platform checks against
-    the source's count of users records)."""
-    messages = [rec("users", 1), rec("elsewhere", 2), stream_state(1, "users", state_id=1)]
+def test_a_record_of_a_stream_outside_the_catalog_stops_the_sync_naming_it_before_any_later_state(heap, streams):
+    """One rule with one catalog stream or several: a record of a stream the catalog lacks has no mapping the user
+    chose (a catalog naming `customers` while the records say `users`); the sync stops with a config error naming
+    that stream and the catalog's, and no STATE after it leaves (one before it may, once its records are in)."""
+    messages = [rec("users", 1), stream_state(1, "users", state_id=1), rec("elsewhere", 2)]
+    messages += [rec("users", 3), stream_state(2, "users", state_id=2)]
     entries = {"users": USERS, "orders": ORDERS}
     config = stream_config(heap, {name: entries[name] for name in streams})
     result = run_connector("write", config, catalog(*streams), messages)
-    assert result.returncode == 0, result.describe()
-    assert result.skipped == {"stream_not_in_catalog": 1}
-    assert len(heap.users) == 1
-    assert result.destination_stats == [{"recordCount": 1.0, "rejectedRecordCount": 0.0}]
+    assert result.returncode != 0, result.describe()
+    (error,) = result.errors
+    assert error["failure_type"] == "config_error"
+    assert "elsewhere" in error["message"] and all(name in error["message"] for name in streams)
+    assert [state["state"]["id"] for state in result.states] in ([], [1])
+    assert len(heap.users) <= 1
 
 
 def test_two_track_streams_share_one_budget_against_heaps_limit():

@@ -6,11 +6,20 @@ In-process tests (run here): `test_check` (each `connection` config reports its 
 spec). The CDK runs them through its AirbyteEntrypoint, so `check` is the CDK's: spec validation first, then
 DestinationHeapAnalytics.check.
 
-Image tests (`test_docker_image_*`) need a Docker engine. The base class skips them only when the docker CLI is
-missing; here the CLI may exist without an engine, so each one skips unless `docker version` reaches a server.
-The published-spec comparison also needs the connector registry (connectors.airbyte.com): it skips, quickly,
-when the registry cannot be reached. The same comparison runs offline in unit_tests/test_spec.py against the
-stored 0.1.0 spec.
+Image tests (`test_docker_image_*`) run the CDK's docker commands (`docker run --rm <image> spec`, `check`
+with the config mounted) on the image scripts/setup-container.sh builds from the Dockerfile, as the container
+tests do. The CDK calls the docker CLI by name; a module fixture puts scripts/podman-as-docker first on PATH,
+whose `docker` is podman with the flags this machine needs (runc, host network, rlimits no higher than the
+host's), so no Docker engine is needed. The image is given to the CDK rather than built by it: its own build
+(`docker buildx`) uses Airbyte's Dockerfile template from the airbyte repository (downloaded from GitHub when the
+connector is not inside that repository) on the published python-connector-base image, and neither GitHub nor an
+image registry can be reached here. With the host network the check scenarios reach this suite's stand-in on
+127.0.0.1, so every one runs in the image too.
+
+The published-spec comparison reads the connector registry (connectors.airbyte.com). Where it cannot be reached
+(quickly probed: the CDK's own fetch retries for up to ~30 s), the published 0.1.0 spec stored in
+unit_tests/published_spec_0.1.0.json stands in for the registry's entry in both deployment modes, so the image's
+spec is still compared.
 
 The suite finds the connector by class and root directory given here, not by the name of the directory the
 repository is cloned into.
@@ -18,17 +27,18 @@ repository is cloned into.
 
 from __future__ import annotations
 
-import functools
 import json
+import os
 import socket
-import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from airbyte_cdk.test import entrypoint_wrapper
-from airbyte_cdk.test.standard_tests import ConnectorTestScenario, DestinationTestSuiteBase
+from airbyte_cdk.test.standard_tests import ConnectorTestScenario, DestinationTestSuiteBase, docker_base
 from airbyte_cdk.test.standard_tests._job_runner import run_test_job
+from airbyte_cdk.test.standard_tests._spec_compatibility import PublishedSpec
 
 # The scenario hook (parametrizes `scenario` from get_scenarios) and the fixtures the image tests take, used
 # from this module so that no conftest or pytest.ini has to load the CDK's plugin.
@@ -36,6 +46,7 @@ from airbyte_cdk.test.standard_tests.pytest_hooks import pytest_generate_tests  
 
 from destination_heap_analytics import DestinationHeapAnalytics
 from heap_standin import HeapStandin
+from integration_tests.support import PODMAN_AS_DOCKER, build_connector_image
 
 CONNECTOR_ROOT = Path(__file__).resolve().parents[1]
 STANDIN_PLACEHOLDER = "http://127.0.0.1:8765"  # what the scenario configs name; see acceptance-test-config.yml
@@ -43,6 +54,9 @@ DELETION_API_KEY = json.loads((CONNECTOR_ROOT / "integration_tests/configs/valid
     "api"
 ]["api_key"]
 REGISTRY_HOST = ("connectors.airbyte.com", 443)
+# What the registry published for 0.1.0 (its destination_heap_analytics/spec.json), for where it cannot be reached.
+PUBLISHED_SPEC_PATH = CONNECTOR_ROOT / "unit_tests/published_spec_0.1.0.json"
+PUBLISHED_VERSION = "0.1.0"
 
 
 def _free_loopback_port() -> int:
@@ -62,36 +76,30 @@ FAILURE_WORDS = {
 }
 
 
-@functools.cache
-def docker_engine_problem() -> str | None:
-    """None if a Docker engine answers; else why the image tests cannot run."""
-    try:
-        version = subprocess.run(
-            ["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True, timeout=15
-        )
-    except FileNotFoundError:
-        return "the docker CLI is not installed"
-    except subprocess.TimeoutExpired:
-        return "`docker version` did not answer within 15 s"
-    if version.returncode != 0 or not version.stdout.strip():
-        return f"no Docker engine answers (`docker version`: {(version.stderr or version.stdout).strip()[:200]})"
-    return None
+def stored_published_spec(docker_repository: str, registry: str, version: str = "latest") -> PublishedSpec:
+    """The registry's entry, offline: the stored 0.1.0 spec, which 0.1.0 emitted in either deployment mode."""
+    return PublishedSpec(
+        version=PUBLISHED_VERSION, spec=json.loads(PUBLISHED_SPEC_PATH.read_text()), url=PUBLISHED_SPEC_PATH.as_uri()
+    )
 
 
-def skip_without_docker_engine() -> None:
-    problem = docker_engine_problem()
-    if problem:
-        pytest.skip(f"image test needs a Docker engine: {problem}")
+@pytest.fixture(scope="module")
+def podman_as_docker() -> Iterator[None]:
+    """The CDK runs `docker` by name: for this module's image tests it is scripts/podman-as-docker/docker."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", f"{PODMAN_AS_DOCKER}{os.pathsep}{os.environ.get('PATH', '')}")
+        yield
 
 
-@pytest.fixture
-def connector_image_override(request: pytest.FixtureRequest) -> str | None:
-    return request.config.getoption("--connector-image", default=None)
+@pytest.fixture(scope="module")
+def connector_image_override(podman_as_docker: None) -> str:
+    """The image the CDK's image tests run: the one the container tests build, not one the CDK builds."""
+    return build_connector_image()
 
 
 @pytest.fixture
-def connector_base_image_override(request: pytest.FixtureRequest) -> str | None:
-    return request.config.getoption("--connector-base-image", default=None)
+def connector_base_image_override() -> None:
+    return None  # the image is given, so the CDK builds nothing on a base image
 
 
 @pytest.fixture
@@ -156,37 +164,30 @@ class TestHeapAnalyticsStandardSuite(DestinationTestSuiteBase):
         if api_key:
             assert api_key not in message
 
-    # -- image tests: skip unless a Docker engine answers ------------------------------------------------------
+    # -- image tests, through podman ------------------------------------------------------------------------
+    # Each is overridden only to drop the CDK's skip when no `docker` is on PATH as the CDK is imported: the
+    # `docker` these tests run comes from the podman_as_docker fixture.
 
     def test_docker_image_build_and_spec(self, connector_image_override, connector_base_image_override) -> None:
-        skip_without_docker_engine()
         super().test_docker_image_build_and_spec(connector_image_override, connector_base_image_override)
 
     def test_docker_image_spec_backward_compatibility(
-        self, connector_image_override, connector_base_image_override
+        self, connector_image_override, connector_base_image_override, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        skip_without_docker_engine()
         try:  # fail fast offline: the CDK's own fetch retries for up to ~30 s before it skips
             socket.create_connection(REGISTRY_HOST, timeout=3).close()
-        except OSError as error:
-            pytest.skip(
-                f"the connector registry {REGISTRY_HOST[0]} cannot be reached ({error}); the spec is compared "
-                "offline with the published 0.1.0 spec in unit_tests/test_spec.py"
-            )
+        except OSError:
+            monkeypatch.setattr(docker_base, "fetch_published_spec", stored_published_spec)
         super().test_docker_image_spec_backward_compatibility(connector_image_override, connector_base_image_override)
 
     def test_docker_image_build_and_check(
         self, scenario, connector_image_override, connector_base_image_override
     ) -> None:
-        skip_without_docker_engine()
-        if scenario.config_dict is not None and scenario.config_dict.get("base_url") == STANDIN_URL:
-            pytest.skip("the stand-in listens on this host's 127.0.0.1, which a container does not reach")
         super().test_docker_image_build_and_check(scenario, connector_image_override, connector_base_image_override)
 
     def test_docker_image_build_and_config_matches_spec(
         self, scenario, connector_image_override, connector_base_image_override
     ) -> None:
-        skip_without_docker_engine()
         super().test_docker_image_build_and_config_matches_spec(
             scenario, connector_image_override, connector_base_image_override
         )

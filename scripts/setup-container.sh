@@ -18,6 +18,11 @@ export DEBIAN_FRONTEND=noninteractive
 say() { echo "setup-container: $*" >&2; }
 elapsed() { echo "$(($(date +%s) - $1)) s"; }
 
+# One run at a time: the test files that need the image (the container tests, the CDK's standard image tests)
+# may start this at once in two pytest-xdist workers, and two apt-get installs or builds of one tag collide.
+exec 9>"${TMPDIR:-/tmp}/destination-heap-analytics-setup-container.lock"
+flock 9
+
 missing=()
 for tool in podman runc debootstrap; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
