@@ -12,11 +12,11 @@ without the refused records; (b) holding each track event, but the refused ones,
 must (c) count each record once: recordCount its interval's delivered records and rejectedRecordCount its
 refused ones, adding up to the records received; (d) come back each once, with its id, each stream's in order.
 
-On d108963 every one of the 8 examples (two per request mode) fails: merged items Heap refuses take their
-good records with them (rejectedRecordCount too high in all 8, in all and per state: 18 to 349 rejected
-against 1 to 14 refused), and users end where ordered delivery would not leave them in 6 (the two user
-streams each keep their own per-key order; refused merged items lose good updates), accounts in 3. (b) and
-(d) hold there.
+On d108963 every one of the 12 examples (three per request mode) fails: one sync fails outright (bulk, no
+user update sent); in the other 11 merged items Heap refuses take their good records with them (9 to 108
+rejected against 1 to 17 refused, in all and per state), and users end where ordered delivery would not leave
+them in 9 (the two user streams each keep their own per-key order; refused merged items lose good updates),
+accounts in 4. (b) and (d) hold there.
 """
 
 from __future__ import annotations
