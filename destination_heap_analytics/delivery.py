@@ -259,14 +259,14 @@ class Dispatcher:
         )
 
     def _reject(self, route: Route, item: Item, refusal: HeapRejected) -> None:
+        fate = Fate(f"rejected_by_heap: {refusal.reason}", None, f"Heap refused this record at {route.endpoint.path}.")
         if self._on_invalid_fail:
             raise DeliveryError(
-                f"Heap refused a record at {route.endpoint.path} ({refusal.reason}). Fix the source data or the column "
+                f"A record is invalid: {fate.reason} (at {route.endpoint.path}). Fix the source data or the column "
                 "mapping, or set on_invalid_record to skip to count and skip such records.",
                 transient=False,
             )
-        message = f"Heap refused this record at {route.endpoint.path}: {refusal.reason}"
-        self._ledger.rejected(item.entries, Fate(f"rejected_by_heap: {refusal.reason}", None, message))
+        self._ledger.rejected(item.entries, fate)
 
     def _rehearse(self, route: Route, items: list[Item]) -> None:
         """Dry run: nothing is sent; the first bodies are logged by shape (values masked: personal data)."""
