@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import math
 import os
 import platform
 import random
@@ -783,7 +784,11 @@ class Benchmark:
     # -- the report --
 
     def steady(self, row: Row) -> float:
-        return row.records / (row.wall - self.startup) if row.cpu is not None else row.records / row.wall
+        """Records a second after start-up; NaN (printed "nan", any target on it missed) when the row took no
+        longer than the start-up runs: a machine too busy for the figure to mean anything."""
+        if row.cpu is None:
+            return row.records / row.wall
+        return row.records / (row.wall - self.startup) if row.wall > self.startup else math.nan
 
     def maybe(self, name: str, latency_ms: float) -> Row | None:
         """The row of that name and latency, if this run has it."""
@@ -846,7 +851,8 @@ class Benchmark:
             "in flight; single: 32 in flight (the defaults, set explicitly).",
             f"- Start-up (`write` with empty stdin, median of 3): {self.startup:.2f} s wall, "
             f"{self.startup_cpu:.2f} s CPU (spread {self.startup_cpu_spread:.2f} s). Steady records/s = records / "
-            '(wall - start-up). CPU µs/record = (connector user+sys CPU - start-up CPU) / records; "~0": '
+            '(wall - start-up); "nan" where a row took no longer than the start-up runs (a busy machine). '
+            'CPU µs/record = (connector user+sys CPU - start-up CPU) / records; "~0": '
             "no more than the start-up runs' CPU spread.",
             "- Peak RSS: the connector process's own high-water mark (VmHWM in /proc/<pid>/status, read every "
             f"{PeakWatch.PEAK_READ_SECONDS * 1000:g} ms while it runs; not ru_maxrss, which starts from this "
