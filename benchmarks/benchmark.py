@@ -732,7 +732,13 @@ class Benchmark:
         self.memory_held_behind_first_request()
 
     def memory_row(
-        self, name: str, latency_ms: float, records: int, data: Callable[[int], dict], keys: int | None = None, **extra
+        self,
+        name: str,
+        latency_ms: float,
+        records: int,
+        data: Callable[[int], dict],
+        keys: int | None = None,
+        first_request_seconds: float = 0,
     ) -> None:
         row = self.load(
             name,
@@ -742,7 +748,7 @@ class Benchmark:
             records,
             streams=(("users", data),),
             check=users_end_exactly(records, data, keys),
-            **extra,
+            first_request_seconds=first_request_seconds,
         )
         row.note = f"Heap received {row.items:,} items in {row.requests:,} requests; end state = input applied in order"
         self.memory_rows.append(row)
