@@ -55,27 +55,41 @@ def deletion_server(deletion: Callable[[Handler], None], token: bytes = b'{"acce
 def test_ten_rounds_of_the_same_users_end_on_the_last_version_in_heaps_arrival_order():
     """10 rounds of 2,000 users (version 0..9), default concurrency and batching, 20 ms latency, and 503s whose
     retries would let later rounds overtake: four at the start (each of round 0's two first requests refused
-    twice) and two more once a user's version 7 is in Heap (a later request of that user must follow it). In
-    the order Heap received them, every user's versions arrive in order (those that waited merged into a later
-    one: see test_hot_keys), so each ends on version 9."""
+    twice) and two late ones: the source stops after round 6 until its STATE is out (rounds 0-6 in Heap), the
+    two 503s are queued, then rounds 7-9 come, so their requests meet them. In the order Heap received them,
+    every user's versions arrive in order (those that waited merged into a later one: see test_hot_keys), so
+    each ends on version 9."""
     rows = [{"email": f"secret-person-{u}@example.com", "version": r} for r in range(10) for u in range(2000)]
     api = {"api_type": "add_user_properties", "identity_column": "email", "property_columns": "version"}
-    late = threading.Event()
+    messages = interleave(rows, every=1000)
+    after_round_6 = [index for index, message in enumerate(messages) if message["type"] == "STATE"][13]
+    states_out: list[dict] = []
+    rounds_0_to_6_in = threading.Event()
 
-    def refuse_twice_once_version_7_is_in(item: dict) -> None:
-        if item["properties"]["version"] >= 7 and not late.is_set():
-            late.set()
-            heap.inject(Fault(status=503), Fault(status=503))  # for the requests after this one
-        return None
+    def count_states(message: dict) -> None:
+        if message["type"] == "STATE":
+            states_out.append(message)
+            if len(states_out) == 14:  # the STATE after rows 0..13,999: rounds 0-6
+                rounds_0_to_6_in.set()
+
+    def refuse_twice_before_rounds_7_to_9() -> None:
+        rounds_0_to_6_in.wait(60)  # the bound only ends a run that went wrong
+        heap.inject(Fault(status=503), Fault(status=503))
 
     with HeapStandin(latency_ms=20) as heap:
         heap.inject(*[Fault(status=503)] * 4)
-        heap.reject_when(refuse_twice_once_version_7_is_in)
-        messages = interleave(rows, every=1000)
-        result = run_connector("write", config(heap, api), catalog(), messages, timeout=120)
+        result = run_connector(
+            "write",
+            config(heap, api),
+            catalog(),
+            messages,
+            pauses={after_round_6: refuse_twice_before_rounds_7_to_9},
+            on_message=count_states,
+            timeout=120,
+        )
         assert result.returncode == 0, result.describe()
         assert result.states == states_of(messages)
-        assert heap.faults_served == {"503": 6}
+        assert rounds_0_to_6_in.is_set() and heap.faults_served == {"503": 6}
         versions: dict[str, list[int]] = {}
         for user in heap.users:
             versions.setdefault(user["identity"], []).append(user["properties"]["version"])
