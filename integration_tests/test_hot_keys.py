@@ -145,11 +145,11 @@ def test_a_refused_merged_item_counts_every_record_merged_into_it_as_rejected():
 
 def test_an_update_behind_a_request_for_its_key_still_in_flight_merges_into_the_next_item():
     """One user's updates in three parts. The first part goes out once the source is quiet (the feed waits for
-    its request), and Heap holds its answer until the connector has read the whole input; the second part's
-    batch, due when the source is quiet again (a pause longer than the connector's 1 s quiet mark: time is the
-    behaviour there), stays open behind it and takes the third part too: two items, not three. Were the
-    second batch still open when the third part came, it would take it all the same: the pause decides which
-    wait the merging happens in, not the outcome."""
+    its request), and Heap holds its answer until the connector has read the whole input (its stdin pipe is
+    empty); the second part's batch, due when the source is quiet again (a pause longer than the connector's
+    1 s quiet mark: time is the behaviour there), waits behind that request and takes the third part too: two
+    items, not three. Were the second batch still open when the third part came, it would take it all the
+    same: the pause decides which wait the merging happens in, not the outcome."""
     rows = [{"email": "secret-hot@example.com", "seq": i, "plan": f"plan-{i}"} for i in range(30)]
     messages = interleave(rows, every=10)  # a STATE after each part
     first, second = [index for index, message in enumerate(messages) if message["type"] == "STATE"][:2]
