@@ -187,15 +187,19 @@ class Dispatcher:
                 self._lock.notify_all()
 
     def _next_request(self) -> tuple[Route, list[Item]] | None:
-        """The items of the first route with a request's worth ready (or an old one, or any when flushing)."""
+        """The items of the route, among those with a request's worth ready (or an old one, or any when flushing),
+        whose oldest ready item has waited longest: no route starves another."""
         if self._stop.is_set():
             return None
         too_old = time.monotonic() - MAX_ITEM_AGE_SECONDS
+        chosen, since = None, float("inf")
         for route, lane in self._routes.items():
-            ready = len(lane.ready.get(route, ()))
-            if ready >= route.batch_size or (ready and (self._flushing or lane.oldest(route) <= too_old)):
-                return route, lane.take(route, route.batch_size, MAX_REQUEST_BYTES)
-        return None
+            ready, oldest = len(lane.ready.get(route, ())), lane.oldest(route)
+            if (ready >= route.batch_size or (ready and (self._flushing or oldest <= too_old))) and oldest < since:
+                chosen, since = route, oldest
+        if chosen is None:
+            return None
+        return chosen, self._routes[chosen].take(chosen, chosen.batch_size, MAX_REQUEST_BYTES)
 
     def _deliver(self, route: Route, items: list[Item]) -> None:
         """One request's items into Heap, narrowing refusals down as `decide` says; each record's fate booked."""
