@@ -53,7 +53,8 @@ DRY_RUN_SAMPLES = 3
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_ITEM_AGE_SECONDS = 1.0  # a ready item waits at most this long for a full request: slow sources' states flow
 LOOK_SECONDS = 0.25  # how often an idle sender looks at item ages, and a waiting one whether the sync stops
-SUSPECT_PAUSE_SECONDS = 0.5  # before a record refused alone without a name is tried again, doubled each time
+SUSPECT_PAUSE_SECONDS = 0.5  # before a record refused alone without a name is tried again, doubled each time,
+MAX_SUSPECT_PAUSE_SECONDS = 4.0  # up to this
 
 
 class Route:
@@ -219,11 +220,11 @@ class Dispatcher:
                 todo.extendleft(reversed(_halves(request)))
             elif decision.action is Action.REJECT:
                 self._reject(route, request[0], refusal)
-            elif decision.action is Action.RETRY:
-                pause = SUSPECT_PAUSE_SECONDS * 2 ** (request[0].lone_refusals - 1)
-                if self._stop.wait(pause):
+            elif decision.action is Action.RETRY:  # after the request's other items: their answers are evidence
+                pause = min(SUSPECT_PAUSE_SECONDS * 2 ** (request[0].lone_refusals - 1), MAX_SUSPECT_PAUSE_SECONDS)
+                if not todo and self._stop.wait(pause):
                     raise DeliveryStopped()
-                todo.appendleft(request)
+                todo.append(request)
             else:
                 raise DeliveryError(decision.message, decision.transient)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from destination_heap_analytics.refusals import RUN_LIMIT
 from heap_standin import Fault, HeapStandin
 from integration_tests import reliability
 from integration_tests.adversarial import assert_each_key_in_order
@@ -127,14 +128,17 @@ def test_account_properties_keep_each_accounts_order():
 
 
 def test_a_wrong_app_id_fails_the_sync_in_a_few_requests_instead_of_skipping_every_record():
+    """Every request refused without naming an item, nothing ever accepted: the requests are split, but no record is
+    rejected (none is refused alone after Heap took anything), and RUN_LIMIT refusals in a row stop the sync."""
     with Server(always(400, b"invalid app_id")) as server:
         messages = interleave(people(200), every=50)
         result = run_connector("write", config(server.url, USER_API), catalog(), messages)
         requests = len(server.requests)
     message = assert_failed(result)
-    assert "refused the request itself" in message and "app_id" in message
-    assert requests <= 5, f"{requests} requests to learn that Heap refuses the request"
+    assert "refuses the requests themselves" in message and "app_id" in message
+    assert requests <= RUN_LIMIT + 8, f"{requests} requests to learn that Heap refuses the request"
     assert result.summary["outcome"] == "failed" and result.summary["skipped"] == 0
+    assert result.states == []
     reliability.note("request_refusals_caught", "wrong app_id")
 
 
@@ -143,7 +147,8 @@ def test_a_413_to_everything_fails_the_sync():
         result = run_connector("write", config(server.url, TRACK_API), catalog(), interleave(people(300), every=100))
         requests = len(server.requests)
     assert "413" in assert_failed(result)
-    assert requests <= 5
+    assert requests <= RUN_LIMIT + 8
+    assert result.summary["skipped"] == 0 and result.states == []
     reliability.note("request_refusals_caught", "413 to everything")
 
 
