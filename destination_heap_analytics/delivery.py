@@ -53,7 +53,8 @@ DRY_RUN_SAMPLES = 3
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_ITEM_AGE_SECONDS = 1.0  # a ready item waits at most this long for a full request: slow sources' states flow
 LOOK_SECONDS = 0.25  # how often an idle sender looks at item ages, and a waiting one whether the sync stops
-SUSPECT_PAUSE_SECONDS = 0.5  # before a record refused alone without a name is tried again, doubled each time
+SUSPECT_PAUSE_SECONDS = 0.5  # before a record refused alone without a name is tried again, doubled each time,
+MAX_SUSPECT_PAUSE_SECONDS = 4.0  # up to this
 
 
 class Route:
@@ -187,15 +188,19 @@ class Dispatcher:
                 self._lock.notify_all()
 
     def _next_request(self) -> tuple[Route, list[Item]] | None:
-        """The items of the first route with a request's worth ready (or an old one, or any when flushing)."""
+        """The items of the route, among those with a request's worth ready (or an old one, or any when flushing),
+        whose oldest ready item has waited longest: no route starves another."""
         if self._stop.is_set():
             return None
         too_old = time.monotonic() - MAX_ITEM_AGE_SECONDS
+        chosen, since = None, float("inf")
         for route, lane in self._routes.items():
-            ready = len(lane.ready.get(route, ()))
-            if ready >= route.batch_size or (ready and (self._flushing or lane.oldest(route) <= too_old)):
-                return route, lane.take(route, route.batch_size, MAX_REQUEST_BYTES)
-        return None
+            ready, oldest = len(lane.ready.get(route, ())), lane.oldest(route)
+            if (ready >= route.batch_size or (ready and (self._flushing or oldest <= too_old))) and oldest < since:
+                chosen, since = route, oldest
+        if chosen is None:
+            return None
+        return chosen, self._routes[chosen].take(chosen, chosen.batch_size, MAX_REQUEST_BYTES)
 
     def _deliver(self, route: Route, items: list[Item]) -> None:
         """One request's items into Heap, narrowing refusals down as `decide` says; each record's fate booked."""
@@ -215,11 +220,11 @@ class Dispatcher:
                 todo.extendleft(reversed(_halves(request)))
             elif decision.action is Action.REJECT:
                 self._reject(route, request[0], refusal)
-            elif decision.action is Action.RETRY:
-                pause = SUSPECT_PAUSE_SECONDS * 2 ** (request[0].lone_refusals - 1)
-                if self._stop.wait(pause):
+            elif decision.action is Action.RETRY:  # after the request's other items: their answers are evidence
+                pause = min(SUSPECT_PAUSE_SECONDS * 2 ** (request[0].lone_refusals - 1), MAX_SUSPECT_PAUSE_SECONDS)
+                if not todo and self._stop.wait(pause):
                     raise DeliveryStopped()
-                todo.appendleft(request)
+                todo.append(request)
             else:
                 raise DeliveryError(decision.message, decision.transient)
 
@@ -259,14 +264,14 @@ class Dispatcher:
         )
 
     def _reject(self, route: Route, item: Item, refusal: HeapRejected) -> None:
+        fate = Fate(f"rejected_by_heap: {refusal.reason}", None, f"Heap refused this record at {route.endpoint.path}.")
         if self._on_invalid_fail:
             raise DeliveryError(
-                f"Heap refused a record at {route.endpoint.path} ({refusal.reason}). Fix the source data or the column "
+                f"A record is invalid: {fate.reason} (at {route.endpoint.path}). Fix the source data or the column "
                 "mapping, or set on_invalid_record to skip to count and skip such records.",
                 transient=False,
             )
-        message = f"Heap refused this record at {route.endpoint.path}: {refusal.reason}"
-        self._ledger.rejected(item.entries, Fate(f"rejected_by_heap: {refusal.reason}", None, message))
+        self._ledger.rejected(item.entries, fate)
 
     def _rehearse(self, route: Route, items: list[Item]) -> None:
         """Dry run: nothing is sent; the first bodies are logged by shape (values masked: personal data)."""

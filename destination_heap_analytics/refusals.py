@@ -14,9 +14,10 @@ The rules, in the order they apply:
    the refusal is narrowed down to the items and records it is about (log2 of the request deep).
 4. One record, refused alone where Heap names it (`postBody.events[0].properties ...`): rejected.
 5. One record refused alone without a name is only a suspect: Heap may be refusing everything for a while. It is
-   tried again after a pause, and rejected only once it has been refused alone `LONE_REFUSALS` times and Heap has
-   accepted another request at the endpoint since a request holding it was first refused: so a random refusal, or
-   an outage of refusals, never skips a good record (rule 2 ends the latter).
+   tried again after the request's other items (one key per request: no later update of its key can pass it),
+   after a pause when nothing else is left, and rejected only once it has been refused alone `LONE_REFUSALS`
+   times and Heap has accepted another request at the endpoint since a request holding it was first refused: so a
+   random refusal, or a spell of refusals, never skips a good record (rule 2 ends the latter).
 """
 
 from __future__ import annotations

@@ -149,6 +149,7 @@ class StateLedger(Generic[State]):
                 self._figures(entry.stream).delivered += 1
                 self._settle(entry)
             self._figures(entries[0].stream).items += 1
+            self._lock.notify_all()
 
     def rejected(self, entries: list[Entry], fate: Fate) -> None:
         """These records will not reach Heap, for `fate`'s reason."""
@@ -159,6 +160,7 @@ class StateLedger(Generic[State]):
                 if self._keep_rejected:
                     self._rejected.append((entry, fate))
                 self._settle(entry)
+            self._lock.notify_all()
 
     def snapshot(self) -> dict[Hashable, StreamFigures]:
         """Each stream's figures as they stand (copies: sender threads go on booking)."""
@@ -186,7 +188,6 @@ class StateLedger(Generic[State]):
         if entry.interval.closed_at and entry.interval.settled:
             self._changed.add(entry.stream)
             self._changed.add(EVERY_STREAM)
-        self._lock.notify_all()
 
     def _figures(self, stream: Hashable) -> StreamFigures:
         figures = self.figures.get(stream)
@@ -209,6 +210,7 @@ class StateLedger(Generic[State]):
                     self._closed_of.setdefault(closing, deque()).append(interval)
                     self._closed.append(interval)
                     intervals.append(interval)
+                    self._changed.add(closing)
             self._waiting.setdefault(stream, deque()).append((self._arrivals, state, intervals))
             self._changed.add(stream)
             self.pending += 1
@@ -219,8 +221,9 @@ class StateLedger(Generic[State]):
         with self._lock:
             released: list[tuple[int, Release[State]]] = []
             for stream in self._changed:
+                settled_through = self._settled_through(stream)  # and the settled intervals dropped, waited for or not
                 waiting = self._waiting.get(stream)
-                while waiting and self._settled_through(stream) > waiting[0][0]:
+                while waiting and settled_through > waiting[0][0]:
                     arrival, state, intervals = waiting.popleft()
                     delivered = sum(interval.delivered for interval in intervals)
                     rejected = sum(interval.rejected for interval in intervals)
@@ -228,7 +231,6 @@ class StateLedger(Generic[State]):
                 if waiting is not None and not waiting:
                     del self._waiting[stream]
             self._changed.clear()
-            self._settled_through(EVERY_STREAM)  # drop settled intervals even where no state covers all
             self.pending -= len(released)
             released.sort(key=lambda entry: entry[0])
             return [release for _, release in released]

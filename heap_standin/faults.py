@@ -11,7 +11,8 @@ class Fault:
     """One misbehaviour, applied to one future ``/api/*`` request.
 
     Exactly one kind per fault: ``status`` (answer that status, optionally with ``Retry-After``),
-    ``hang_seconds`` (say nothing for that long, then close the connection) or ``reset`` (close with RST).
+    ``hang_seconds`` (say nothing for that long, then close the connection), ``reset`` (close with RST) or
+    ``delay_seconds`` (answer as usual, that much later: a slow request, not a failed one).
     With ``after_store`` the request is first processed as usual (a valid body is stored) and the fault replaces
     the answer: the client never learns that Heap holds the items, so resending them is legitimate.
     """
@@ -21,11 +22,16 @@ class Fault:
     hang_seconds: float | None = None
     reset: bool = False
     after_store: bool = False
+    delay_seconds: float | None = None
 
     def __post_init__(self) -> None:
-        kinds = (self.status is not None) + (self.hang_seconds is not None) + bool(self.reset)
+        kinds = sum(
+            (self.status is not None, self.hang_seconds is not None, self.reset, self.delay_seconds is not None)
+        )
         if kinds != 1:
-            raise ValueError("a Fault needs exactly one of status, hang_seconds or reset")
+            raise ValueError("a Fault needs exactly one of status, hang_seconds, reset or delay_seconds")
+        if self.delay_seconds is not None and self.after_store:
+            raise ValueError("a delay answers as usual: after_store does not go with it")
         if self.retry_after is not None and self.status is None:
             raise ValueError("retry_after only goes with status")
         if self.status is not None and not 400 <= self.status <= 599:
@@ -33,10 +39,12 @@ class Fault:
 
     @property
     def kind(self) -> str:
-        """The label the stand-in counts a served fault under: "503", "429_retry_after", "hang", "reset", with
-        "_after_store" appended for a fault that came after the items were stored."""
+        """The label the stand-in counts a served fault under: "503", "429_retry_after", "hang", "reset",
+        "delay", with "_after_store" appended for a fault that came after the items were stored."""
         if self.status is not None:
             base = f"{self.status}_retry_after" if self.retry_after is not None else str(self.status)
+        elif self.delay_seconds is not None:
+            base = "delay"
         else:
             base = "hang" if self.hang_seconds is not None else "reset"
         return base + ("_after_store" if self.after_store else "")

@@ -194,16 +194,24 @@ class Handler(BaseHTTPRequestHandler):
         """The reply to send, or None when the connection is to be dropped without one."""
         if state.latency_s > 0:
             time.sleep(state.latency_s)
-        if self.server.stopped:  # stop() came while we slept: the server is gone, nothing is processed
-            self.close_connection = True
+        if self._stopped_meanwhile():
             return None
         fault = state.next_fault()
+        if fault is not None and fault.delay_seconds is not None:
+            time.sleep(fault.delay_seconds)  # a slow answer, not a failed one
+            return None if self._stopped_meanwhile() else self._api_reply(state, path, body)
         if fault is None:
             return self._api_reply(state, path, body)
         if fault.after_store:
             self._api_reply(state, path, body)  # stored (if valid); the fault replaces the answer
             state.unconfirmed(state.take_stored())
         return self._serve_fault(fault)
+
+    def _stopped_meanwhile(self) -> bool:
+        """stop() came while the request slept: the server is gone, nothing is processed, no answer."""
+        if self.server.stopped:
+            self.close_connection = True
+        return self.server.stopped
 
     def _api_reply(self, state: State, path: str, body: bytes) -> Reply:
         if path.startswith(DELETION_PREFIX):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from heap_standin import HeapStandin
@@ -103,6 +103,18 @@ def assert_loaded_once(heap: HeapStandin, expected: set[int], replays: int = 0) 
     reliability.record("records_sent_twice_unexplained", unexplained)
     reliability.record("acknowledgements_lost", unconfirmed)
     reliability.record("records_loaded", len(expected))
+
+
+def assert_each_key_in_order(items: Mapping[str, list[int]], last: Mapping[str, int]) -> None:
+    """Each key's property items as the stand-in holds them, in arrival order, each given by the position (in
+    that key's updates in the input, from 0) of the last update it carries: they ascend and end on the key's
+    last update (`last`), and every key is there. Records the items, and the updates they carry: an item
+    carries its key's updates since the key's previous item, so the positions say how many each holds."""
+    assert set(items) == set(last), f"{len(set(last) - set(items))} keys missing, {len(set(items) - set(last))} extra"
+    out_of_order = [key for key, seen in items.items() if seen[-1] != last[key] or seen != sorted(set(seen))]
+    assert out_of_order == [], f"{len(out_of_order)} keys' updates arrived out of order"
+    reliability.record("property_items_in_order", sum(len(seen) for seen in items.values()))
+    reliability.record("property_updates_carried", sum(position + 1 for position in last.values()))
 
 
 def record_faults_served(served: dict[str, int]) -> None:

@@ -1,11 +1,12 @@
 """A tiny collector of reliability figures: what the adversarial integration tests put the connector through.
 
-Every figure is counted from what a test observed, after the checks it backs have passed: records the
-stand-in holds, faults the stand-in served (not queued), signals seen to land on a connector still mid-load,
-duplicates the stand-in saw. Tests call `record(kind, amount)` for counts, and `note(kind, *labels)` for
-figures that count DISTINCT things (hostile inputs by kind, bad configs by case): the figure is how many
-distinct labels were noted. The figures go to a JSON file so that they add up across test modules and
-pytest-xdist workers. `summary_lines()` renders them with LABELS, for a `pytest_terminal_summary` hook.
+Every figure is counted from what a test observed, after the checks it backs have passed: items the stand-in holds
+(and the updates they carry, where updates of a key merge), never input rows; faults the stand-in served (not
+queued), signals seen to land on a connector still mid-load, duplicates the stand-in saw. Tests call `record(kind,
+amount)` for counts, and `note(kind, *labels)` for figures that count DISTINCT things (hostile inputs by kind, bad
+configs by case): the figure is how many distinct labels were noted. The figures go to a JSON file so that they add
+up across test modules and pytest-xdist workers. `summary_lines()` renders them with LABELS, for a
+`pytest_terminal_summary` hook.
 
 The file is RELIABILITY_FIGURES if set, else `heap-destination-reliability.json` in the system temp dir.
 Figures from an earlier pytest session are dropped the first time this session records anything.
@@ -27,6 +28,8 @@ DEFAULT_NAME = "heap-destination-reliability.json"
 # The figures a summary shows first (those recorded), in this order; any other kind follows alphabetically.
 HEADLINE_KINDS = (
     "records_loaded",
+    "property_items_in_order",
+    "property_updates_carried",
     "kill_points_survived",
     "kill_points_sigkill",
     "kill_points_sigterm",
@@ -39,7 +42,7 @@ HEADLINE_KINDS = (
 
 # What each figure counts, as the end-of-run table prints it. A kind without a label prints as its name.
 LABELS = {
-    "records_loaded": "records loaded (each held exactly once by the stand-in, checked)",
+    "records_loaded": "records loaded as track events (each held exactly once by the stand-in, checked)",
     "kill_points_survived": "kill points survived (SIGKILL or SIGTERM seen to land while the load ran; checks passed)",
     "kill_points_sigkill": "  of which SIGKILL (exited by the signal, no summary printed; resumed from its last state)",
     "kill_points_sigterm": "  of which SIGTERM (every one ended with a transient_error TRACE)",
@@ -55,7 +58,10 @@ LABELS = {
     "outage_2s_ridden_out": "server outages ridden out (stopped 2 s mid-load, the connector still running)",
     "outage_for_good": "server gone for good mid-load (ended as transient_error, resumed)",
     "acknowledgements_lost": "items stored by the stand-in whose acknowledgement may not have reached the connector",
-    "updates_kept_in_order": "property updates that reached the stand-in in input order, per key (checked: all)",
+    "property_items_in_order": "user/account property items the stand-in holds, each key's in input order "
+    "(checked: all)",
+    "property_updates_carried": "  updates those items carry (an item carries its key's updates since the key's "
+    "previous item)",
     "request_refusals_caught": "refusals of the request itself caught in a few requests (distinct kinds)",
     "bytes_bound_peak_mb": "peak MB of 8,000 records of 40 kB against a slow stand-in (bound: 250)",
 }
@@ -164,7 +170,7 @@ def label(kind: str) -> str:
         what = kind.removeprefix(FAULT_PREFIX)
         after = what.endswith("_after_store")
         what = what.removesuffix("_after_store")
-        words = {"hang": "hang (silence, then close)", "reset": "connection reset"}
+        words = {"hang": "hang (silence, then close)", "reset": "connection reset", "delay": "delay (answered late)"}
         text = words.get(what, f"HTTP {what}".replace("_retry_after", " with Retry-After"))
         return f"faults the stand-in served: {text}" + (" AFTER storing the batch" if after else "")
     return kind.replace("_", " ")

@@ -18,6 +18,8 @@ compares what the stand-in holds at the moment each STATE comes out. conftest.py
 
 from __future__ import annotations
 
+import array
+import fcntl
 import json
 import os
 import re
@@ -26,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -743,6 +746,40 @@ def watch(condition: Callable[[], bool], action: Callable[[], None], timeout: fl
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
     return thread
+
+
+def in_flight_together(heap: HeapStandin, count: int, timeout: float = 60.0) -> threading.Barrier:
+    """The stand-in holds the first request on each of its first `count` connections until `count` requests
+    are in flight at once (a barrier their handler threads meet at), then lets them all through: a test sees
+    that the connector reaches `count` requests together as an event, not by luck of timing. The barrier is
+    broken if they never met within `timeout` (generous: only a connector that never reaches `count` waits
+    that long). Replaces any reject_when predicate."""
+    barrier = threading.Barrier(count, timeout=timeout)
+    held: set[int] = set()  # the handler threads (one per connection) that met at the barrier
+    lock = threading.Lock()
+
+    def hold(item: dict) -> None:
+        thread = threading.get_ident()
+        with lock:
+            meets = len(held) < count and thread not in held
+            if meets:
+                held.add(thread)
+        if meets:
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                pass  # the test sees barrier.broken
+        return None
+
+    heap.reject_when(hold)
+    return barrier
+
+
+def drained(process: subprocess.Popen) -> bool:
+    """No byte written to the process's stdin pipe is still unread: it has read everything it was given."""
+    unread = array.array("i", [0])
+    fcntl.ioctl(process.stdin.fileno(), termios.FIONREAD, unread)
+    return unread[0] == 0
 
 
 def run_setup_script(script: Path, timeout: float) -> str:

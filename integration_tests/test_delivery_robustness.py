@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from destination_heap_analytics.refusals import RUN_LIMIT
 from heap_standin import Fault, HeapStandin
 from integration_tests import reliability
+from integration_tests.adversarial import assert_each_key_in_order
 from integration_tests.misbehaving import DRIP_SECONDS, Handler, Server, always, assert_failed, drip
 from integration_tests.support import (
     TRACK_API,
@@ -52,26 +54,47 @@ def deletion_server(deletion: Callable[[Handler], None], token: bytes = b'{"acce
 
 
 def test_ten_rounds_of_the_same_users_end_on_the_last_version_in_heaps_arrival_order():
-    """10 rounds of 2,000 users (version 0..9), default concurrency and batching, 20 ms latency, and four 503s
-    at the start (each of round 0's two first requests refused twice) whose retries would let later rounds
-    overtake: in the order Heap received them, every user's versions arrive in order (those that waited merged
-    into a later one: see test_hot_keys), so each ends on version 9."""
+    """10 rounds of 2,000 users (version 0..9), default concurrency and batching, 20 ms latency, and 503s whose
+    retries would let later rounds overtake: four at the start (each of round 0's two first requests refused
+    twice) and two late ones: the source stops after round 6 until its STATE is out (rounds 0-6 in Heap), the
+    two 503s are queued, then rounds 7-9 come, so their requests meet them. In the order Heap received them,
+    every user's versions arrive in order (those that waited merged into a later one: see test_hot_keys), so
+    each ends on version 9."""
     rows = [{"email": f"secret-person-{u}@example.com", "version": r} for r in range(10) for u in range(2000)]
     api = {"api_type": "add_user_properties", "identity_column": "email", "property_columns": "version"}
+    messages = interleave(rows, every=1000)
+    after_round_6 = [index for index, message in enumerate(messages) if message["type"] == "STATE"][13]
+    states_out: list[dict] = []
+    rounds_0_to_6_in = threading.Event()
+
+    def count_states(message: dict) -> None:
+        if message["type"] == "STATE":
+            states_out.append(message)
+            if len(states_out) == 14:  # the STATE after rows 0..13,999: rounds 0-6
+                rounds_0_to_6_in.set()
+
+    def refuse_twice_before_rounds_7_to_9() -> None:
+        rounds_0_to_6_in.wait(60)  # the bound only ends a run that went wrong
+        heap.inject(Fault(status=503), Fault(status=503))
+
     with HeapStandin(latency_ms=20) as heap:
-        heap.inject(*[Fault(status=503)] * 4)  # every later batch holds their keys: none goes in between
-        messages = interleave(rows, every=1000)
-        result = run_connector("write", config(heap, api), catalog(), messages, timeout=120)
+        heap.inject(*[Fault(status=503)] * 4)
+        result = run_connector(
+            "write",
+            config(heap, api),
+            catalog(),
+            messages,
+            pauses={after_round_6: refuse_twice_before_rounds_7_to_9},
+            on_message=count_states,
+            timeout=120,
+        )
         assert result.returncode == 0, result.describe()
         assert result.states == states_of(messages)
-        assert heap.stats()["faults_served"] == 4
+        assert rounds_0_to_6_in.is_set() and heap.faults_served == {"503": 6}
         versions: dict[str, list[int]] = {}
         for user in heap.users:
             versions.setdefault(user["identity"], []).append(user["properties"]["version"])
-    assert len(versions) == 2000
-    out_of_order = [identity for identity, seen in versions.items() if not ascending_to(seen, 9)]
-    assert out_of_order == [], f"{len(out_of_order)} users' updates arrived out of order"
-    reliability.record("updates_kept_in_order", len(rows))
+    assert_each_key_in_order(versions, {row["email"]: 9 for row in rows})
 
 
 def test_account_properties_keep_each_accounts_order():
@@ -96,15 +119,8 @@ def test_account_properties_keep_each_accounts_order():
         versions: dict[str, list[int]] = {}
         for account in heap.accounts:  # in arrival order
             versions.setdefault(account["account_id"], []).append(account["properties"]["version"])
-    assert slowed.is_set() and len(versions) == 300
-    out_of_order = [account for account, seen in versions.items() if not ascending_to(seen, 4)]
-    assert out_of_order == [], f"{len(out_of_order)} accounts' updates arrived out of order"
-    reliability.record("updates_kept_in_order", len(rows))
-
-
-def ascending_to(versions: list[int], last: int) -> bool:
-    """A key's versions as Heap received them: each later than the one before, the last one last."""
-    return versions[-1] == last and versions == sorted(set(versions))
+    assert slowed.is_set()
+    assert_each_key_in_order(versions, {row["account"]: 4 for row in rows})
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -112,14 +128,17 @@ def ascending_to(versions: list[int], last: int) -> bool:
 
 
 def test_a_wrong_app_id_fails_the_sync_in_a_few_requests_instead_of_skipping_every_record():
+    """Every request refused without naming an item, nothing ever accepted: the requests are split, but no record is
+    rejected (none is refused alone after Heap took anything), and RUN_LIMIT refusals in a row stop the sync."""
     with Server(always(400, b"invalid app_id")) as server:
         messages = interleave(people(200), every=50)
         result = run_connector("write", config(server.url, USER_API), catalog(), messages)
         requests = len(server.requests)
     message = assert_failed(result)
-    assert "refused the request itself" in message and "app_id" in message
-    assert requests <= 5, f"{requests} requests to learn that Heap refuses the request"
+    assert "refuses the requests themselves" in message and "app_id" in message
+    assert requests <= RUN_LIMIT + 8, f"{requests} requests to learn that Heap refuses the request"
     assert result.summary["outcome"] == "failed" and result.summary["skipped"] == 0
+    assert result.states == []
     reliability.note("request_refusals_caught", "wrong app_id")
 
 
@@ -128,7 +147,8 @@ def test_a_413_to_everything_fails_the_sync():
         result = run_connector("write", config(server.url, TRACK_API), catalog(), interleave(people(300), every=100))
         requests = len(server.requests)
     assert "413" in assert_failed(result)
-    assert requests <= 5
+    assert requests <= RUN_LIMIT + 8
+    assert result.summary["skipped"] == 0 and result.states == []
     reliability.note("request_refusals_caught", "413 to everything")
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 import re
+import subprocess
+import threading
 import time
 
 import pytest
@@ -17,11 +19,12 @@ from integration_tests.support import (
     APP_ID,
     catalog,
     config,
+    drained,
+    in_flight_together,
     interleave,
     record,
     run_connector,
     states_of,
-    watch,
     without_destination_stats,
 )
 from integration_tests.support import state as stream_state
@@ -145,25 +148,48 @@ def test_a_refused_merged_item_is_split_back_so_only_the_record_heap_refuses_is_
 
 def test_an_update_behind_a_request_for_its_key_still_in_flight_merges_into_the_next_item():
     """One user's updates in three parts. The first part goes out once the source is quiet (the feed waits for
-    its request), and Heap takes 5 s to answer it; the second part's batch, due when the source is quiet again
-    1 s later, stays open behind it and takes the third part too: two items, not three. Time is the behaviour
-    here, so the margin is generous: the second quiet moment comes about 4 s before the first answer."""
+    its request), and Heap holds its answer until the connector has read the whole input (its stdin pipe is
+    empty); the second part's batch, due when the source is quiet again (a pause longer than the connector's
+    1 s quiet mark: time is the behaviour there), waits behind that request and takes the third part too: two
+    items, not three. Were the second batch still open when the third part came, it would take it all the
+    same: the pause decides which wait the merging happens in, not the outcome."""
     rows = [{"email": "secret-hot@example.com", "seq": i, "plan": f"plan-{i}"} for i in range(30)]
     messages = interleave(rows, every=10)  # a STATE after each part
     first, second = [index for index, message in enumerate(messages) if message["type"] == "STATE"][:2]
-    with HeapStandin(latency_ms=5000) as heap:
-        # the first request only (the second one may or may not be quick: either way it holds the same)
-        watch(lambda: heap.stats()["users_stored"] >= 1, lambda: heap.set_latency(0), timeout=60)
+    first_arrived, answer_first, started = threading.Event(), threading.Event(), threading.Event()
+    connector: list[subprocess.Popen] = []
 
-        def quiet_until_the_first_request() -> None:
-            deadline = time.monotonic() + 30  # only a connector that never sends takes this long
-            while time.monotonic() < deadline and heap.stats()["requests"] < 1:
-                time.sleep(0.01)
+    def hold_the_first_request(item: dict) -> None:
+        if not first_arrived.is_set():
+            first_arrived.set()
+            answer_first.wait(60)  # the bound only ends a run that went wrong
+        return None
 
-        pauses = {first: quiet_until_the_first_request, second: 1.5}
-        result = run_connector("write", config(heap, USERS), catalog(), messages, pauses=pauses, timeout=60)
+    def note_the_connector(process: subprocess.Popen) -> None:
+        connector.append(process)
+        started.set()
+
+    def answer_once_all_input_is_read() -> None:
+        started.wait(60)
+        while not drained(connector[0]):
+            time.sleep(0.01)
+        answer_first.set()
+
+    with HeapStandin() as heap:
+        heap.reject_when(hold_the_first_request)
+        pauses = {first: lambda: first_arrived.wait(60), second: 1.5, len(messages) - 1: answer_once_all_input_is_read}
+        result = run_connector(
+            "write",
+            config(heap, USERS),
+            catalog(),
+            messages,
+            pauses=pauses,
+            on_start=note_the_connector,
+            timeout=60,
+        )
         assert result.returncode == 0, result.describe()
         items = [user["properties"]["seq"] for user in heap.users]
+    assert first_arrived.is_set() and answer_first.is_set()
     assert items == [9, 29]  # each item its part's last update: the second holds the second and third parts
     assert result.summary["sent"] == 30
     assert result.states == states_of(messages)
@@ -182,6 +208,7 @@ def test_a_stream_of_updates_to_three_accounts_never_holds_the_user_streams_requ
             messages += [stream_state(i, "users", state_id=i), stream_state(i, "accounts", state_id=1000 + i)]
     streams = [{"stream": "users", "api": USERS}, {"stream": "accounts", "api": ACCOUNTS}]
     with HeapStandin(latency_ms=50) as heap:
+        together = in_flight_together(heap, 4)  # held until 4 are in flight at once
         cfg = {"app_id": APP_ID, "base_url": heap.url, "streams": streams, "batch_size": 2}
         cfg["max_concurrent_requests"] = 4
         result = run_connector("write", cfg, catalog("users", "accounts"), messages, timeout=120)
@@ -189,6 +216,7 @@ def test_a_stream_of_updates_to_three_accounts_never_holds_the_user_streams_requ
         stats = heap.stats()
         assert end_state(heap.users) == expected_state(users)
         assert end_state(heap.accounts, "account_id") == expected_state(accounts, "account")
+    assert not together.broken, "the connector never had 4 requests in flight at once"
     assert stats["max_in_flight"] == 4, stats
     for stream in ("users", "accounts"):  # each stream's states, in its order (the streams' may interleave)
         assert [s for s in result.states if s["stream"]["stream_descriptor"]["name"] == stream] == [

@@ -480,8 +480,33 @@ def test_reset_fault_gives_connection_error(heap):
     assert heap.stats()["faults_served"] == 1
 
 
+def test_delay_fault_answers_that_request_late_and_as_usual(heap):
+    """The delayed request is stored and answered 200, after a request sent while it waited. The delay is the
+    behaviour: 3 s is far more than the second request takes, even on busy cores."""
+    heap.inject(Fault(delay_seconds=3.0))
+    answers: list[int] = []
+    body = {"app_id": "1", **event(identity="slow")}
+    slow = threading.Thread(target=lambda: answers.append(post(heap, TRACK, body).status_code))
+    slow.start()
+    while heap.stats()["faults_served"] < 1:  # the slow request has taken the fault
+        time.sleep(0.01)
+    answers.append(post(heap, TRACK, {"app_id": "1", **event(identity="quick")}).status_code)
+    slow.join()
+    assert answers == [200, 200]
+    assert [e["identity"] for e in heap.events] == ["quick", "slow"]
+    assert heap.faults_served == {"delay": 1}
+
+
 @pytest.mark.parametrize(
-    "bad", [{}, {"status": 200}, {"status": 500, "reset": True}, {"hang_seconds": 1, "retry_after": 1}]
+    "bad",
+    [
+        {},
+        {"status": 200},
+        {"status": 500, "reset": True},
+        {"hang_seconds": 1, "retry_after": 1},
+        {"delay_seconds": 1, "status": 503},
+        {"delay_seconds": 1, "after_store": True},
+    ],
 )
 def test_fault_needs_exactly_one_kind(bad):
     with pytest.raises(ValueError):
