@@ -252,7 +252,7 @@ class Dispatcher:
             alone.lone_refusals += 1
         return Evidence(
             path=route.endpoint.path,
-            reason=refusal.reason,
+            reason=str(refusal),  # with its HTTP status
             items=len(request),
             records=sum(len(item.entries) for item in request),
             names_item=refusal.names_item,
