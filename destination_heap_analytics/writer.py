@@ -37,6 +37,7 @@ from destination_heap_analytics.merging import MERGING_APIS, MergeSlots, merged
 from destination_heap_analytics.messages import BadLine, Message, SourceRecord, SourceState
 from destination_heap_analytics.pacing import Pacer
 from destination_heap_analytics.preflight import ColumnWatch
+from destination_heap_analytics.rejected import RejectedRecord, RejectedStore, StorageError, explain
 from destination_heap_analytics.report import StreamFigures, SyncReport
 from destination_heap_analytics.state import EVERY_STREAM, CatalogStreams, Intervals, StateLedger
 
@@ -70,8 +71,13 @@ class StreamLoad:
 
 
 class SyncWriter:
-    def __init__(self, config: HeapConfig, streams: dict[StreamKey, StreamConfig]) -> None:
+    def __init__(
+        self, config: HeapConfig, streams: dict[StreamKey, StreamConfig], store: RejectedStore | None = None
+    ) -> None:
         self._config = config
+        self._store = store  # where rejected records go, if the config names a bucket
+        # with a store: each unacknowledged batch's records, by item (merged ones with their item), for Heap's refusals
+        self._records_of_batch: dict[int, list[list[SourceRecord]]] = {}
         self._stop = threading.Event()
         counters = DeliveryCounters()
         pacers: dict[tuple[str, bool], Pacer | None] = {}  # one per limit: streams of one kind share it
@@ -109,6 +115,8 @@ class SyncWriter:
             if self._terminated_at is None:
                 self._submit_old_batches(max_age=0.0, final=True)
             yield from self._finish()
+            if self._terminated_at is None:
+                self._persist_rejected()  # those after the last STATE too
             outcome = "terminated" if self._terminated_at is not None else "succeeded"
         finally:
             if handle_sigterm:
@@ -149,6 +157,7 @@ class SyncWriter:
         if load is None:
             self.report.read()
             self._ledger.record_rejected(intervals)
+            self._store_rejected(record, STREAM_NOT_IN_CATALOG)
             self._skip(STREAM_NOT_IN_CATALOG)
             return
         self.report.read(load.figures)
@@ -156,6 +165,7 @@ class SyncWriter:
         refusal = load.watch.saw(record.data, item) if load.watch.watching else None
         if item.__class__ is Rejection:
             self._ledger.record_rejected(intervals)
+            self._store_rejected(record, item)
             self._skip(item, load)
             self._refuse_config(refusal)
             return
@@ -164,9 +174,10 @@ class SyncWriter:
         body = _encoded(item.body)
         if len(body) >= MAX_BATCH_BYTES:
             self._ledger.record_rejected(intervals)
+            self._store_rejected(record, ITEM_TOO_LARGE)
             self._skip(ITEM_TOO_LARGE, load)
             return
-        if load.slots is not None and self._merged(load, item, len(body), intervals):
+        if load.slots is not None and self._merged(load, item, len(body), intervals, record):
             return
         if load.open is not None and load.open.size + len(body) >= MAX_BATCH_BYTES:
             self.process_batch(load)  # full by bytes: it goes without this item
@@ -176,6 +187,8 @@ class SyncWriter:
             self._load_of_batch[load.open.number] = (load, load.open)
         batch = load.open
         self._ledger.record_batched(batch.number, intervals)
+        if self._store is not None:
+            self._records_of_batch.setdefault(batch.number, []).append([record])
         if load.slots is not None:
             load.slots.put(item.key, batch, len(batch.bodies), item.body)
         batch.bodies.append(body)
@@ -201,7 +214,9 @@ class SyncWriter:
             load.slots.sent(batch, batch.keys)
         self._acknowledge(self._sender.submit(batch, while_waiting=self.report.maybe_log_progress))
 
-    def _merged(self, load: StreamLoad, item: HeapItem, size: int, intervals: Intervals) -> bool:
+    def _merged(
+        self, load: StreamLoad, item: HeapItem, size: int, intervals: Intervals, record: SourceRecord
+    ) -> bool:
         """Merge a property update into its key's unsent item, if there is one: True if it did. If that would
         pass the byte cap, the batch holding the item goes now, and the update comes after it."""
         slot = load.slots.get(item.key)
@@ -218,6 +233,8 @@ class SyncWriter:
         body = merged(earlier, item.body)
         _replace(batch, position, body)
         self._ledger.record_merged(batch.number, position, intervals)
+        if self._store is not None:
+            self._records_of_batch[batch.number][position].append(record)
         load.slots.put(item.key, batch, position, body)
         return True
 
@@ -269,12 +286,15 @@ class SyncWriter:
                 failure = failure or result.failure
                 continue
             load, batch = self._load_of_batch.pop(result.number)
+            records = self._records_of_batch.pop(result.number, None)
             # in records: a merged item stands for each record merged into it, delivered or refused together
             refused = [1 + batch.merged.get(position, 0) for position in result.refused_at]
             merged = sum(batch.merged.values()) - sum(refused) + len(refused)  # into items Heap took
             self.report.sent(batch.records - sum(refused), load.figures, merged)
-            for reason, records in zip(result.rejected, refused, strict=True):
-                for _ in range(records):
+            for position, reason, count in zip(result.refused_at, result.rejected, refused, strict=True):
+                for record in records[position] if records is not None else ():
+                    self._add_rejected(_rejected(record, "rejected_by_heap", None, f"Heap refused it: {reason}."))
+                for _ in range(count):
                     self._skip(Rejection(f"rejected_by_heap: {reason}"), load)
             self._ledger.acknowledged(result.number, result.refused_at)
         if failure is not None:
@@ -286,7 +306,10 @@ class SyncWriter:
 
     def _release(self, results: list[BatchResult]) -> Iterator[SourceState]:
         self._acknowledge(results)
-        for state, interval in self._ledger.releasable():
+        released = self._ledger.releasable()
+        if released:  # a STATE leaves only once the rejected records it counts are in the bucket
+            self._persist_rejected()
+        for state, interval in released:
             if self._config.dry_run:
                 self.report.state_withheld()
                 continue
@@ -311,6 +334,31 @@ class SyncWriter:
             self._stop.set()
             raise AirbyteTracedException(message=message, failure_type=FailureType.config_error)
 
+    def _store_rejected(self, record: SourceRecord, rejection: Rejection) -> None:
+        self._add_rejected(_rejected(record, rejection.reason, rejection.column, explain(rejection.reason)))
+
+    def _add_rejected(self, rejected: RejectedRecord) -> None:
+        if self._store is not None:
+            try:
+                self._store.add(rejected)
+            except StorageError as error:
+                raise self._storage_failed(error) from None
+
+    def _persist_rejected(self) -> None:
+        """Everything rejected so far into the bucket; if it cannot be written, the sync stops (no STATE past it)."""
+        if self._store is not None:
+            try:
+                self._store.persist()
+            except StorageError as error:
+                raise self._storage_failed(error) from None
+
+    def _storage_failed(self, error: StorageError) -> AirbyteTracedException:
+        self._stop.set()
+        return AirbyteTracedException(
+            message=f"{error} The sync stopped before the states that count these records.",
+            failure_type=FailureType.transient_error if error.transient else FailureType.config_error,
+        )
+
     def _skip(self, rejection: Rejection, load: StreamLoad | None = None) -> None:
         self.report.skip(rejection.describe(), load.figures if load else None)
         self._stop_on_invalid(rejection)
@@ -325,6 +373,10 @@ class SyncWriter:
                 "to skip to count and skip such records.",
                 failure_type=FailureType.config_error,
             )
+
+
+def _rejected(record: SourceRecord, reason: str, column: str | None, message: str) -> RejectedRecord:
+    return RejectedRecord(record.stream, record.namespace, record.data, record.emitted_at, reason, column, message)
 
 
 def _replace(batch: Batch, position: int, body: dict[str, Any]) -> None:
