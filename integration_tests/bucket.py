@@ -46,6 +46,12 @@ class LocalBucket:
     def stop(self) -> None:
         self._server.stop()
 
+    def __enter__(self) -> LocalBucket:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     @property
     def client(self) -> Any:
         return boto3.client(

@@ -35,11 +35,8 @@ UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 @pytest.fixture
 def bucket() -> Iterator[LocalBucket]:
-    local = LocalBucket().start()
-    try:
+    with LocalBucket() as local:
         yield local
-    finally:
-        local.stop()
 
 
 @pytest.fixture(autouse=True)
