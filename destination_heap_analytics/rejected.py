@@ -416,6 +416,7 @@ class RejectedStore:
         sync_id, generation_id = self._streams.get(key, (self._job_sync_id, None))
         data = dict(record.data) if isinstance(record.data, dict) else {"data": record.data}
         data["rejected_reason"] = record.reason
+        data.pop("rejected_field", None)  # the record's own, if any: only the connector's says which column
         if record.field is not None:
             data["rejected_field"] = record.field
         data["rejected_message"] = record.message

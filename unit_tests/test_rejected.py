@@ -87,7 +87,15 @@ def test_a_rejected_record_is_stored_in_airbytes_columns_under_the_job_folder(bu
     store = open_store(storage(bucket), catalog())
     store.add(rejection({"email": None, "name": "Ada", "visits": 3}))
     store.add(
-        RejectedRecord("users", None, {"email": "x@example.com"}, 5, "rejected_by_heap", None, "Heap refused it.")
+        RejectedRecord(
+            "users",
+            None,
+            {"email": "x@example.com", "rejected_field": "its own"},
+            5,
+            "rejected_by_heap",
+            None,
+            "Heap refused it.",
+        )
     )
     assert bucket.keys() == []  # buffered until persist
     store.persist()

@@ -152,6 +152,7 @@ DOCUMENTED, BROKEN_DOCUMENTED = documented_configs()
 def test_documented_config_is_valid(config):
     assert not spec_errors(config), spec_errors(config)
     parse_config(config)
+    parse_storage_config(config)
 
 
 @pytest.mark.parametrize("source, body", BROKEN_DOCUMENTED)
