@@ -62,7 +62,8 @@ PLACEHOLDER = re.compile(r"\$?\{([^{}]*)\}")
 CHECK_OBJECT = "_check_test"
 PART_BYTES = 8 << 20  # buffered rows past this are written at once: memory stays bounded
 MAX_ATTEMPTS = 5  # each request, retried by botocore (standard mode: backoff with jitter) on throttling, 5xx, network
-TIMEOUT_SECONDS = 30
+CONNECT_TIMEOUT_SECONDS = 10
+READ_TIMEOUT_SECONDS = 30  # waiting for an answer; a file's upload itself is not bounded by it
 STS_REGION = "us-east-1"  # STS's global endpoint, where the bucket's region is left to the credential chain
 EXTERNAL_ID_VARIABLE = "AWS_ASSUME_ROLE_EXTERNAL_ID"  # what Airbyte Cloud sets for role_arn (the workspace ID)
 S3_UNSAFE = re.compile(r"[^A-Za-z0-9!_.*'()&$@=;:+,?\-]")  # Airbyte's S3-safe characters, and no "/": one segment
@@ -168,7 +169,7 @@ def parse_storage_config(raw: Mapping[str, Any]) -> StorageConfig | None:
     region = _text(storage, "s3_bucket_region", required=True, blank=True)
     if region not in _s3_branch()["properties"]["s3_bucket_region"]["enum"]:
         raise ConfigError(
-            f"{FIELD}.s3_bucket_region {region!r} is not an AWS region: {_FIELD_HELP['s3_bucket_region']}"
+            f"{FIELD}.s3_bucket_region {_shown(region)} is not an AWS region: {_FIELD_HELP['s3_bucket_region']}"
         )
     return StorageConfig(
         bucket=bucket,
@@ -321,8 +322,8 @@ def _s3_client(storage: StorageConfig) -> Any:
         session.get_component("credential_provider").insert_before("env", _AssumedRole(fetcher))
     config = Config(
         retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
-        connect_timeout=TIMEOUT_SECONDS,
-        read_timeout=TIMEOUT_SECONDS,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        read_timeout=READ_TIMEOUT_SECONDS,
         s3={"addressing_style": "path"} if storage.endpoint else None,  # S3-compatible stores: bucket in the path
     )
     return boto3.session.Session(botocore_session=session).client("s3", endpoint_url=storage.endpoint, config=config)
@@ -408,7 +409,6 @@ class RejectedStore:
         self._rows: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
         self._buffered_bytes = 0
         self._parts: dict[tuple[str, str | None], int] = {}
-        self.stored = 0
 
     def add(self, record: RejectedRecord) -> None:
         """Buffer one rejected record; past PART_BYTES, everything buffered is written (may raise StorageError)."""
@@ -446,7 +446,6 @@ class RejectedStore:
             except (BotoCoreError, ClientError) as error:
                 raise _failure(self._storage, "store rejected records in", error) from None
             self._parts[key] = part
-            self.stored += len(rows)
             logger.info(f"{len(rows)} rejected records stored in s3://{self._storage.bucket}/{object_key}.")
             del self._rows[key]
         self._buffered_bytes = 0
@@ -506,7 +505,7 @@ def open_store(storage: StorageConfig | None, catalog: ConfiguredAirbyteCatalog)
         (configured.stream.name, configured.stream.namespace or None): (configured.sync_id, configured.generation_id)
         for configured in catalog.streams
     }
-    logger.info(f"Rejected records of this sync are stored in {storage.location} ({storage.path_format}).")
+    logger.info(f"Rejected records of this sync, if any, go to {storage.location} ({storage.path_format}).")
     return RejectedStore(storage, streams)
 
 
