@@ -34,6 +34,7 @@ from integration_tests.adversarial import (
     record_line,
     state_line,
 )
+from integration_tests.bucket import LocalBucket
 from integration_tests.support import (
     CONNECTOR,
     OutboundRecorder,
@@ -44,6 +45,7 @@ from integration_tests.support import (
     run_connector,
 )
 
+STORAGE_FIELD = "object_storage_config"  # its keys are in use only against a bucket that exists
 CREDENTIAL_WORDS = ("key", "secret", "token", "password", "credential")
 LOOPBACK = "127.0.0.1,localhost,::1"
 
@@ -128,13 +130,16 @@ def _config_cases(base_url: str) -> dict[str, tuple[dict, tuple[str, ...]]]:
         "base_url_plain_http_loopback_lookalike": (_with(good, ("base_url",), "http://127.0.0.1.nip.io"), ("https",)),
         # a URL's credentials are never printed, whatever its scheme (URL_PASSWORD: test_..._credentials_...)
         "base_url_ftp_with_credentials": (
-            _with(good, ("base_url",), f"ftp://admin:{URL_PASSWORD}@heap.invalid"), ("base_url", "ftp://…@heap.invalid")
+            _with(good, ("base_url",), f"ftp://admin:{URL_PASSWORD}@heap.invalid"),
+            ("base_url", "ftp://…@heap.invalid"),
         ),
         "base_url_misspelt_scheme_with_credentials": (
-            _with(good, ("base_url",), f"htps://admin:{URL_PASSWORD}@heap.invalid"), ("base_url", "not a URL")
+            _with(good, ("base_url",), f"htps://admin:{URL_PASSWORD}@heap.invalid"),
+            ("base_url", "not a URL"),
         ),
         "base_url_https_with_credentials": (
-            _with(good, ("base_url",), f"https://admin:{URL_PASSWORD}@heap.invalid"), ("base_url", "no credentials")
+            _with(good, ("base_url",), f"https://admin:{URL_PASSWORD}@heap.invalid"),
+            ("base_url", "no credentials"),
         ),
     }
 
@@ -292,7 +297,7 @@ def test_record_values_never_appear_in_any_output(tmp_path: Path) -> None:
         value = item.get("properties", {}).get("refuse_me")
         if value is None:
             return None
-        return f'postBody.events[0].properties.refuse_me has value "{value}" (also \'{value}\') which is refused'
+        return f"postBody.events[0].properties.refuse_me has value \"{value}\" (also '{value}') which is refused"
 
     heap.reject_when(refuse)
     try:
@@ -311,10 +316,16 @@ def test_record_values_never_appear_in_any_output(tmp_path: Path) -> None:
         stdin = "".join(record_line(r) + "\n" for r in good + invalid)
         stdin += record_line(other_stream, stream="other") + "\n"
         stdin += record_line([f"LEAK-{token}-list"]) + "\n" + state_line(0) + "\n"
-        config = valid_config(heap.url, api={
-            "api_type": "track", "identity_column": "user", "event_column": "event", "timestamp_column": "at",
-            "property_columns": "*",
-        })
+        config = valid_config(
+            heap.url,
+            api={
+                "api_type": "track",
+                "identity_column": "user",
+                "event_column": "event",
+                "timestamp_column": "at",
+                "property_columns": "*",
+            },
+        )
         skip = run(tmp_path / "skip", "write", config, recorder.env(LOOPBACK), stdin=stdin)
         fail = run(
             tmp_path / "fail",
@@ -483,28 +494,36 @@ ScanCheck = Callable[[dict[str, Result], HeapStandin, HeapStandin], None]
 def _secret_scan(
     tmp_path: Path,
     path: tuple[str, ...],
-    make_config: Callable[[str, str], dict] | None = None,
+    make_config: Callable[[str, str, bool], dict] | None = None,
     extra_jobs: Callable[[str, dict, str], dict[str, tuple[str, dict, str]]] | None = None,
     also: ScanCheck | None = None,
 ) -> None:
     """The value of a credential field never appears in check, write, or a failing check or write's output,
-    whether Heap takes the credential or refuses it. `make_config(base_url, secret)` builds the config (default:
+    whether Heap takes the credential or refuses it. `make_config(base_url, secret, refused)` builds the config
+    (`refused`: the one whose credential is to be refused; default:
     the secret at `path`, in the spec's option that declares it); `extra_jobs(secret, good_config, stdin)` adds
     runs; `also(runs, accepting, refusing)` checks more once every run is scanned."""
     secret = f"CRED-{uuid.uuid4().hex}"
-    make_config = make_config or (lambda base_url, value: _config_using(base_url, path, value))
+    make_config = make_config or (lambda base_url, value, refused: _config_using(base_url, path, value))
     accepting = HeapStandin().start()
     refusing = HeapStandin(api_key=f"OTHER-{uuid.uuid4().hex}").start()
     recorder = _recorder()
     records = [
-        {"email": f"SECRET-SCAN-{i}@example.com", "user_id": str(1000 + i), "user": f"SECRET-SCAN-{i}",
-         "event": "SECRET-SCAN-EVENT", "event_name": "SECRET-SCAN-EVENT", "account_id": f"acct-{i}",
-         "updated_at": "2024-01-01T00:00:00Z", "time": "2024-01-01T00:00:00Z"}
+        {
+            "email": f"SECRET-SCAN-{i}@example.com",
+            "user_id": str(1000 + i),
+            "user": f"SECRET-SCAN-{i}",
+            "event": "SECRET-SCAN-EVENT",
+            "event_name": "SECRET-SCAN-EVENT",
+            "account_id": f"acct-{i}",
+            "updated_at": "2024-01-01T00:00:00Z",
+            "time": "2024-01-01T00:00:00Z",
+        }
         for i in range(3)
     ]
     stdin = "".join(record_line(r) + "\n" for r in records) + state_line(2) + "\n"
     try:
-        good, bad_key = make_config(accepting.url, secret), make_config(refusing.url, secret)
+        good, bad_key = make_config(accepting.url, secret, False), make_config(refusing.url, secret, True)
         jobs = {
             "check": ("check", good, ""),
             "check, credential refused": ("check", bad_key, ""),
@@ -544,11 +563,28 @@ def _secret_scan(
 
 
 @pytest.mark.parametrize("path", SECRET_FIELDS, ids=[".".join(p) for p in SECRET_FIELDS])
-def test_secret_field_value_never_appears_in_any_output(path: tuple[str, ...], tmp_path: Path) -> None:
-    _secret_scan(tmp_path, path)
+def test_secret_field_value_never_appears_in_any_output(
+    path: tuple[str, ...], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if path[0] == STORAGE_FIELD:  # the bucket's keys, in use against a real (local) bucket
+        _secret_scan(tmp_path, path, _storage_config(request.getfixturevalue("bucket"), path[-1]))
+    else:
+        _secret_scan(tmp_path, path)
 
 
-def _deletion_config(base_url: str, secret: str) -> dict:
+def _storage_config(bucket: LocalBucket, name: str) -> Callable[[str, str, bool], dict]:
+    """The secret as object_storage_config's `name` (the other key beside it), for a bucket that exists, or for
+    one that does not where the credential is to be refused (check then fails on the bucket)."""
+
+    def make(base_url: str, secret: str, refused: bool) -> dict:
+        keys = {"access_key_id": "AKIASCANPARTNER00001", "secret_access_key": "scan-partner-secret", name: secret}
+        storage = bucket.storage(**keys, **({"s3_bucket_name": "no-such-scan-bucket"} if refused else {}))
+        return valid_config(base_url, object_storage_config=storage)
+
+    return make
+
+
+def _deletion_config(base_url: str, secret: str, refused: bool = False) -> dict:
     """delete_users with the key where the connector reads it: api.api_key."""
     api = {"api_type": "delete_users", "api_key": secret, "identity_column": "email"}
     return config(base_url, api, max_retries=1)
@@ -582,6 +618,4 @@ def _key_really_used(runs: dict[str, Result], accepting: HeapStandin, refusing: 
 def test_deletion_api_key_in_use_refused_or_malformed_is_never_echoed(tmp_path: Path) -> None:
     """heap-api.md: the deletion API's api_key is a secret. Put where the connector reads it (api.api_key, with
     api_type delete_users), independently of the spec walk above: used, refused, malformed, beside a bad config."""
-    _secret_scan(
-        tmp_path, ("api", "api_key"), _deletion_config, extra_jobs=_malformed_key_jobs, also=_key_really_used
-    )
+    _secret_scan(tmp_path, ("api", "api_key"), _deletion_config, extra_jobs=_malformed_key_jobs, also=_key_really_used)
