@@ -16,6 +16,7 @@ from integration_tests.support import (
     config,
     interleave,
     people,
+    person,
     run_connector,
     states_of,
 )
@@ -133,3 +134,24 @@ def test_a_dry_run_stores_nothing(heap, bucket):
     result.assert_clean()
     assert result.skipped == {"missing_identity (column email)": 1}
     assert bucket.keys() == [] and not heap.users
+
+
+def test_every_record_merged_into_an_item_heap_refuses_is_stored(heap, bucket):
+    """Updates of one user merge into one item (README, per-key order); refused, each of its records is rejected
+    and stored as it came."""
+    updates = [person(1, plan=f"secret-plan-{n}", visits=100 + n) for n in range(3)]
+    heap.reject_when(
+        lambda item: "postBody.users[0].identity is too long" if item["identity"] == updates[0]["email"] else None
+    )
+    messages = interleave([*updates, *people(3, start=2)], every=6)
+    result = run_connector(
+        "write", config(heap, USER_API, object_storage_config=bucket.storage()), job_catalog(), messages
+    )
+
+    result.assert_clean(SECRET_ACCESS_KEY)
+    assert [s["rejectedRecordCount"] for s in result.destination_stats] == [3.0]
+    stored = sorted(bucket.rows(), key=lambda row: row["_airbyte_data"]["visits"])
+    assert [
+        {k: v for k, v in row["_airbyte_data"].items() if not k.startswith("rejected_")} for row in stored
+    ] == updates
+    assert {row["_airbyte_data"]["rejected_reason"] for row in stored} == {"rejected_by_heap"}
