@@ -130,16 +130,13 @@ def _config_cases(base_url: str) -> dict[str, tuple[dict, tuple[str, ...]]]:
         "base_url_plain_http_loopback_lookalike": (_with(good, ("base_url",), "http://127.0.0.1.nip.io"), ("https",)),
         # a URL's credentials are never printed, whatever its scheme (URL_PASSWORD: test_..._credentials_...)
         "base_url_ftp_with_credentials": (
-            _with(good, ("base_url",), f"ftp://admin:{URL_PASSWORD}@heap.invalid"),
-            ("base_url", "ftp://…@heap.invalid"),
+            _with(good, ("base_url",), f"ftp://admin:{URL_PASSWORD}@heap.invalid"), ("base_url", "ftp://…@heap.invalid")
         ),
         "base_url_misspelt_scheme_with_credentials": (
-            _with(good, ("base_url",), f"htps://admin:{URL_PASSWORD}@heap.invalid"),
-            ("base_url", "not a URL"),
+            _with(good, ("base_url",), f"htps://admin:{URL_PASSWORD}@heap.invalid"), ("base_url", "not a URL")
         ),
         "base_url_https_with_credentials": (
-            _with(good, ("base_url",), f"https://admin:{URL_PASSWORD}@heap.invalid"),
-            ("base_url", "no credentials"),
+            _with(good, ("base_url",), f"https://admin:{URL_PASSWORD}@heap.invalid"), ("base_url", "no credentials")
         ),
     }
 
@@ -297,7 +294,7 @@ def test_record_values_never_appear_in_any_output(tmp_path: Path) -> None:
         value = item.get("properties", {}).get("refuse_me")
         if value is None:
             return None
-        return f"postBody.events[0].properties.refuse_me has value \"{value}\" (also '{value}') which is refused"
+        return f'postBody.events[0].properties.refuse_me has value "{value}" (also \'{value}\') which is refused'
 
     heap.reject_when(refuse)
     try:
@@ -316,16 +313,10 @@ def test_record_values_never_appear_in_any_output(tmp_path: Path) -> None:
         stdin = "".join(record_line(r) + "\n" for r in good + invalid)
         stdin += record_line(other_stream, stream="other") + "\n"
         stdin += record_line([f"LEAK-{token}-list"]) + "\n" + state_line(0) + "\n"
-        config = valid_config(
-            heap.url,
-            api={
-                "api_type": "track",
-                "identity_column": "user",
-                "event_column": "event",
-                "timestamp_column": "at",
-                "property_columns": "*",
-            },
-        )
+        config = valid_config(heap.url, api={
+            "api_type": "track", "identity_column": "user", "event_column": "event", "timestamp_column": "at",
+            "property_columns": "*",
+        })
         skip = run(tmp_path / "skip", "write", config, recorder.env(LOOPBACK), stdin=stdin)
         fail = run(
             tmp_path / "fail",
@@ -500,8 +491,8 @@ def _secret_scan(
 ) -> None:
     """The value of a credential field never appears in check, write, or a failing check or write's output,
     whether Heap takes the credential or refuses it. `make_config(base_url, secret, refused)` builds the config
-    (`refused`: the one whose credential is to be refused; default:
-    the secret at `path`, in the spec's option that declares it); `extra_jobs(secret, good_config, stdin)` adds
+    (`refused`: the one whose credential is to be refused; default: the secret at `path`, in the spec's option
+    that declares it); `extra_jobs(secret, good_config, stdin)` adds
     runs; `also(runs, accepting, refusing)` checks more once every run is scanned."""
     secret = f"CRED-{uuid.uuid4().hex}"
     make_config = make_config or (lambda base_url, value, refused: _config_using(base_url, path, value))
@@ -509,16 +500,9 @@ def _secret_scan(
     refusing = HeapStandin(api_key=f"OTHER-{uuid.uuid4().hex}").start()
     recorder = _recorder()
     records = [
-        {
-            "email": f"SECRET-SCAN-{i}@example.com",
-            "user_id": str(1000 + i),
-            "user": f"SECRET-SCAN-{i}",
-            "event": "SECRET-SCAN-EVENT",
-            "event_name": "SECRET-SCAN-EVENT",
-            "account_id": f"acct-{i}",
-            "updated_at": "2024-01-01T00:00:00Z",
-            "time": "2024-01-01T00:00:00Z",
-        }
+        {"email": f"SECRET-SCAN-{i}@example.com", "user_id": str(1000 + i), "user": f"SECRET-SCAN-{i}",
+         "event": "SECRET-SCAN-EVENT", "event_name": "SECRET-SCAN-EVENT", "account_id": f"acct-{i}",
+         "updated_at": "2024-01-01T00:00:00Z", "time": "2024-01-01T00:00:00Z"}
         for i in range(3)
     ]
     stdin = "".join(record_line(r) + "\n" for r in records) + state_line(2) + "\n"
@@ -618,4 +602,6 @@ def _key_really_used(runs: dict[str, Result], accepting: HeapStandin, refusing: 
 def test_deletion_api_key_in_use_refused_or_malformed_is_never_echoed(tmp_path: Path) -> None:
     """heap-api.md: the deletion API's api_key is a secret. Put where the connector reads it (api.api_key, with
     api_type delete_users), independently of the spec walk above: used, refused, malformed, beside a bad config."""
-    _secret_scan(tmp_path, ("api", "api_key"), _deletion_config, extra_jobs=_malformed_key_jobs, also=_key_really_used)
+    _secret_scan(
+        tmp_path, ("api", "api_key"), _deletion_config, extra_jobs=_malformed_key_jobs, also=_key_really_used
+    )
