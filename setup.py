@@ -15,6 +15,9 @@ setup(
         "orjson>=3.9",
         "xxhash>=3.4",
         "pyyaml>=6",
+        # rejected records into the user's bucket (rejected.py); 1.28.57 reads AWS_ENDPOINT_URL_<SERVICE>, so an
+        # S3-compatible store's own STS can be named for role_arn
+        "boto3>=1.28.57",
     ],
     extras_require={
         "tests": [
@@ -25,6 +28,8 @@ setup(
             "jsonschema>=4",
             # the protocol's own models, with DestinationCatalog (discover's answer): tests validate against them
             "airbyte-protocol-models-dataclasses>=0.17.1",
+            # a real S3-compatible server on 127.0.0.1 for the rejected-records tests (integration_tests/bucket.py)
+            "moto[server]>=5",
         ],
     },
     entry_points={

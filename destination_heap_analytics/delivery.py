@@ -264,11 +264,11 @@ class Dispatcher:
         )
 
     def _reject(self, route: Route, item: Item, refusal: HeapRejected) -> None:
-        fate = Fate(f"rejected_by_heap: {refusal.reason}", None, f"Heap refused this record at {route.endpoint.path}.")
+        fate = Fate("rejected_by_heap", refusal=refusal.reason)
         if self._on_invalid_fail:
             raise DeliveryError(
-                f"A record is invalid: {fate.reason} (at {route.endpoint.path}). Fix the source data or the column "
-                "mapping, or set on_invalid_record to skip to count and skip such records.",
+                f"A record is invalid: {fate.describe()} (at {route.endpoint.path}). Fix the source data or the "
+                "column mapping, or set on_invalid_record to skip to count and skip such records.",
                 transient=False,
             )
         self._ledger.rejected(item.entries, fate)

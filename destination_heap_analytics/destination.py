@@ -49,6 +49,7 @@ from destination_heap_analytics.config import (
     streams_for_catalog,
 )
 from destination_heap_analytics.messages import Message, SourceState, from_airbyte_messages, parse_lines, read_lines
+from destination_heap_analytics.rejected import StorageConfig, check_store, open_store, parse_storage_config
 
 logger = logging.getLogger("airbyte")
 
@@ -117,21 +118,21 @@ class DestinationHeapAnalytics(Destination):
                 failure_type=FailureType.config_error,
             )
         try:
-            config = self._parse_config(self.read_config(config_path=parsed_args.config))
+            config, storage = self._parse_config(self.read_config(config_path=parsed_args.config))
         except AirbyteTracedException as refused:
             if command != "check":
                 raise
             yield _status(Status.FAILED, refused.message)
             return
         if command == "check":
-            yield _status(*self._check(config))
+            yield _status(*self._check(config, storage))
         elif command == "discover":
             yield destination_catalog(config)
         else:
             catalog = _read_catalog(parsed_args.catalog)
             # each STATE echoed from its own JSON (see the module)
             messages = parse_lines(read_lines(sys.stdin.buffer))
-            yield from (state.message for state in self._sync(config, catalog, messages))
+            yield from (state.message for state in self._sync(config, storage, catalog, messages))
 
     @staticmethod
     def read_config(config_path: str) -> dict[str, Any]:
@@ -143,12 +144,13 @@ class DestinationHeapAnalytics(Destination):
             ) from None
 
     def check(self, logger: logging.Logger, config: Mapping[str, Any]) -> AirbyteConnectionStatus:
-        """Validate the config and prove Heap's host answers, without writing anything into the project."""
+        """Validate the config and prove Heap's host answers, without writing anything into the project (and the
+        bucket for rejected records, if one is configured, writable)."""
         try:
-            heap_config = parse_config(config)
+            heap_config, storage = parse_config(config), parse_storage_config(config)
         except ConfigError as error:
             return AirbyteConnectionStatus(status=Status.FAILED, message=str(error))
-        status, message = self._check(heap_config)
+        status, message = self._check(heap_config, storage)
         return AirbyteConnectionStatus(status=status, message=message)
 
     def write(
@@ -158,21 +160,22 @@ class DestinationHeapAnalytics(Destination):
         input_messages: Iterable[AirbyteMessage],
     ) -> Iterable[AirbyteMessage]:
         """Load the records into Heap, yielding each STATE once Heap acknowledged every record before it."""
-        for state in self._sync(_heap_config(config), configured_catalog, from_airbyte_messages(input_messages)):
+        heap_config, storage = _heap_config(config)
+        for state in self._sync(heap_config, storage, configured_catalog, from_airbyte_messages(input_messages)):
             yield AirbyteMessageSerializer.load(state.message)
 
-    def _parse_config(self, raw: Mapping[str, Any]) -> HeapConfig:
+    def _parse_config(self, raw: Mapping[str, Any]) -> tuple[HeapConfig, StorageConfig | None]:
         """The command line's config: its secrets registered with the log filter before anything can print them,
         the connector's rules, then the spec (what the platform and PyAirbyte check a config against)."""
         spec = self.spec(logger)
         update_secrets(get_secrets(spec.connectionSpecification, raw))
-        config = _heap_config(raw)
+        parsed = _heap_config(raw)
         check_config_against_spec_or_exit(raw, spec)
-        return config
+        return parsed
 
     @staticmethod
-    def _check(config: HeapConfig) -> tuple[Status, str | None]:
-        problem = _unreachable(config.base_url) or _deletion_credentials_problem(config)
+    def _check(config: HeapConfig, storage: StorageConfig | None) -> tuple[Status, str | None]:
+        problem = _unreachable(config.base_url) or _deletion_credentials_problem(config) or check_store(storage)
         if problem:
             return Status.FAILED, problem
         logger.info(f"Heap answered at {config.base_url}; the config is valid (nothing was sent to Heap).")
@@ -180,7 +183,10 @@ class DestinationHeapAnalytics(Destination):
 
     @staticmethod
     def _sync(
-        config: HeapConfig, catalog: ConfiguredAirbyteCatalog, messages: Iterable[Message]
+        config: HeapConfig,
+        storage: StorageConfig | None,
+        catalog: ConfiguredAirbyteCatalog,
+        messages: Iterable[Message],
     ) -> Iterator[SourceState]:
         """The write itself. A stream that names a Heap object (mapped in Airbyte's UI) loads into it; the others
         by the config's mapping: a `streams` entry, else the top-level api."""
@@ -197,15 +203,17 @@ class DestinationHeapAnalytics(Destination):
             streams = mapped_in_ui(config, in_ui) | mapped
         except ConfigError as error:
             raise AirbyteTracedException(message=str(error), failure_type=FailureType.config_error) from None
-        writer = SyncWriter(config, streams)
+        # a dry run stores nothing: its records are neither sent nor rejected for good
+        writer = SyncWriter(config, streams, None if config.dry_run else open_store(storage, catalog))
         # SIGTERM can be handled only from the main thread; a host calling write elsewhere handles it itself
         return writer.write(messages, handle_sigterm=threading.current_thread() is threading.main_thread())
 
 
-def _heap_config(raw: Mapping[str, Any]) -> HeapConfig:
-    """The config parsed by the connector's rules; a refusal is a config_error naming the field."""
+def _heap_config(raw: Mapping[str, Any]) -> tuple[HeapConfig, StorageConfig | None]:
+    """The config parsed by the connector's rules, and its storage for rejected records; a refusal is a
+    config_error naming the field."""
     try:
-        return parse_config(raw)
+        return parse_config(raw), parse_storage_config(raw)
     except ConfigError as error:
         raise AirbyteTracedException(message=str(error), failure_type=FailureType.config_error) from None
 

@@ -74,14 +74,17 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Fate:
-    """Why a record was rejected: a reason from a fixed list, the column (or Heap field) at fault if one, and a
-    sentence for the user. Never holds the record's values."""
+    """Why a record was rejected: a reason from a fixed list, the config column at fault if one, and Heap's refusal
+    (its field path and rule) if Heap refused it. Never holds the record's values."""
 
     reason: str
     column: str | None = None
-    message: str = ""
+    refusal: str | None = None
 
     def describe(self) -> str:
+        """The reason as figures count it: `missing_identity (column email)`, `rejected_by_heap: <path> <rule>`."""
+        if self.refusal:
+            return f"{self.reason}: {self.refusal}"
         return f"{self.reason} (column {self.column})" if self.column else self.reason
 
 

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 from airbyte_cdk.models import FailureType
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
@@ -28,6 +28,7 @@ from destination_heap_analytics.mapping import Mapping, Rejection
 from destination_heap_analytics.messages import BadLine, Message, SourceRecord, SourceState
 from destination_heap_analytics.pacing import Pacer
 from destination_heap_analytics.preflight import ColumnWatch
+from destination_heap_analytics.rejected import RejectedRecord, RejectedStore, StorageError, explain
 from destination_heap_analytics.report import SyncReport
 from destination_heap_analytics.state import EVERY_STREAM, CatalogStreams, Entry, Fate, StateLedger
 
@@ -37,16 +38,8 @@ TERMINATION_GRACE_SECONDS = 10.0  # after SIGTERM, how long requests in flight m
 LOOK_AROUND_SECONDS = 0.1  # how often the loop looks at acknowledged states, failures and progress
 WAIT_SECONDS = 0.25  # how long one wait for Heap lasts before the loop looks around again
 MAX_WINDOW_BYTES = 32 * 1024 * 1024  # records' JSON whose fate is open, whatever their number
-ITEM_TOO_LARGE = Fate("item_too_large", None, "The record's Heap item alone is larger than a request may be (4 MB).")
-UNREADABLE_RECORD = Fate("unreadable_record", None, "The RECORD line could not be read as an Airbyte message.")
-
-
-class RejectedRecords(Protocol):
-    """Where rejected records are kept for the user (rejected.py)."""
-
-    def add(self, entry: Entry, fate: Fate) -> None: ...
-
-    def persist(self) -> None: ...
+ITEM_TOO_LARGE = Fate("item_too_large")  # a request of its own would pass the byte cap
+UNREADABLE_RECORD = Fate("unreadable_record")
 
 
 class StreamLoad:
@@ -62,7 +55,7 @@ class StreamLoad:
 
 class SyncWriter:
     def __init__(
-        self, config: HeapConfig, streams: dict[StreamKey, StreamConfig], store: RejectedRecords | None = None
+        self, config: HeapConfig, streams: dict[StreamKey, StreamConfig], store: RejectedStore | None = None
     ) -> None:
         self._config = config
         self._stop = threading.Event()
@@ -107,6 +100,8 @@ class SyncWriter:
                 if message is None or time.monotonic() >= self._next_look:  # a few times a second, not per record
                     yield from self._look_around()
             yield from self._finish()
+            if self._terminated_at is None:
+                self._store_rejected(persist=True)  # those after the last state too
             outcome = "terminated" if self._terminated_at is not None else "succeeded"
         finally:
             if handle_sigterm:
@@ -147,7 +142,7 @@ class SyncWriter:
         item = load.mapping.map(record.data, record.emitted_at)
         refusal = load.watch.saw(record.data, item) if load.watch.watching else None
         if item.__class__ is Rejection:
-            self._reject(entry, Fate(item.reason, item.column, item.describe()))
+            self._reject(entry, Fate(item.reason, item.column))
             self._refuse_config(refusal)
             return
         if item.notes:
@@ -207,17 +202,20 @@ class SyncWriter:
             yield state
 
     def _store_rejected(self, persist: bool) -> None:
-        """Rejected records into the store; `persist`: all of them are in the bucket before a state leaves."""
+        """Rejected records into the store; `persist`: all of them are in the bucket before a state leaves. An
+        unreadable line has no stream to file it under: it is counted, not stored."""
         if self._store is None:
             return
-        for entry, fate in self._ledger.take_rejected():
-            self._store.add(entry, fate)
-        if persist:
-            try:
+        try:
+            for entry, fate in self._ledger.take_rejected():
+                if entry.record is not None:
+                    self._store.add(_rejected_record(entry.record, fate))
+            if persist:
                 self._store.persist()
-            except DeliveryError as failure:
-                self._stop.set()
-                raise AirbyteTracedException(message=str(failure), failure_type=FailureType.transient_error) from None
+        except StorageError as failure:
+            self._stop.set()
+            failure_type = FailureType.transient_error if failure.transient else FailureType.config_error
+            raise AirbyteTracedException(message=str(failure), failure_type=failure_type) from None
 
     def _raise_failure(self) -> None:
         failure = self._dispatcher.failure
@@ -275,3 +273,10 @@ class SyncWriter:
                 failure_type=FailureType.config_error,
             )
         self._ledger.rejected([entry], fate)
+
+
+def _rejected_record(record: SourceRecord, fate: Fate) -> RejectedRecord:
+    message = explain(fate.reason) + (f" Heap's answer: {fate.refusal}." if fate.refusal else "")
+    return RejectedRecord(
+        record.stream, record.namespace, record.data, record.emitted_at, fate.reason, fate.column, message
+    )

@@ -10,6 +10,7 @@ import pytest
 
 from heap_standin import HeapStandin
 from integration_tests import reliability, support
+from integration_tests.bucket import LocalBucket
 
 
 @pytest.fixture
@@ -20,6 +21,13 @@ def heap():
         yield standin
     finally:
         standin.stop()
+
+
+@pytest.fixture
+def bucket():
+    """An S3 bucket of its own on a local S3-compatible server (moto's), for rejected records."""
+    with LocalBucket() as local:
+        yield local
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -34,6 +34,7 @@ from integration_tests.adversarial import (
     record_line,
     state_line,
 )
+from integration_tests.bucket import LocalBucket
 from integration_tests.support import (
     CONNECTOR,
     OutboundRecorder,
@@ -44,6 +45,7 @@ from integration_tests.support import (
     run_connector,
 )
 
+STORAGE_FIELD = "object_storage_config"  # its keys are in use only against a bucket that exists
 CREDENTIAL_WORDS = ("key", "secret", "token", "password", "credential")
 LOOPBACK = "127.0.0.1,localhost,::1"
 
@@ -483,16 +485,17 @@ ScanCheck = Callable[[dict[str, Result], HeapStandin, HeapStandin], None]
 def _secret_scan(
     tmp_path: Path,
     path: tuple[str, ...],
-    make_config: Callable[[str, str], dict] | None = None,
+    make_config: Callable[[str, str, bool], dict] | None = None,
     extra_jobs: Callable[[str, dict, str], dict[str, tuple[str, dict, str]]] | None = None,
     also: ScanCheck | None = None,
 ) -> None:
     """The value of a credential field never appears in check, write, or a failing check or write's output,
-    whether Heap takes the credential or refuses it. `make_config(base_url, secret)` builds the config (default:
-    the secret at `path`, in the spec's option that declares it); `extra_jobs(secret, good_config, stdin)` adds
+    whether Heap takes the credential or refuses it. `make_config(base_url, secret, refused)` builds the config
+    (`refused`: the one whose credential is to be refused; default: the secret at `path`, in the spec's option
+    that declares it); `extra_jobs(secret, good_config, stdin)` adds
     runs; `also(runs, accepting, refusing)` checks more once every run is scanned."""
     secret = f"CRED-{uuid.uuid4().hex}"
-    make_config = make_config or (lambda base_url, value: _config_using(base_url, path, value))
+    make_config = make_config or (lambda base_url, value, refused: _config_using(base_url, path, value))
     accepting = HeapStandin().start()
     refusing = HeapStandin(api_key=f"OTHER-{uuid.uuid4().hex}").start()
     recorder = _recorder()
@@ -504,7 +507,7 @@ def _secret_scan(
     ]
     stdin = "".join(record_line(r) + "\n" for r in records) + state_line(2) + "\n"
     try:
-        good, bad_key = make_config(accepting.url, secret), make_config(refusing.url, secret)
+        good, bad_key = make_config(accepting.url, secret, False), make_config(refusing.url, secret, True)
         jobs = {
             "check": ("check", good, ""),
             "check, credential refused": ("check", bad_key, ""),
@@ -544,11 +547,28 @@ def _secret_scan(
 
 
 @pytest.mark.parametrize("path", SECRET_FIELDS, ids=[".".join(p) for p in SECRET_FIELDS])
-def test_secret_field_value_never_appears_in_any_output(path: tuple[str, ...], tmp_path: Path) -> None:
-    _secret_scan(tmp_path, path)
+def test_secret_field_value_never_appears_in_any_output(
+    path: tuple[str, ...], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if path[0] == STORAGE_FIELD:  # the bucket's keys, in use against a real (local) bucket
+        _secret_scan(tmp_path, path, _storage_config(request.getfixturevalue("bucket"), path[-1]))
+    else:
+        _secret_scan(tmp_path, path)
 
 
-def _deletion_config(base_url: str, secret: str) -> dict:
+def _storage_config(bucket: LocalBucket, name: str) -> Callable[[str, str, bool], dict]:
+    """The secret as object_storage_config's `name` (the other key beside it), for a bucket that exists, or for
+    one that does not where the credential is to be refused (check then fails on the bucket)."""
+
+    def make(base_url: str, secret: str, refused: bool) -> dict:
+        keys = {"access_key_id": "AKIASCANPARTNER00001", "secret_access_key": "scan-partner-secret", name: secret}
+        storage = bucket.storage(**keys, **({"s3_bucket_name": "no-such-scan-bucket"} if refused else {}))
+        return valid_config(base_url, object_storage_config=storage)
+
+    return make
+
+
+def _deletion_config(base_url: str, secret: str, refused: bool = False) -> dict:
     """delete_users with the key where the connector reads it: api.api_key."""
     api = {"api_type": "delete_users", "api_key": secret, "identity_column": "email"}
     return config(base_url, api, max_retries=1)

@@ -39,6 +39,12 @@ from destination_heap_analytics.config import (
     parse_config,
 )
 from destination_heap_analytics.destination import DestinationHeapAnalytics
+from destination_heap_analytics.rejected import (
+    DEFAULT_FILE_NAME_FORMAT,
+    DEFAULT_PATH_FORMAT,
+    FIELD,
+    parse_storage_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # The spec Airbyte's registry published for destination-heap-analytics 0.1.0 (its destination_heap_analytics/spec.json).
@@ -146,6 +152,7 @@ DOCUMENTED, BROKEN_DOCUMENTED = documented_configs()
 def test_documented_config_is_valid(config):
     assert not spec_errors(config), spec_errors(config)
     parse_config(config)
+    parse_storage_config(config)
 
 
 @pytest.mark.parametrize("source, body", BROKEN_DOCUMENTED)
@@ -181,27 +188,39 @@ def walk_properties(schema: dict, path: str = ""):
             yield from walk_properties(option, f"{path}{name}[{index}].")
 
 
-def test_every_oneof_option_is_a_titled_object_told_apart_by_a_const_api_type():
-    found_oneof = False
-    for path, _, prop, _ in walk_properties(SPEC):
+# Each oneOf's discriminator: the string property every option has, a const (the api options) or a one-value enum
+# (object_storage_config's options, as Airbyte's activation destinations declare them)
+DISCRIMINATORS = {
+    "api": "api_type",
+    "object_storage_config": "storage_type",
+    "format": "format_type",
+    "compression": "compression_type",
+}
+
+
+def test_every_oneof_option_is_a_titled_object_told_apart_by_a_discriminator():
+    found_oneof = set()
+    for path, name, prop, _ in walk_properties(SPEC):
         if "oneOf" not in prop:
             continue
-        found_oneof = True
+        found_oneof.add(name)
         assert prop.get("type") == "object", path
+        key = DISCRIMINATORS[name]
         consts = []
         for index, option in enumerate(prop["oneOf"]):
             where = f"{path}.oneOf[{index}]"
             assert option.get("type") == "object", where
             assert isinstance(option.get("title"), str) and option["title"].strip(), where
-            discriminator = option.get("properties", {}).get("api_type")
-            assert discriminator is not None, f"{where} has no api_type"
-            assert discriminator.get("type") == "string" and "const" in discriminator, where
-            assert "api_type" in option.get("required", []), where
-            consts.append(discriminator["const"])
-        assert len(consts) == len(set(consts)), f"{path}: api_type consts repeat: {consts}"
+            discriminator = option.get("properties", {}).get(key)
+            assert discriminator is not None, f"{where} has no {key}"
+            assert discriminator.get("type") == "string", where
+            assert "const" in discriminator or len(discriminator.get("enum", ())) == 1, where
+            assert key in option.get("required", []), where
+            consts.append(discriminator.get("const", discriminator.get("enum", [None])[0]))
+        assert len(consts) == len(set(consts)), f"{path}: {key} values repeat: {consts}"
         titles = [option["title"] for option in prop["oneOf"]]
         assert len(titles) == len(set(titles)), f"{path}: option titles repeat: {titles}"
-    assert found_oneof
+    assert found_oneof == set(DISCRIMINATORS)
     assert set(OPTION_BY_TYPE) == set(API_TYPES) | set(PRESETS)
 
 
@@ -210,7 +229,7 @@ def test_every_property_has_title_description_and_an_order_unique_on_its_level()
         for key in ("title", "description"):
             assert isinstance(prop.get(key), str) and prop[key].strip(), f"{path} has no {key}"
         assert isinstance(prop.get("order"), int), f"{path} has no order"
-    levels = [SPEC, *API_OPTIONS]
+    levels = [SPEC, *(option for _, _, prop, _ in walk_properties(SPEC) for option in prop.get("oneOf", ()))]
     for level in levels:
         orders = [prop["order"] for prop in level["properties"].values()]
         assert len(orders) == len(set(orders)), f"orders repeat on the level of {level.get('title')}: {orders}"
@@ -218,7 +237,12 @@ def test_every_property_has_title_description_and_an_order_unique_on_its_level()
 
 def test_secrets_are_marked_and_only_secrets():
     secrets = {path for path, _, prop, _ in walk_properties(SPEC) if prop.get("airbyte_secret")}
-    assert secrets == {"api[4].api_key", "api_key"}, secrets
+    assert secrets == {
+        "api[4].api_key",
+        "api_key",
+        "object_storage_config[1].access_key_id",
+        "object_storage_config[1].secret_access_key",
+    }, secrets
     assert OPTION_BY_TYPE["delete_users"]["properties"]["api_key"]["airbyte_secret"] is True
 
 
@@ -585,3 +609,141 @@ def test_metadata_is_what_the_registry_reads():
         "maxPercentage",
         "advanceDelayMinutes",
     }
+
+
+# ------------------------------------------------------------------------------------------------------------
+# object_storage_config: Airbyte's declaration (its load-dlq toolkit's spec), and rejected.py's rules that agree
+
+STORAGE = SPEC["properties"][FIELD]
+STORAGE_OPTIONS = {option["properties"]["storage_type"]["enum"][0]: option for option in STORAGE["oneOf"]}
+S3_OPTION = STORAGE_OPTIONS["S3"]
+
+
+def test_object_storage_config_is_declared_as_airbytes_activation_destinations_declare_it():
+    """What the platform reads and validates: the options, each field's type, enum and default, what is hidden,
+    what is secret, what is required (titles, descriptions and orders are the form's)."""
+    assert STORAGE["title"] == "Object Storage Configuration" and FIELD not in SPEC["required"]
+    assert set(STORAGE_OPTIONS) == {"None", "S3"}
+    assert STORAGE_OPTIONS["None"]["required"] == ["storage_type"]
+    assert STORAGE_OPTIONS["None"]["properties"]["storage_type"]["default"] == "None"
+    fields = S3_OPTION["properties"]
+    assert list(fields) == [
+        "storage_type", "access_key_id", "secret_access_key", "role_arn", "s3_bucket_name", "s3_bucket_region",
+        "s3_endpoint", "bucket_path", "format", "compression", "path_format", "file_name_format",
+    ]  # fmt: skip
+    assert S3_OPTION["required"] == ["storage_type", "s3_bucket_name", "s3_bucket_region", "bucket_path", "format"]
+    assert {name for name, prop in fields.items() if prop.get("airbyte_hidden")} == {
+        "format", "compression", "path_format", "file_name_format"
+    }  # fmt: skip
+    assert fields["s3_bucket_region"]["default"] == "" and "" in fields["s3_bucket_region"]["enum"]
+    assert "us-east-1" in fields["s3_bucket_region"]["enum"] and len(fields["s3_bucket_region"]["enum"]) == 35
+    assert fields["path_format"]["default"] == DEFAULT_PATH_FORMAT == "{sync_id}/{namespace}/{stream_name}/"
+    assert fields["file_name_format"]["default"] == DEFAULT_FILE_NAME_FORMAT
+    assert DEFAULT_FILE_NAME_FORMAT == "{date}_{timestamp}_{part_number}{format_extension}"
+    assert fields["format"]["default"] == "CSV"
+    formats = {o["properties"]["format_type"]["enum"][0]: o for o in fields["format"]["oneOf"]}
+    assert formats["CSV"]["required"] == ["format_type", "flattening"] and formats["JSONL"]["required"] == [
+        "format_type"
+    ]
+    for option in formats.values():
+        assert option["properties"]["flattening"]["enum"] == ["No flattening", "Root level flattening"]
+        assert option["properties"]["flattening"]["default"] == "No flattening"
+    assert [o["properties"]["compression_type"]["enum"] for o in fields["compression"]["oneOf"]] == [
+        ["No Compression"], ["GZIP"]
+    ]  # fmt: skip
+    for option in (STORAGE_OPTIONS["None"], S3_OPTION, *formats.values(), *fields["compression"]["oneOf"]):
+        assert option["additionalProperties"] is True
+
+
+VALID_S3 = {
+    "storage_type": "S3",
+    "s3_bucket_name": "rejected-records",
+    "s3_bucket_region": "",
+    "bucket_path": "",
+    "format": {"format_type": "CSV", "flattening": "No flattening"},
+}
+STORAGE_VALUES = {  # each S3 field: values the spec accepts, then values it refuses (or the rules refuse, saying so)
+    "access_key_id": (["AKIAEXAMPLE", ""], [5, None, "kéy"]),
+    "secret_access_key": (["secret/Key+1", ""], [[], None]),
+    "role_arn": (["arn:aws:iam::1:role/r", ""], [1, None]),
+    "s3_bucket_name": (["rejected-records"], ["", " ", 3, None]),
+    "s3_bucket_region": (["", "eu-west-1", "us-east-1"], ["mars-1", "EU-WEST-1", 1, None]),
+    "s3_endpoint": (["http://127.0.0.1:9000", "https://minio.example.com", ""], ["ftp://x", "http://u:p@h", 2]),
+    "bucket_path": (["", "prefix/", "/a/b/"], [None, 1]),
+    "format": (
+        [
+            {"format_type": "CSV", "flattening": "No flattening"},
+            {"format_type": "JSONL"},
+            {"format_type": "JSONL", "flattening": "Root level flattening"},
+        ],
+        ["CSV", {"format_type": "CSV"}, {"format_type": "XML"}, {"format_type": "JSONL", "flattening": "x"}, None],
+    ),  # fmt: skip
+    "compression": ([{"compression_type": "GZIP"}, {"compression_type": "No Compression"}], ["GZIP", {}, None]),
+    "path_format": (["{namespace}/{stream_name}/", "${SYNC_ID}/x", ""], ["{nope}/", 3, None]),
+    "file_name_format": (["{part_number}.csv", "{date:yyyy_MM}_{part_number}{format_extension}"], ["{date}", None]),
+}
+
+
+@st.composite
+def storage_cases(draw) -> Case:
+    case = Case()
+    storage: dict[str, Any] = {}
+    kind = draw(st.sampled_from(["S3", "S3", "S3", "None", "none", None, 5]))
+    if kind is not None:
+        storage["storage_type"] = kind
+    if kind not in ("S3", "None"):
+        case.questionable.add("storage_type")
+    for name, (valid, invalid) in STORAGE_VALUES.items():
+        roll = draw(st.integers(0, 9))
+        if roll < 6:
+            if name in VALID_S3 or roll < 3:
+                storage[name] = draw(st.sampled_from(valid))
+        elif roll < 8:
+            storage[name] = draw(st.sampled_from(invalid))
+            case.questionable.add(name)
+        elif name in S3_OPTION["required"] or name in ("access_key_id", "secret_access_key"):
+            case.questionable.add(name)  # left out
+    if bool(storage.get("access_key_id")) != bool(storage.get("secret_access_key")):
+        case.questionable |= {"access_key_id", "secret_access_key"}
+    case.config = {"app_id": "11", FIELD: storage}
+    return case
+
+
+@example(_case({"app_id": "11", FIELD: {**VALID_S3, "compression": None}}, "compression"))
+@example(_case({"app_id": "11", FIELD: {**VALID_S3, "path_format": None}}, "path_format"))
+@example(_case({"app_id": "11", FIELD: {**VALID_S3, "format": {"format_type": "CSV"}}}, "format"))
+@example(_case({"app_id": "11", FIELD: {"storage_type": "None", "s3_bucket_name": 5}}))
+@given(case=storage_cases())
+@settings(max_examples=600, deadline=None)
+def test_the_storage_rules_never_accept_what_the_spec_refuses(case):
+    errors = spec_errors(case.config)
+    try:
+        parse_storage_config(case.config)
+    except ConfigError as error:
+        assert FIELD in str(error)
+        if not errors:
+            assert named_fields(str(error), case.questionable), f"refused without naming the field: {error}\n{case}"
+        return
+    assert not errors, f"the rules accepted an object_storage_config the spec refuses ({errors}):\n{case}"
+
+
+def test_a_storage_config_the_spec_accepts_is_parsed_with_its_defaults():
+    parsed = parse_storage_config({"app_id": "11", FIELD: VALID_S3})
+    assert (parsed.bucket, parsed.bucket_path, parsed.region, parsed.endpoint) == ("rejected-records", "", None, None)
+    assert (parsed.jsonl, parsed.flattened, parsed.gzip) == (False, False, False)
+    assert (parsed.path_format, parsed.file_name_format) == (DEFAULT_PATH_FORMAT, DEFAULT_FILE_NAME_FORMAT)
+    assert parsed.access_key_id is None and parsed.role_arn is None
+    for config in ({"app_id": "11"}, {"app_id": "11", FIELD: {"storage_type": "None"}}):
+        assert not spec_errors(config) and parse_storage_config(config) is None
+
+
+def test_a_storage_refusal_never_shows_a_secret():
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    for storage in (
+        {**VALID_S3, "secret_access_key": secret},  # without its access key
+        {**VALID_S3, "access_key_id": "AKIA1", "secret_access_key": secret + "\u00e9"},
+        {**VALID_S3, "access_key_id": "AKIA1", "secret_access_key": secret, "s3_endpoint": f"http://a:{secret}@h"},
+    ):
+        with pytest.raises(ConfigError) as refused:
+            parse_storage_config({"app_id": "11", FIELD: storage})
+        assert secret not in str(refused.value) and FIELD in str(refused.value)
