@@ -7,14 +7,17 @@ setup(
     python_requires=">=3.11,<3.13",
     packages=find_packages(include=["destination_heap_analytics", "destination_heap_analytics.*"]),
     package_data={"destination_heap_analytics": ["spec.yaml"]},
+    # Each lower bound is a release, and the lowest versions together run a write
+    # (integration_tests/test_lowest_dependencies.py installs exactly them).
     install_requires=[
-        "airbyte-cdk>=7.39,<8",
+        "airbyte-cdk>=7.39.0,<8",
         "requests>=2.32.3",
-        "pendulum>=3",
-        "jsonpath-ng>=1.6",
-        "orjson>=3.9",
-        "xxhash>=3.4",
-        "pyyaml>=6",
+        "urllib3>=2.6.3,<3",  # HTTPResponse.read1 (2.0) and Retry(retry_after_max=...) (2.6.3)
+        "pendulum>=3.0.0",
+        "jsonpath-ng>=1.6.0",
+        "orjson>=3.10.7",  # airbyte-cdk 7.39's own lower bound
+        "xxhash>=3.4.1",
+        "pyyaml>=6.0.1",  # airbyte-cdk 7.39's own lower bound
     ],
     extras_require={
         "tests": [
