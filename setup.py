@@ -7,17 +7,20 @@ setup(
     python_requires=">=3.11,<3.13",
     packages=find_packages(include=["destination_heap_analytics", "destination_heap_analytics.*"]),
     package_data={"destination_heap_analytics": ["spec.yaml"]},
+    # Each lower bound is a release, and the lowest versions together run a write
+    # (integration_tests/test_lowest_dependencies.py installs exactly them).
     install_requires=[
-        "airbyte-cdk>=7.39,<8",
+        "airbyte-cdk>=7.39.0,<8",
         "requests>=2.32.3",
-        "pendulum>=3",
-        "jsonpath-ng>=1.6",
-        "orjson>=3.9",
-        "xxhash>=3.4",
-        "pyyaml>=6",
-        # rejected records into the user's bucket (rejected.py); 1.28.57 reads AWS_ENDPOINT_URL_<SERVICE>, so an
-        # S3-compatible store's own STS can be named for role_arn
-        "boto3>=1.28.57",
+        "urllib3>=2.6.3,<3",  # HTTPResponse.read1 (2.0) and Retry(retry_after_max=...) (2.6.3)
+        "pendulum>=3.0.0",
+        "jsonpath-ng>=1.6.0",
+        "orjson>=3.10.7",  # airbyte-cdk 7.39's own lower bound
+        "xxhash>=3.4.1",
+        "pyyaml>=6.0.1",  # airbyte-cdk 7.39's own lower bound
+        # rejected records into the user's bucket (rejected.py): 1.34.63 is the first whose botocore takes urllib3 2.x
+        # past 2.1 (earlier ones cannot install beside urllib3 2.6.3)
+        "boto3>=1.34.63",
     ],
     extras_require={
         "tests": [

@@ -18,15 +18,7 @@ from typing import Any
 
 from airbyte_cdk.models import ConfiguredAirbyteStream
 
-from destination_heap_analytics.config import (
-    BULK_FORM,
-    MAX_BATCH,
-    ConfigError,
-    HeapConfig,
-    MappingConfig,
-    StreamConfig,
-    StreamKey,
-)
+from destination_heap_analytics.config import ConfigError, HeapConfig, StreamConfig, StreamKey, stream_config
 
 IDENTITY = {
     "type": "string",
@@ -51,7 +43,7 @@ USER_ID = {
 @dataclass(frozen=True)
 class Operation:
     """One object and sync mode offered in the Mappings tab, and the Heap API and columns a stream mapped to it
-    loads through. `fields`: the object's fields; `columns`: which MappingConfig column each named field feeds;
+    loads through. `fields`: the object's fields; `columns`: which config column each named field feeds;
     `key_columns`: the same for the fields of the matching key the user picks."""
 
     object_name: str
@@ -61,9 +53,9 @@ class Operation:
     api_type: str
     fields: dict[str, dict[str, Any]]
     required: tuple[str, ...] = ()
-    columns: tuple[tuple[str, str], ...] = ()  # (MappingConfig column, object field)
+    columns: tuple[tuple[str, str], ...] = ()  # (config column, object field)
     matching_keys: tuple[tuple[str, ...], ...] = ()
-    key_columns: tuple[tuple[str, str], ...] = ()  # (object field, MappingConfig column)
+    key_columns: tuple[tuple[str, str], ...] = ()  # (object field, config column)
     free_properties: bool = False  # every field mapped beyond `fields` is a property (additionalProperties)
     needs_deletion_key: bool = False
 
@@ -83,16 +75,13 @@ class Operation:
             described["matching_keys"] = [list(key) for key in self.matching_keys]
         return described
 
-    def mapping(self, key: tuple[str, ...]) -> MappingConfig:
-        """The config mapping this operation stands for, matching on `key` (fields of one of matching_keys)."""
+    def api(self, key: tuple[str, ...]) -> dict[str, str]:
+        """The config's api object this operation stands for, matching on `key` (fields of one of matching_keys)."""
         key_columns = dict(self.key_columns)
-        columns = dict(self.columns) | {key_columns[name]: name for name in key}
-        return MappingConfig(
-            api_type=self.api_type,
-            **columns,
-            property_columns=None if self.free_properties else (),  # None: "*", every field not named below
-            excluded_columns=frozenset(self.fields) if self.free_properties else frozenset(),
-        )
+        api = {"api_type": self.api_type} | dict(self.columns) | {key_columns[name]: name for name in key}
+        if self.free_properties:  # every field of the renamed record but the object's own is a property
+            api |= {"property_columns": "*", "excluded_columns": ",".join(self.fields)}
+        return api
 
 
 OPERATIONS = (
@@ -213,22 +202,12 @@ def _stream_config(config: HeapConfig, configured: ConfiguredAirbyteStream) -> S
             "key: set api_key in the destination's settings (Heap: Account > Manage > Privacy & Security), or map "
             "the stream with another sync mode."
         )
-    mapping = operation.mapping(_matching_key(operation, configured.primary_key, name))
-    max_batch = MAX_BATCH.get(mapping.api_type, 1000)
-    batch_size = config.batch_size or max_batch
-    if batch_size > max_batch:
-        raise ConfigError(
-            f"batch_size is {batch_size}, but stream {name} loads through Heap's {mapping.api_type}, which takes at "
-            f"most {max_batch} a request: set batch_size to {max_batch} or less."
-        )
-    return StreamConfig(
-        mapping=mapping,
-        bulk=BULK_FORM.get(mapping.api_type, config.bulk),
-        batch_size=batch_size,
-        api_key=config.api_key if operation.needs_deletion_key else None,
-        stream=name,
-        namespace=configured.stream.namespace or None,
-    )
+    api = operation.api(_matching_key(operation, configured.primary_key, name))
+    if operation.needs_deletion_key:
+        api["api_key"] = config.api_key
+    settings = {"bulk": config.bulk} | ({} if config.batch_size is None else {"batch_size": config.batch_size})
+    entry = {"stream": name, "namespace": configured.stream.namespace, "api": api}
+    return stream_config(entry, f"stream {name}", settings)
 
 
 def _matching_key(operation: Operation, primary_key: list[list[str]] | None, stream: str) -> tuple[str, ...]:

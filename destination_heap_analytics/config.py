@@ -20,63 +20,67 @@ import yaml
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
-from destination_heap_analytics.pacing import BULK_TRACK_EVENTS_PER_MINUTE
 
-US_BASE_URL = "https://heapanalytics.com"
+@cache
+def specification() -> dict[str, Any]:
+    """spec.yaml: the spec Airbyte draws its form from and checks configs against, and the one source of the
+    config's fields, defaults, bounds and choices, which the rules below read from it. Read once, with PyYAML's
+    C parser where it has one: the platform asks for the spec on every command."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(pkgutil.get_data(__package__, "spec.yaml"), Loader=loader)
+
+
+# The top-level settings as the spec describes them (type, default, minimum and maximum, enum), by name. Only
+# the settings named in this module are read; the others are another module's (or ignored, as in 0.1.0).
+SETTINGS: Mapping[str, Any] = specification()["connectionSpecification"]["properties"]
+# Each api option (an api_type or a preset) by its api_type: its fields, in form order, and those it requires.
+API_OPTIONS: Mapping[str, Any] = {
+    option["properties"]["api_type"]["const"]: option for option in SETTINGS["api"]["oneOf"]
+}
+STREAM_ENTRY_FIELDS = tuple(SETTINGS["streams"]["items"]["properties"])
+
+US_BASE_URL = SETTINGS["base_url"]["default"]
 EU_BASE_URL = "https://c.eu.heap-api.com"
 
+# The Heap APIs the mapping implements; every other api option is a preset standing for one of them.
 API_TYPES = ("track", "add_user_properties", "add_account_properties", "identify", "delete_users")
-# Which column fields each api_type requires, and which it may have.
+NOT_COLUMNS = ("api_type", "api_key")
+
+
+def api_fields(kind: str) -> tuple[str, ...]:
+    """Every field an api object of this api_type (or preset) may hold: its spec option's properties."""
+    return tuple(API_OPTIONS[kind]["properties"])
+
+
+def option_columns(kind: str) -> tuple[str, ...]:
+    """The column fields of an api option, in form order (excluded_columns among them, where property_columns is)."""
+    return tuple(name for name in api_fields(kind) if name not in NOT_COLUMNS)
+
+
+# Which column fields each api_type requires: its spec option's required list.
 REQUIRED_COLUMNS = {
-    "track": ("identity_column",),  # and exactly one of event_column, event_name: checked in _mapping
-    "add_user_properties": ("identity_column", "property_columns"),
-    "add_account_properties": ("account_id_column", "property_columns"),
-    "identify": ("user_id_column", "identity_column"),
-    "delete_users": (),  # identity_column or user_id_column: checked in _mapping
+    api_type: tuple(name for name in option_columns(api_type) if name in API_OPTIONS[api_type]["required"])
+    for api_type in API_TYPES
 }
-OPTIONAL_COLUMNS = {
-    "track": ("event_column", "event_name", "timestamp_column", "property_columns", "event_id_column"),
-    "add_user_properties": (),
-    "add_account_properties": (),
-    "identify": ("timestamp_column",),
-    "delete_users": ("identity_column", "user_id_column"),
-}
-
-
-def option_columns(api_type: str) -> tuple[str, ...]:
-    """Every column field an api option has, in form order: the spec's option properties (spec.yaml) and the
-    fields parse_config reads are both this list. excluded_columns belongs where property_columns does."""
-    names = [*REQUIRED_COLUMNS[api_type], *OPTIONAL_COLUMNS[api_type]]
-    if "property_columns" in names:
-        names.append("excluded_columns")
-    return tuple(names)
-
-
-def api_fields(api_type: str) -> tuple[str, ...]:
-    """Every field an api object of this api_type may hold: its spec option's properties."""
-    return ("api_type", *(("api_key",) if api_type == "delete_users" else ()), *option_columns(api_type))
-
-
-STREAM_ENTRY_FIELDS = ("stream", "namespace", "api")
-# Pairs of fields of which an api_type needs exactly one: (first, second, what they say)
+# Pairs of fields of which an api_type needs exactly one, which the spec cannot say: (first, second, what they say)
 EXACTLY_ONE = {
     "track": (("event_column", "event_name", "the column holding the event name, or one event name for every record"),),
     "delete_users": (("identity_column", "user_id_column", "the column naming the users to delete"),),
 }
 MAX_EVENT_NAME = 1023  # Heap: event names under 1024 characters
-MAX_BATCH = {"delete_users": 10_000}  # Heap's bulk maximum per api_type; 1000 for the ingestion APIs
+# Heap's bulk maximum for the ingestion APIs; user deletion takes up to the spec's batch_size maximum (10000).
+INGESTION_MAX_BATCH = 1000
 BULK_FORM = {"identify": False, "delete_users": True}  # where Heap offers only one form, it is used
-# Single requests are small and spend their time waiting on the network: more of them in flight.
+# Single requests are small and spend their time waiting on the network: more of them in flight. The spec's
+# description says so; a default that depends on bulk is more than JSON Schema's `default` can say.
 DEFAULT_CONCURRENCY = {True: 8, False: 32}
-INVALID_RECORD_POLICIES = ("skip", "fail")
-# The whole-number settings and their bounds, (lowest, highest): the spec says the same (spec.yaml)
-WHOLE_NUMBER_BOUNDS = {
-    "batch_size": (1, 10_000),  # 1000 for the ingestion APIs: MAX_BATCH
-    "max_concurrent_requests": (1, 64),
-    "track_events_per_minute": (0, 10_000_000),
-    "request_timeout_seconds": (1, 600),
-    "max_retries": (0, 20),
-}
+
+
+def max_batch(api_type: str) -> int:
+    """The most items Heap takes in one bulk request of this api_type."""
+    return SETTINGS["batch_size"]["maximum"] if api_type == "delete_users" else INGESTION_MAX_BATCH
+
+
 # Mappings for the tables Heap Connect exports (users, sessions, pageviews, one per event, user_migrations).
 # Heap's own user_id is internal to an environment: rows address users by identity (join users.identity
 # onto event and migration rows in the warehouse; rows without one are skipped as missing_identity).
@@ -106,14 +110,6 @@ PRESETS: dict[str, dict[str, str]] = {
 ALL_PROPERTIES = "*"
 
 
-@cache
-def specification() -> dict[str, Any]:
-    """spec.yaml: the spec of these rules that Airbyte draws its form from and checks configs against. Read
-    once, with PyYAML's C parser where it has one: the platform asks for the spec on every command."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load(pkgutil.get_data(__package__, "spec.yaml"), Loader=loader)
-
-
 class ConfigError(ValueError):
     """A config the connector cannot run with; the message tells the user what to change."""
 
@@ -141,8 +137,8 @@ class StreamConfig:
     """How the records of one stream load: its Heap mapping and the request settings that follow from it."""
 
     mapping: MappingConfig
-    bulk: bool = True  # resolved: always False for identify, always True for delete_users
-    batch_size: int = 1000
+    bulk: bool  # resolved: always False for identify, always True for delete_users
+    batch_size: int
     preset: str | None = None
     api_key: str | None = field(default=None, repr=False)  # delete_users only; a secret, never logged
     stream: str | None = None  # the stream it maps; None: the top-level api, for the stream no entry names
@@ -156,17 +152,17 @@ class HeapConfig:
     app_id: str
     base_url: str
     streams: tuple[StreamConfig, ...]
-    on_invalid_record: str = "skip"
-    max_concurrent_requests: int = 8
-    track_events_per_minute: int = BULK_TRACK_EVENTS_PER_MINUTE
-    request_timeout_seconds: float = 30.0
-    max_retries: int = 6
-    dry_run: bool = False
+    on_invalid_record: str
+    max_concurrent_requests: int
+    track_events_per_minute: int
+    request_timeout_seconds: float
+    max_retries: int
+    dry_run: bool
     # What a stream mapped in Airbyte's UI (activation.py) takes from the top level: the request form, the batch
     # size (None: each API's maximum) and Heap's user deletion key (soft delete)
-    bulk: bool = True
-    batch_size: int | None = None
-    api_key: str | None = field(default=None, repr=False)
+    bulk: bool
+    batch_size: int | None
+    api_key: str | None = field(repr=False)
 
 
 def parse_config(raw: Mapping[str, Any]) -> HeapConfig:
@@ -176,23 +172,23 @@ def parse_config(raw: Mapping[str, Any]) -> HeapConfig:
     entries = raw.get("streams")
     if entries is not None and not isinstance(entries, list):
         raise ConfigError("streams must be a list of {\"stream\": ..., \"api\": {...}} entries.")
-    streams = [_stream(raw, entry, f"streams[{index}]") for index, entry in enumerate(entries or ())]
+    streams = [stream_config(entry, f"streams[{index}]", raw) for index, entry in enumerate(entries or ())]
     if "api" in raw:  # without api or streams: a connection mapped in Airbyte's UI only (activation.py)
-        streams.insert(0, _stream(raw, {"api": raw.get("api")}, ""))
+        streams.insert(0, stream_config({"api": raw.get("api")}, "", raw))
     _no_stream_twice(streams)
-    bulk = any(stream.bulk for stream in streams) if streams else _boolean(raw, "bulk", True)
+    bulk = any(stream.bulk for stream in streams) if streams else _boolean(raw, "bulk")
     return HeapConfig(
         app_id=_app_id(raw.get("app_id")),
         base_url=_base_url(raw.get("base_url", US_BASE_URL)),
         streams=tuple(streams),
-        on_invalid_record=_choice(raw, "on_invalid_record", "skip", INVALID_RECORD_POLICIES),
+        on_invalid_record=_choice(raw, "on_invalid_record"),
         max_concurrent_requests=_integer(raw, "max_concurrent_requests", DEFAULT_CONCURRENCY[bulk]),
-        track_events_per_minute=_integer(raw, "track_events_per_minute", BULK_TRACK_EVENTS_PER_MINUTE),
-        request_timeout_seconds=float(_integer(raw, "request_timeout_seconds", 30)),
-        max_retries=_integer(raw, "max_retries", 6),
-        dry_run=_boolean(raw, "dry_run", False),
-        bulk=_boolean(raw, "bulk", True),
-        batch_size=_integer(raw, "batch_size", 0) if "batch_size" in raw else None,
+        track_events_per_minute=_integer(raw, "track_events_per_minute"),
+        request_timeout_seconds=float(_integer(raw, "request_timeout_seconds")),
+        max_retries=_integer(raw, "max_retries"),
+        dry_run=_boolean(raw, "dry_run"),
+        bulk=_boolean(raw, "bulk"),
+        batch_size=_integer(raw, "batch_size") if "batch_size" in raw else None,
         api_key=_api_key(raw, "", required=False),
     )
 
@@ -252,8 +248,10 @@ def _entry_example(key: StreamKey) -> str:
     return f'{{"stream": {named}, "api": {{"api_type": ...}}}}'
 
 
-def _stream(raw: Mapping[str, Any], entry: Any, where: str) -> StreamConfig:
-    """One mapping: the top-level api (where "") or an entry of streams (where "streams[i]")."""
+def stream_config(entry: Any, where: str, settings: Mapping[str, Any]) -> StreamConfig:
+    """One stream's mapping from an entry {"stream", "namespace", "api"} of streams (at `where`, "streams[i]"),
+    the top-level api as the entry {"api": ...} (where ""), or a stream mapped in Airbyte's UI as the entry its
+    Heap object stands for (activation.py). `settings`: the top-level bulk and batch_size, as written."""
     prefix = f"{where}." if where else ""
     if not isinstance(entry, Mapping):
         raise ConfigError(f"{where} must be an object such as {{\"stream\": \"users\", \"api\": {{...}}}}.")
@@ -271,13 +269,14 @@ def _stream(raw: Mapping[str, Any], entry: Any, where: str) -> StreamConfig:
     preset = api_type if isinstance(api_type, str) and api_type in PRESETS else None
     kind = PRESETS[preset]["api_type"] if preset else api_type
     if kind in API_TYPES:
-        _known_fields_only(api, api_fields(kind), f"{prefix}api", f"api_type {api_type}")
+        _known_fields_only(api, api_fields(api_type), f"{prefix}api", f"api_type {api_type}")
     mapping = _mapping(_with_preset(api, preset), f"{prefix}api")
-    max_batch = MAX_BATCH.get(mapping.api_type, 1000)
+    most = max_batch(mapping.api_type)
+    loads = f"{f'stream {stream}' if stream is not None else 'api'} loads through Heap's {mapping.api_type}"
     return StreamConfig(
         mapping=mapping,
-        bulk=BULK_FORM.get(mapping.api_type, _boolean(raw, "bulk", True)),
-        batch_size=_integer(raw, "batch_size", max_batch, highest=max_batch),
+        bulk=BULK_FORM.get(mapping.api_type, _boolean(settings, "bulk")),
+        batch_size=_integer(settings, "batch_size", most, highest=most, why=f"{loads}, which takes at most {most}"),
         preset=preset,
         api_key=_api_key(api, f"{prefix}api") if mapping.api_type == "delete_users" else None,
         stream=stream,  # as written: a catalog name may have spaces around it (streams_for_catalog)
@@ -292,7 +291,7 @@ def _known_fields_only(entry: Mapping[str, Any], known: Sequence[str], where: st
         if name in known:
             continue
         close = get_close_matches(str(name), known, n=1)
-        if close and not any(name in api_fields(other) for other in API_TYPES):
+        if close and not any(name in api_fields(other) for other in API_OPTIONS):
             raise ConfigError(f"{where}.{name} is not an option; did you mean {close[0]}?")
         options = ", ".join(field for field in known if field != "api_type")
         raise ConfigError(f"{where}.{name} is not an option{kind and ' of ' + kind}; its options are: {options}.")
@@ -389,11 +388,11 @@ def _mapping(api: Any, where: str) -> MappingConfig:
             f"{where}.api_type is {api_type!r}; it must be one of: {', '.join(API_TYPES)}, "
             f"or a preset for Heap Connect's tables: {', '.join(PRESETS)}."
         )
-    columns: dict[str, Any] = {}
-    for name in REQUIRED_COLUMNS[api_type]:
-        columns[name] = _column(api, name, f"{where}.{name}", api_type, required=True)
-    for name in OPTIONAL_COLUMNS[api_type]:
-        columns[name] = _column(api, name, f"{where}.{name}", api_type, required=False)
+    columns: dict[str, Any] = {
+        name: _column(api, name, f"{where}.{name}", api_type, required=name in REQUIRED_COLUMNS[api_type])
+        for name in option_columns(api_type)
+        if name != "excluded_columns"
+    }
     columns["property_columns"] = _property_columns(columns.get("property_columns"), f"{where}.property_columns")
     excluded = api.get("excluded_columns", "") if "excluded_columns" in option_columns(api_type) else ""
     if not isinstance(excluded, str):
@@ -457,27 +456,32 @@ def _property_columns(value: str | None, where: str) -> tuple[str, ...] | None:
     return names
 
 
-def _boolean(raw: Mapping[str, Any], name: str, default: bool) -> bool:
-    value = raw.get(name, default)
+def _boolean(raw: Mapping[str, Any], name: str) -> bool:
+    """The boolean setting `name`; absent: the spec's default."""
+    value = raw.get(name, SETTINGS[name]["default"])
     if not isinstance(value, bool):
         raise ConfigError(f"{name} must be true or false, got {value!r}.")
     return value
 
 
-def _integer(raw: Mapping[str, Any], name: str, default: int, highest: int | None = None) -> int:
-    low, high = WHOLE_NUMBER_BOUNDS[name]
-    high = highest or high
-    value = raw.get(name, default)
+def _integer(
+    raw: Mapping[str, Any], name: str, default: int | None = None, highest: int | None = None, why: str = ""
+) -> int:
+    """The whole-number setting `name` within the spec's bounds, or up to `highest` (saying `why`); absent:
+    `default`, else the spec's default."""
+    low, high = SETTINGS[name]["minimum"], highest or SETTINGS[name]["maximum"]
+    value = raw.get(name, SETTINGS[name].get("default") if default is None else default)
     if isinstance(value, float) and value.is_integer():  # JSON Schema's integer: 5.0 is 5
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
+        raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {value!r}{why and ': ' + why}.")
     return value
 
 
-def _choice(raw: Mapping[str, Any], name: str, default: Any, choices: tuple[Any, ...]) -> Any:
-    value = raw.get(name, default)
+def _choice(raw: Mapping[str, Any], name: str) -> str:
+    """The setting `name`, one of the spec's enum; absent: the spec's default."""
+    choices = SETTINGS[name]["enum"]
+    value = raw.get(name, SETTINGS[name]["default"])
     if value not in choices:
-        names = ", ".join(str(choice) for choice in choices if choice is not None)
-        raise ConfigError(f"{name} must be one of {names}, got {value!r}.")
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}.")
     return value

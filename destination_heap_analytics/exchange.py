@@ -39,10 +39,12 @@ class Answer:
 
 
 class _Deadline:
-    """One exchange's deadline: when it passes, the socket of the connection in use is shut down."""
+    """One exchange's deadline: when it passes, the socket of the connection in use is shut down, unless the
+    exchange settled it first."""
 
     def __init__(self, seconds: float) -> None:
         self.passed = False
+        self._settled = False
         self._socket: socket.socket | None = None
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._cut)
@@ -63,8 +65,18 @@ class _Deadline:
             if self.passed:
                 _shut(sock)
 
+    def settle(self) -> bool:
+        """Ends the deadline's hold on the connection; whether it had passed. A timer going off after this cuts
+        nothing, so the connection may go back to the pool, where another exchange may take it at once."""
+        self._timer.cancel()
+        with self._lock:
+            self._settled = True
+            return self.passed
+
     def _cut(self) -> None:
         with self._lock:
+            if self._settled:
+                return
             self.passed = True
             _shut(self._socket)
 
@@ -100,11 +112,23 @@ def _watch(sock: socket.socket | None) -> None:
         deadline.watch(sock)
 
 
-class _HTTPPool(HTTPConnectionPool):
+class _DeadlinePool:
+    """A pool that takes a connection back only once the exchange's deadline is settled: from then on the timer
+    cuts nothing, so it cannot shut the socket of another exchange that took the connection. urllib3 puts a
+    connection back itself as soon as an answer is read to its end, before `exchange` sees it end."""
+
+    def _put_conn(self, conn: HTTPConnection | None) -> None:
+        deadline = getattr(_CURRENT, "deadline", None)
+        if conn is not None and deadline is not None and deadline.settle():
+            conn.close()  # the deadline passed first and shut its socket: not one to use again
+        super()._put_conn(conn)
+
+
+class _HTTPPool(_DeadlinePool, HTTPConnectionPool):
     ConnectionCls = type("_HTTPDeadlineConnection", (_DeadlineConnection, HTTPConnection), {})
 
 
-class _HTTPSPool(HTTPSConnectionPool):
+class _HTTPSPool(_DeadlinePool, HTTPSConnectionPool):
     ConnectionCls = type("_HTTPSDeadlineConnection", (_DeadlineConnection, HTTPSConnection), {})
 
 

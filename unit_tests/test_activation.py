@@ -85,6 +85,16 @@ def test_a_stream_mapped_in_the_ui_becomes_the_config_mapping_of_its_object(chos
     assert stream.batch_size == (10_000 if api_type == "delete_users" else 1000)
 
 
+def test_a_stream_mapped_in_the_ui_is_the_stream_config_of_the_streams_entry_its_object_stands_for():
+    """One constructor: a UI-mapped stream and the config entry a user would write for it load the same way."""
+    settings = {"app_id": "11", "bulk": False, "batch_size": 300}
+    api = {"api_type": "add_user_properties", "identity_column": "identity", "property_columns": "*",
+           "excluded_columns": "identity"}
+    written = parse_config(settings | {"streams": [{"stream": "crm", "namespace": "sales", "api": api}]})
+    ((_, mapped),) = mapped_in_ui(parse_config(settings), streams("user", "append_dedup")).items()
+    assert mapped == written.streams[0]
+
+
 def test_the_top_level_request_settings_apply():
     config = parse_config({"app_id": "11", "bulk": False, "batch_size": 200})
     ((_, stream),) = mapped_in_ui(config, streams("user", "append_dedup")).items()

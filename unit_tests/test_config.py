@@ -1,11 +1,12 @@
 """Config rules: what parses, what it means, and what the user is told when it does not."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from destination_heap_analytics.config import ConfigError, parse_config, streams_for_catalog
+from destination_heap_analytics.config import SETTINGS, ConfigError, parse_config, streams_for_catalog
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_files"
 
@@ -348,3 +349,24 @@ def test_an_unknown_field_in_api_or_a_streams_entry_is_refused_with_the_closest_
 def test_unknown_top_level_fields_stay_ignored_as_0_1_0_did():
     parsed = parse_config(config(batch_sise=5, preset="heap_users"))
     assert parsed.streams[0].batch_size == 1000
+
+
+@pytest.mark.parametrize(
+    "setting, key, value, raw, expected",
+    [
+        ("max_retries", "maximum", 3, {"max_retries": 4}, "max_retries must be a whole number from 0 to 3, got 4"),
+        ("request_timeout_seconds", "minimum", 5, {"request_timeout_seconds": 4}, "from 5 to 600"),
+        ("on_invalid_record", "enum", ["skip"], {"on_invalid_record": "fail"}, "must be one of skip, got 'fail'"),
+        ("max_retries", "default", 2, {}, 2),
+        ("track_events_per_minute", "default", 900, {}, 900),
+        ("dry_run", "default", True, {}, True),
+    ],
+)
+def test_a_bound_default_or_choice_changes_in_the_spec_alone(monkeypatch, setting, key, value, raw, expected):
+    """spec.yaml is the one place for the settings' bounds, defaults and choices: changed there, the rules follow."""
+    monkeypatch.setitem(SETTINGS[setting], key, value)
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            parse_config(config(**raw))
+    else:
+        assert getattr(parse_config(config(**raw)), setting) == expected

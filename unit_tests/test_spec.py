@@ -1,9 +1,11 @@
 """The spec (spec.yaml) against the rules (config.py), the documented configs, Airbyte's form rules, the published
 0.1.0 spec and metadata.yaml.
 
-The bug these tests exist for: `check` said SUCCEEDED for a config that the spec, and so Airbyte's UI and
-PyAirbyte, refuse. So: whatever the spec refuses, parse_config must refuse too; and where the spec accepts and
-parse_config refuses, its message must name the field to fix.
+config.py reads the settings' defaults, bounds and choices and each api option's fields from the spec; what it
+adds (messages, rules JSON Schema cannot say) is held to the spec here. The bug these tests exist for: `check`
+said SUCCEEDED for a config that the spec, and so Airbyte's UI and PyAirbyte, refuse. So: whatever the spec
+refuses, parse_config must refuse too; and where the spec accepts and parse_config refuses, its message must name
+the field to fix.
 """
 
 from __future__ import annotations
@@ -27,13 +29,12 @@ from jsonschema import Draft7Validator
 
 from destination_heap_analytics.config import (
     API_TYPES,
+    DEFAULT_CONCURRENCY,
     EU_BASE_URL,
     EXACTLY_ONE,
-    INVALID_RECORD_POLICIES,
     PRESETS,
     REQUIRED_COLUMNS,
     US_BASE_URL,
-    WHOLE_NUMBER_BOUNDS,
     ConfigError,
     option_columns,
     parse_config,
@@ -56,6 +57,7 @@ SPEC = SPECIFICATION.connectionSpecification
 VALIDATOR = Draft7Validator(SPEC)
 API_OPTIONS = SPEC["properties"]["api"]["oneOf"]
 OPTION_BY_TYPE = {option["properties"]["api_type"]["const"]: option for option in API_OPTIONS}
+WHOLE_NUMBERS = [name for name, prop in SPEC["properties"].items() if prop.get("type") == "integer"]
 PLACEHOLDER_APP_ID = "11"  # what a documented config fragment is wrapped with
 
 
@@ -246,24 +248,28 @@ def test_secrets_are_marked_and_only_secrets():
     assert OPTION_BY_TYPE["delete_users"]["properties"]["api_key"]["airbyte_secret"] is True
 
 
-def test_spec_and_rules_name_the_same_fields_and_requirements():
-    """spec.yaml and config.py hold the same rules: each option's fields (in the rules' order), required lists
-    and bounds; a stream mapping's api offers exactly the top-level api's options."""
-    for api_type in API_TYPES:
-        option = OPTION_BY_TYPE[api_type]
-        expected = ["api_type", *(["api_key"] if api_type == "delete_users" else []), *option_columns(api_type)]
-        assert sorted(option["properties"], key=lambda name: option["properties"][name]["order"]) == expected
-        required = {"api_type", *REQUIRED_COLUMNS[api_type]} | ({"api_key"} if api_type == "delete_users" else set())
-        assert set(option["required"]) == required, api_type
+def test_what_config_py_reads_from_the_spec_is_what_its_rules_need():
+    """The rules parse a stream entry's api with the top-level api's options, a preset as the api_type it stands
+    for (its option may offer only that type's columns, and needs none: the preset fills them), and Heap's
+    deletion key only for delete_users: the spec must offer exactly that, in form order (the written order)."""
+    assert SPEC["properties"]["streams"]["items"]["properties"]["api"]["oneOf"] == API_OPTIONS
     for preset, mapping in PRESETS.items():
         option = OPTION_BY_TYPE[preset]
         assert set(option["properties"]) == {"api_type", *option_columns(mapping["api_type"])}, preset
         assert option["required"] == ["api_type"], preset
-    for name, (low, high) in WHOLE_NUMBER_BOUNDS.items():
-        prop = SPEC["properties"][name]
-        assert (prop["type"], prop["minimum"], prop["maximum"]) == ("integer", low, high), name
-    assert SPEC["properties"]["on_invalid_record"]["enum"] == list(INVALID_RECORD_POLICIES)
-    assert SPEC["properties"]["streams"]["items"]["properties"]["api"]["oneOf"] == API_OPTIONS
+    assert [kind for kind, option in OPTION_BY_TYPE.items() if "api_key" in option["properties"]] == ["delete_users"]
+    assert "api_key" in OPTION_BY_TYPE["delete_users"]["required"]
+    for option in API_OPTIONS:
+        properties = option["properties"]
+        assert list(properties) == sorted(properties, key=lambda name: properties[name]["order"]), option["title"]
+
+
+def test_the_default_the_spec_cannot_hold_is_the_one_its_description_states():
+    """max_concurrent_requests' default depends on bulk, which JSON Schema's `default` cannot say: the field's
+    description states it instead, and must state config.py's."""
+    description = SPEC["properties"]["max_concurrent_requests"]["description"]
+    assert "default" not in SPEC["properties"]["max_concurrent_requests"]
+    assert f"{DEFAULT_CONCURRENCY[True]} for bulk requests, {DEFAULT_CONCURRENCY[False]} for single" in description
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -300,7 +306,7 @@ def field_value(draw, target: dict, name: str, case: Case, valid, invalid, prese
 
 
 def whole_number(name: str):
-    low, high = WHOLE_NUMBER_BOUNDS[name]
+    low, high = SPEC["properties"][name]["minimum"], SPEC["properties"][name]["maximum"]
     high_for_all = min(high, 1000) if name == "batch_size" else high
     valid = st.one_of(st.integers(low, high_for_all), st.sampled_from([float(low), float(high_for_all)]))
     invalid = st.sampled_from([low - 1, high + 1, high_for_all + 1, high, 2**63, 5.5, float("inf"), str(low), True])
@@ -405,7 +411,7 @@ def configs(draw) -> Case:
             3,
         )
     )
-    for name in WHOLE_NUMBER_BOUNDS:
+    for name in WHOLE_NUMBERS:
         valid, invalid = whole_number(name)
         draw(field_value(config, name, case, valid, invalid, 3))
     if draw(st.integers(0, 9)) == 0:  # extra fields, the old top-level preset among them
@@ -483,8 +489,9 @@ def valid_configs(draw) -> dict:
     config = {"app_id": draw(st.from_regex(r"[0-9]{1,12}", fullmatch=True)), "api": api}
     if draw(st.booleans()):
         config["base_url"] = draw(st.sampled_from([US_BASE_URL, EU_BASE_URL, "http://127.0.0.1:8765"]))
-    for name, (low, high) in WHOLE_NUMBER_BOUNDS.items():
+    for name in WHOLE_NUMBERS:
         if draw(st.booleans()):
+            low, high = SPEC["properties"][name]["minimum"], SPEC["properties"][name]["maximum"]
             config[name] = draw(st.integers(low, min(high, 1000) if name == "batch_size" else high))
     return config
 
