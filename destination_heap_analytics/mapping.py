@@ -238,8 +238,9 @@ class Mapping:
         excluded: frozenset[str] = frozenset(),
     ) -> None:
         """Every field of an object but the `excluded` ones, nested objects under dotted keys. The hot path of
-        every load: plain short text, booleans and ordinary numbers under ordinary names are taken as they
-        are, and only the rest goes through the full rules in _put.
+        every load: plain short text and ordinary numbers under ordinary names are taken as they are, and only
+        the rest (booleans among it: `bool` is a subclass of `int`, but not its class) goes through the full
+        rules in _put.
 
         Notes name `column`: `*` under property_columns "*", where any key may be data (a map keyed by
         e-mail address, say), else the configured column a value came from (a top-level key here, when
@@ -260,7 +261,6 @@ class Mapping:
             if (
                 kind is str
                 and len(value) <= MAX_TEXT_LENGTH
-                or kind is bool
                 or kind is int
                 and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
                 or kind is float
@@ -297,10 +297,11 @@ class Mapping:
             properties[key] = value
 
 
-def property_value(value: Any) -> str | int | float | bool | None:
-    """A scalar Heap stores as it is; arrays joined the way Heap joins them; None for what Heap can't hold."""
+def property_value(value: Any) -> str | int | float | None:
+    """A string or number as it is; a boolean as the text "true" or "false" (Heap takes a number or a string,
+    README: Values); arrays joined the way Heap joins them; None for what Heap can't hold."""
     if isinstance(value, bool):
-        return bool(value)
+        return _boolean_text(value)
     if isinstance(value, str):
         return value
     if isinstance(value, int):
@@ -313,11 +314,16 @@ def property_value(value: Any) -> str | int | float | bool | None:
     return None
 
 
+def _boolean_text(value: bool) -> str:
+    """A boolean as Heap's own clients and its examples send it: "true" or "false"."""
+    return "true" if value else "false"
+
+
 def _array_element_text(element: Any) -> str:
     if isinstance(element, str):
         return element
     if isinstance(element, bool):
-        return "true" if element else "false"
+        return _boolean_text(element)
     if isinstance(element, (int, float)):
         return str(element)
     try:

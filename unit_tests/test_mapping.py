@@ -61,7 +61,7 @@ def test_track_seed_example():
         "identity": "jamie.tillman0@example.com",
         "event": "Username-Password-Authentication",
         "timestamp": "2022-10-21T00:09:54.622+00:00",
-        "properties": {"blocked": False, "created_at": "2022-10-21T04:09:54.622Z", "name": "Jamie Tillman"},
+        "properties": {"blocked": "false", "created_at": "2022-10-21T04:09:54.622Z", "name": "Jamie Tillman"},
     }
     assert item.notes == []
 
@@ -92,7 +92,7 @@ def test_account_properties_seed_example():
     )
     assert item.body == {
         "account_id": "815ff3c3-84fa-4f63-b959-ac2d11efc63c",
-        "properties": {"family_name": "Tillman", "email_verified": False, "blocked": False},
+        "properties": {"family_name": "Tillman", "email_verified": "false", "blocked": "false"},
     }
 
 
@@ -150,8 +150,8 @@ def test_invalid_jsonpath_is_a_config_error():
         ("text", "text"),
         (42, 42),
         (-1.5, -1.5),
-        (True, True),
-        (False, False),
+        (True, "true"),  # Heap takes a number or a string: booleans go as Heap's own clients send them
+        (False, "false"),
         (2**53 - 1, 2**53 - 1),
         (2**53, str(2**53)),  # past 2^53 a number loses digits: sent as text
         (-(2**60), str(-(2**60))),
@@ -164,6 +164,17 @@ def test_invalid_jsonpath_is_a_config_error():
 def test_property_values(value, expected):
     item = mapped(users(("p",)), {"who": "u1", "p": value})
     assert item.body["properties"] == {"p": expected}
+
+
+def test_booleans_go_as_text_wherever_they_are():
+    """Under "*", nested, and in a merge's later update alike: Heap's documented types are numbers and strings."""
+    record = {"who": "u", "what": "e", "ok": True, "flags": {"beta": False, "on": True}, "list": [True]}
+    item = mapped(track(property_columns=None), record)
+    assert item.body["properties"] == {
+        "who": "u", "what": "e", "ok": "true", "flags.beta": "false", "flags.on": "true", "list": "true"
+    }
+    explicit = mapped(users(("ok", "flags.beta")), {"who": "u", "ok": False, "flags": {"beta": True}})
+    assert explicit.body["properties"] == {"ok": "false", "flags.beta": "true"}
 
 
 @pytest.mark.parametrize("value", [None, [], [None], float("nan"), float("inf")])
