@@ -197,7 +197,7 @@ class DestinationHeapAnalytics(Destination):
             streams = mapped_in_ui(config, in_ui) | mapped
         except ConfigError as error:
             raise AirbyteTracedException(message=str(error), failure_type=FailureType.config_error) from None
-        writer = SyncWriter(config, streams)
+        writer = SyncWriter(config, streams, _catalog_schemas(catalog.streams))
         # SIGTERM can be handled only from the main thread; a host calling write elsewhere handles it itself
         return writer.write(messages, handle_sigterm=threading.current_thread() is threading.main_thread())
 

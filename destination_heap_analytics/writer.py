@@ -54,11 +54,11 @@ class StreamLoad:
     """One catalog stream's part of a sync: its mapping, its route to Heap, the batch it is filling and its
     figures."""
 
-    def __init__(self, key: StreamKey, stream: StreamConfig, route: Route) -> None:
+    def __init__(self, key: StreamKey, stream: StreamConfig, route: Route, schema: Any = None) -> None:
         self.key = key
         self.figures = StreamFigures()
         self.mapping = Mapping(stream.mapping, key[0])
-        self.watch = ColumnWatch(stream, key)  # its first records, for a required column none of them has
+        self.watch = ColumnWatch(stream, key, schema)  # its first records, for a column none of them has
         self.route = route
         # In single mode every record is its own request: one record a batch lets them all run concurrently.
         self.batch_size = stream.batch_size if stream.bulk else 1
@@ -70,7 +70,14 @@ class StreamLoad:
 
 
 class SyncWriter:
-    def __init__(self, config: HeapConfig, streams: dict[StreamKey, StreamConfig]) -> None:
+    def __init__(
+        self,
+        config: HeapConfig,
+        streams: dict[StreamKey, StreamConfig],
+        schemas: dict[StreamKey, Any] | None = None,
+    ) -> None:
+        """`schemas`: each stream's json_schema in the configured catalog (ColumnWatch tells by it whether a
+        column a record lacks is data or a mistake)."""
         self._config = config
         self._stop = threading.Event()
         counters = DeliveryCounters()
@@ -82,7 +89,7 @@ class SyncWriter:
                 pacers[kind] = Pacer.for_api(*kind, config.track_events_per_minute, stream.batch_size, self._stop.wait)
             api_key = stream.api_key if not config.dry_run else None  # a dry run fetches no token
             client = HeapClient(config, pacers[kind], self._stop, counters, api_key)
-            self._loads[key] = StreamLoad(key, stream, Route(config, stream, client))
+            self._loads[key] = StreamLoad(key, stream, Route(config, stream, client), (schemas or {}).get(key))
         self._sender = BatchSender(config, self._stop)
         self._ledger: StateLedger[SourceState] = StateLedger()
         self._catalog = CatalogStreams(self._loads)
