@@ -145,7 +145,7 @@ class DestinationHeapAnalytics(Destination):
     def check(self, logger: logging.Logger, config: Mapping[str, Any]) -> AirbyteConnectionStatus:
         """Validate the config and prove Heap's host answers, without writing anything into the project."""
         try:
-            heap_config = parse_config(config)
+            heap_config = _parsed(config)
         except ConfigError as error:
             return AirbyteConnectionStatus(status=Status.FAILED, message=str(error))
         status, message = self._check(heap_config)
@@ -205,9 +205,24 @@ class DestinationHeapAnalytics(Destination):
 def _heap_config(raw: Mapping[str, Any]) -> HeapConfig:
     """The config parsed by the connector's rules; a refusal is a config_error naming the field."""
     try:
-        return parse_config(raw)
+        return _parsed(raw)
     except ConfigError as error:
         raise AirbyteTracedException(message=str(error), failure_type=FailureType.config_error) from None
+
+
+def _parsed(raw: Mapping[str, Any]) -> HeapConfig:
+    """The config parsed, and every column of its mappings compiled as a sync will (a column that is no valid
+    path is refused here, by check too, not at the first record)."""
+    from destination_heap_analytics.mapping import Mapping as RecordMapping  # the mapping's own path rules
+
+    config = parse_config(raw)
+    for stream in config.streams:
+        try:
+            RecordMapping(stream.mapping)
+        except ConfigError as error:
+            where = f"streams entry {stream.stream}" if stream.stream is not None else "api"
+            raise ConfigError(f"{where}: {error}") from None
+    return config
 
 
 def _status(status: Status, message: str | None) -> AirbyteMessage:

@@ -27,7 +27,7 @@ from destination_heap_analytics.config import (
     StreamKey,
     stream_label,
 )
-from destination_heap_analytics.mapping import HeapItem, Rejection
+from destination_heap_analytics.mapping import HeapItem, Rejection, literal_name
 
 # The difflib ratio (case ignored) from which an undeclared column is taken for a typo of a declared one:
 # emial for email scores 0.8, plna for plan 0.75; updated_at for created_at (0.7) is a column of its own.
@@ -107,7 +107,11 @@ def named_columns(stream: StreamConfig) -> Iterator[tuple[str, str]]:
 
 def first_field(column: str) -> str | None:
     """The record's top-level field a column starts from: address for address.city, items for items[0].sku,
-    email for $.email; None where a JSONPath starts anywhere else ($..email, $[*])."""
+    email for $.email, $city for `$city` (in backquotes: the field itself); None where a JSONPath starts
+    anywhere else ($..email, $[*])."""
+    literal = literal_name(column)
+    if literal is not None:
+        return literal
     if not (column.startswith("$") or "[" in column):
         return column.split(".", 1)[0]
     try:

@@ -221,3 +221,31 @@ def test_a_property_column_no_record_of_a_schemaless_stream_has_is_named_at_its_
     assert len(warned) == 1, result.describe()
     assert "Stream users: none of its first 10 records has the property column(s) plna, so" in warned[0]
     assert len(result.states) == 2 and len(heap.events) == 20
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Any field a record can have can be named
+
+
+def test_a_column_that_is_no_path_fails_check_and_write_saying_how_to_name_the_field(heap):
+    """$city is not JSONPath: before, check succeeded and write ended in a traceback at its first record."""
+    api = {**USER_API, "property_columns": "plan,$city"}
+    checked = run_connector("check", config(heap, api))
+    assert_check_failed(checked, ["api: Column '$city' is not a valid path", "write it in backquotes: `$city`"])
+    assert_no_traceback(checked)
+    written = run_connector("write", config(heap, api), catalog(), interleave(people(3), every=3))
+    assert_refused_before_anything_left(written, heap, "Column '$city' is not a valid path")
+
+
+def test_fields_named_with_dollar_signs_and_brackets_load_under_their_own_names(heap):
+    """A field literally named tags[0] is matched as it is (a record key exactly the column wins over the path);
+    $city, which is no path at all, is named in backquotes."""
+    api = {**USER_API, "property_columns": "plan,`$city`,tags[0],`a,b`"}
+    rows = [person(i, **{"$city": f"secret-city-{i}", "tags[0]": f"secret-tag-{i}", "a,b": i}) for i in range(3)]
+    declared = {**PERSON_SCHEMA["properties"], "$city": {}, "tags[0]": {}, "a,b": {}}
+    json_schema = {**PERSON_SCHEMA, "properties": declared}
+    result = run_connector("write", config(heap, api), catalog_with_schema(json_schema), interleave(rows, every=3))
+    result.assert_clean()
+    assert [user["properties"] for user in heap.users] == [
+        {"plan": row["plan"], "$city": row["$city"], "tags[0]": row["tags[0]"], "a,b": row["a,b"]} for row in rows
+    ]

@@ -130,6 +130,16 @@ def test_each_item_names_the_key_whose_updates_keep_input_order(api, key):
         ("missing", {}, None),
         ("$.items[1].sku", {"items": [{"sku": "A1"}, {"sku": "B2"}]}, "B2"),
         ("items[0].tags", {"items": [{"tags": ["x", "y"]}]}, ["x", "y"]),
+        # a record key that is exactly the column wins over the path, as for dotted keys
+        ("tags[0]", {"tags[0]": "the field itself", "tags": ["first"]}, "the field itself"),
+        ("tags[0]", {"tags": ["first"]}, "first"),
+        ("$.a", {"$.a": "the field itself", "a": 1}, "the field itself"),
+        # in backquotes: the field of that name, never a path
+        ("`$city`", {"$city": "Oslo"}, "Oslo"),
+        ("`tags[0]`", {"tags": ["first"]}, None),
+        ("`address.city`", {"address": {"city": "Oslo"}}, None),
+        ("`a``b`", {"a`b": 1}, 1),
+        ("`a,b`", {"a,b": 2}, 2),
     ],
 )
 def test_column_paths(column, record, expected):
@@ -139,6 +149,19 @@ def test_column_paths(column, record, expected):
 def test_invalid_jsonpath_is_a_config_error():
     with pytest.raises(ConfigError, match="not a valid path"):
         ColumnPath("$.items[?(@.x ==")
+
+
+def test_a_column_that_is_no_path_says_how_to_name_the_field_as_it_is():
+    with pytest.raises(ConfigError, match=r"Column '\$city' is not a valid path .* write it in backquotes: `\$city`"):
+        ColumnPath("$city")
+
+
+def test_backquoted_columns_give_properties_the_fields_own_names():
+    record = {"who": "u", "$city": "Oslo", "tags[0]": "t", "a,b": 1, "tags": ["x"]}
+    item = mapped(users(("`$city`", "tags[0]", "`a,b`")), record)
+    assert item.body["properties"] == {"$city": "Oslo", "tags[0]": "t", "a,b": 1}
+    star = mapped({**users(None), "excluded_columns": frozenset({"`$city`", "tags"})}, record)
+    assert star.body["properties"] == {"who": "u", "tags[0]": "t", "a,b": 1}
 
 
 # Property values.

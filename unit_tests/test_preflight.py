@@ -80,6 +80,9 @@ def test_an_undeclared_column_near_a_declared_one_or_ruled_out_is_refused(api, c
         ({"api_type": "heap_events"}, schema(closed=True, properties={"identity": {}, "user_id": {}})),
         # a preset's own exclusions are not the user's words
         ({"api_type": "heap_users"}, schema(closed=True, properties={"identity": {}, "user_id": {}})),
+        # fields whose names hold $ or [: in backquotes, or written as they are
+        (dict(TRACK, property_columns="`$city`,tags[0]"), schema(closed=True, properties={**DECLARED, "$city": {},
+                                                                                           "tags[0]": {}})),
     ],
 )
 def test_declared_or_uncheckable_columns_pass_silently(api, json_schema):
@@ -127,6 +130,8 @@ def test_every_refused_column_of_every_stream_is_named_at_once():
         ("$[*]", None),
         ("$", None),
         ("$.[", None),
+        ("`$city`", "$city"),
+        ("`a.b`", "a.b"),
     ],
 )
 def test_the_first_field_of_a_column(column, first):
