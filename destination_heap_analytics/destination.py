@@ -144,12 +144,12 @@ class DestinationHeapAnalytics(Destination):
 
     def check(self, logger: logging.Logger, config: Mapping[str, Any]) -> AirbyteConnectionStatus:
         """Validate the config and prove Heap's host answers, without writing anything into the project."""
+        update_secrets(get_secrets(self.spec(logger).connectionSpecification, config))
         try:
             heap_config = _parsed(config)
         except ConfigError as error:
-            return AirbyteConnectionStatus(status=Status.FAILED, message=str(error))
-        status, message = self._check(heap_config)
-        return AirbyteConnectionStatus(status=status, message=message)
+            return _status(Status.FAILED, str(error)).connectionStatus
+        return _status(*self._check(heap_config)).connectionStatus
 
     def write(
         self,
@@ -226,8 +226,11 @@ def _parsed(raw: Mapping[str, Any]) -> HeapConfig:
 
 
 def _status(status: Status, message: str | None) -> AirbyteMessage:
+    """check's answer, its message masked as every log line and TRACE is: a refusal may quote the value it
+    refuses, and that value may be a secret pasted into the wrong field."""
+    masked = filter_secrets(message) if message else message
     return AirbyteMessage(
-        type=Type.CONNECTION_STATUS, connectionStatus=AirbyteConnectionStatus(status=status, message=message)
+        type=Type.CONNECTION_STATUS, connectionStatus=AirbyteConnectionStatus(status=status, message=masked)
     )
 
 
