@@ -338,3 +338,20 @@ def test_every_way_heap_may_answer_success_counts_as_delivered(acknowledgement, 
     result.assert_clean()
     assert result.states == states_of(messages)
     assert sorted(item["identity"] for item in held) == sorted(row["email"] for row in rows)
+
+
+def test_a_2xx_whose_json_names_an_error_is_delivered_and_said_once_without_its_wording():
+    """A wrong app_id may be answered 200 {"error": "invalid app_id"} (one integration reports that Heap takes
+    it silently): still Heap's acknowledgement, as Heap's own clients take any 2xx, but said once in the log,
+    by the field's name only."""
+    rows = people(30)
+    messages = interleave(rows, every=10)
+    with HeapStandin(acknowledgement="json-error") as heap:
+        result = run_connector("write", config(heap, USER_API, batch_size=7), catalog(), messages)
+        held = len(heap.users)
+    result.assert_clean()
+    assert result.states == states_of(messages) and held == 30
+    said = [line for line in result.log_lines("WARN") if "says something went wrong" in line]
+    assert len(said) == 1, result.describe()
+    assert "HTTP 200 at /api/add_user_properties" in said[0] and "'error' field" in said[0]
+    assert "invalid app_id" not in result.stdout + result.stderr
