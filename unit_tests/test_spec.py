@@ -555,6 +555,7 @@ def test_metadata_is_what_the_registry_reads():
     assert data["remoteRegistries"] == {"pypi": {"enabled": True, "packageName": package}}
     assert data["supportsDbt"] is False and data["supportsNormalization"] is False
     assert data["supportsDataActivation"] is True  # discover answers Heap's objects (destination.py)
+    assert loaded.data.supportsRefreshes is True and data["supportsRefreshes"] is True  # as activation destinations
     assert data["documentationUrl"] == SPECIFICATION.documentationUrl
     assert data["connectorType"] == "destination" and data["definitionId"]
     # releases as Airbyte's ConnectorReleases schema has it (additionalProperties false; breakingChanges has at
