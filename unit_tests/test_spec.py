@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ast
 import datetime
+import fnmatch
 import json
 import logging
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -586,3 +588,16 @@ def test_metadata_is_what_the_registry_reads():
         "maxPercentage",
         "advanceDelayMinutes",
     }
+
+
+def test_secrets_stay_out_of_git_and_out_of_the_image_builds_context():
+    """The README's container example puts config.json (with any api_key) in secrets/: git must not offer it for
+    a commit, nor the build send it to the image builder (.dockerignore: a pattern naming a directory keeps out
+    all of it)."""
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", "-q", "secrets/config.json"], cwd=ROOT, check=False
+    )
+    assert ignored.returncode == 0, ".gitignore does not keep secrets/ out of git"
+    lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
+    patterns = [line.rstrip("/") for line in lines if line and not line.startswith("#")]
+    assert any(fnmatch.fnmatch("secrets", pattern) for pattern in patterns), ".dockerignore sends secrets/ to builds"
