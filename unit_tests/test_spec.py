@@ -601,3 +601,25 @@ def test_secrets_stay_out_of_git_and_out_of_the_image_builds_context():
     lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
     patterns = [line.rstrip("/") for line in lines if line and not line.startswith("#")]
     assert any(fnmatch.fnmatch("secrets", pattern) for pattern in patterns), ".dockerignore sends secrets/ to builds"
+
+
+def test_the_readmes_pyairbyte_snippet_sets_its_settings_before_importing_airbyte():
+    """PyAirbyte reads AIRBYTE_OFFLINE_MODE and AIRBYTE_NO_UV when airbyte is imported: set after, they do
+    nothing, and the snippet fails offline. Its destination config is one the spec and the connector accept."""
+    readme = (ROOT / "README.md").read_text().split("## Use from PyAirbyte", 1)[1]
+    snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    statements = ast.parse(snippet).body
+    imports = [n for n, s in enumerate(statements) if isinstance(s, ast.Import) and s.names[0].name == "airbyte"]
+    settings_at = {
+        ast.literal_eval(call.args[0]): n
+        for n, statement in enumerate(statements)
+        for call in ast.walk(statement)
+        if isinstance(call, ast.Call) and ast.unparse(call.func) == "os.environ.setdefault"
+    }
+    assert set(settings_at) == {"AIRBYTE_OFFLINE_MODE", "AIRBYTE_NO_UV"} and imports
+    assert max(settings_at.values()) < imports[0]
+    calls = [node for node in ast.walk(ast.parse(snippet)) if isinstance(node, ast.Call)]
+    (destination,) = [call for call in calls if ast.unparse(call.func) == "ab.get_destination"]
+    config = ast.literal_eval(next(k.value for k in destination.keywords if k.arg == "config"))
+    assert not spec_errors(config)
+    parse_config(config)
