@@ -12,13 +12,26 @@ holds for it unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from airbyte_cdk.models import ConfiguredAirbyteStream
+from airbyte_cdk.models import ConfiguredAirbyteStream, DestinationSyncMode
 
-from destination_heap_analytics.config import ConfigError, HeapConfig, StreamConfig, StreamKey, stream_config
+from destination_heap_analytics.config import (
+    ConfigError,
+    HeapConfig,
+    StreamConfig,
+    StreamKey,
+    stream_config,
+    stream_label,
+)
+from destination_heap_analytics.mapping import AIRBYTE_COLUMN_PREFIX, QUOTE
+from destination_heap_analytics.messages import Message, SourceRecord
+
+logger = logging.getLogger("airbyte")
+UNDECLARED_FIELDS_TOLD = 20  # per stream: past this many field names, the rest are left out without a word each
 
 IDENTITY = {
     "type": "string",
@@ -75,13 +88,18 @@ class Operation:
             described["matching_keys"] = [list(key) for key in self.matching_keys]
         return described
 
-    def api(self, key: tuple[str, ...]) -> dict[str, str]:
-        """The config's api object this operation stands for, matching on `key` (fields of one of matching_keys)."""
+    def api(self, key: tuple[str, ...], declared: Collection[str] | None = None) -> dict[str, str]:
+        """The config's api object this operation stands for, matching on `key` (fields of one of matching_keys).
+        With free properties, each field the stream's schema `declares` beyond the object's is one (by its own
+        name, whatever it holds: in backquotes); where the schema declares none, every field of the record."""
         key_columns = dict(self.key_columns)
         api = {"api_type": self.api_type} | dict(self.columns) | {key_columns[name]: name for name in key}
-        if self.free_properties:  # every field of the renamed record but the object's own is a property
-            api |= {"property_columns": "*", "excluded_columns": ",".join(self.fields)}
-        return api
+        if not self.free_properties:
+            return api
+        if declared is None:  # "*": every field of the renamed record but the object's own is a property
+            return api | {"property_columns": "*", "excluded_columns": ",".join(self.fields)}
+        properties = [_literal(name) for name in declared if name not in self.fields]
+        return api | ({"property_columns": ",".join(properties)} if properties else {})
 
 
 OPERATIONS = (
@@ -183,13 +201,63 @@ def mapped_in_ui(config: HeapConfig, streams: Iterable[ConfiguredAirbyteStream])
     return {(s.stream.name, s.stream.namespace or None): _stream_config(config, s) for s in streams}
 
 
+def declared_fields(configured: ConfiguredAirbyteStream) -> tuple[str, ...] | None:
+    """The fields the stream's configured json_schema declares (the platform writes it from the fields the user
+    mapped); None where it declares none (a catalog written by hand)."""
+    schema = configured.stream.json_schema
+    declared = schema.get("properties") if isinstance(schema, dict) else None
+    return tuple(str(name) for name in declared) if isinstance(declared, dict) and declared else None
+
+
+def undeclared_fields_told(messages: Iterable[Message], declared: dict[StreamKey, frozenset[str]]) -> Iterator[Message]:
+    """The messages as they come; each field a stream's records hold beyond what its schema `declared` (a column
+    added at the source reaches the destination unmapped under schema propagation) is left out by its mapping,
+    and said once a field in the log, counted, its name not shown (it comes from the source)."""
+    told: dict[StreamKey, set[str]] = {key: set() for key in declared}
+    for message in messages:
+        if message.__class__ is SourceRecord and isinstance(message.data, dict):
+            key = (message.stream, message.namespace)
+            names = told.get(key)
+            if names is not None and len(names) < UNDECLARED_FIELDS_TOLD:
+                _tell_undeclared(key, message.data.keys() - declared[key], names)
+        yield message
+
+
+def _tell_undeclared(key: StreamKey, fields: Collection[str], told: set[str]) -> None:
+    for field in fields:
+        if field in told or field.startswith(AIRBYTE_COLUMN_PREFIX) or len(told) >= UNDECLARED_FIELDS_TOLD:
+            continue
+        told.add(field)
+        last = len(told) == UNDECLARED_FIELDS_TOLD
+        more = f"; any more are left out without a word, as the first {UNDECLARED_FIELDS_TOLD} are" if last else ""
+        logger.warning(
+            f"Stream {stream_label(key)}: its records hold a field its configured schema does not declare (field "
+            f"{len(told)} so far{more}; names are not logged, they come from the source). It is left out of every "
+            "record: only the fields mapped in Airbyte's Mappings tab reach Heap. Map it there to send it."
+        )
+
+
+def _literal(name: str) -> str:
+    """A column naming the field `name` as it is, never as a path (mapping.literal_name)."""
+    return QUOTE + name.replace(QUOTE, QUOTE * 2) + QUOTE
+
+
+def _operation(configured: ConfiguredAirbyteStream) -> Operation | None:
+    """The operation a stream stands for: its object's, in its sync mode. Overwrite, which no object offers, is
+    how the platform clears a stream (Airbyte's Clear, or a refresh): Heap cannot remove what it holds
+    (destination.py says so in the log), so the stream stands for its object's operation that its matching key
+    fits, adding before deleting; a Clear brings no records."""
+    same_object = [op for op in OPERATIONS if op.object_name == configured.destination_object_name]
+    if configured.destination_sync_mode != DestinationSyncMode.overwrite:
+        return next((op for op in same_object if op.sync_mode == configured.destination_sync_mode.value), None)
+    key = tuple(".".join(path) for path in configured.primary_key or ())
+    return next((op for op in same_object if not (key and op.matching_keys) or key in op.matching_keys), None)
+
+
 def _stream_config(config: HeapConfig, configured: ConfiguredAirbyteStream) -> StreamConfig:
     name = configured.stream.name
     sync_mode = configured.destination_sync_mode.value
-    operation = next(
-        (op for op in OPERATIONS if (op.object_name, op.sync_mode) == (configured.destination_object_name, sync_mode)),
-        None,
-    )
+    operation = _operation(configured)
     if operation is None:
         offered = ", ".join(f"{op.object_name} ({op.sync_mode})" for op in OPERATIONS)
         raise ConfigError(
@@ -202,7 +270,7 @@ def _stream_config(config: HeapConfig, configured: ConfiguredAirbyteStream) -> S
             "key: set api_key in the destination's settings (Heap: Account > Manage > Privacy & Security), or map "
             "the stream with another sync mode."
         )
-    api = operation.api(_matching_key(operation, configured.primary_key, name))
+    api = operation.api(_matching_key(operation, configured.primary_key, name), declared_fields(configured))
     if operation.needs_deletion_key:
         api["api_key"] = config.api_key
     settings = {"bulk": config.bulk} | ({} if config.batch_size is None else {"batch_size": config.batch_size})

@@ -2,7 +2,8 @@
 
 `HeapClient.post` sends one request with retries (408, 429, 5xx, timeouts, dropped connections), each attempt
 an `exchange` bounded as a whole by `request_timeout_seconds`; what an answer means is a pure function of it
-(`classify`). A 2xx counts as an acknowledgement unless its body is plainly another server's page (HTML). Heap's
+(`classify`). A 2xx counts as an acknowledgement unless its body is plainly another server's page (HTML); one
+whose JSON says it failed (`{"error": ...}`) is still one, and said once in the log (`error_named`). Heap's
 refusals are logged only as a field path and a rule from a fixed list: its wording may quote record values.
 """
 
@@ -14,7 +15,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -56,6 +57,14 @@ HEAP_RULES = sorted(
     reverse=True,
 )
 UNEXPLAINED = "refused (Heap's wording is not logged: it may quote record values)"
+# The fields by which a JSON answer says it failed, and the values that mean it did: error_named
+ERROR_FIELDS: dict[str, Callable[[object], bool]] = {
+    "error": bool,
+    "errors": bool,
+    "success": lambda value: value is False,
+    "ok": lambda value: value is False,
+    "status": lambda value: isinstance(value, str) and value.lower() in ("error", "failed", "failure"),
+}
 
 
 class DeliveryError(Exception):
@@ -91,6 +100,21 @@ def is_heap_acknowledgement(body: bytes) -> bool:
     their tests mock it as an empty body (200 or 204). So any 2xx is Heap's (empty, `OK`, `Event accepted`,
     JSON) but an HTML or XML page, which only a wrong base_url (a proxy, a website) answers with."""
     return not body.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<")
+
+
+def error_named(body: bytes) -> str | None:
+    """The field by which a 2xx body's JSON object says something went wrong (`{"error": "invalid app_id"}`,
+    `{"success": false}`), one of ERROR_FIELDS; None for any other body. Only the field's name may be logged:
+    its value is Heap's wording, which may quote what was sent."""
+    if not body.lstrip()[:1] == b"{":
+        return None
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(answer, dict):
+        return None
+    return next((name for name, failed in ERROR_FIELDS.items() if name in answer and failed(answer[name])), None)
 
 
 class Verdict(enum.Enum):
@@ -233,7 +257,14 @@ class DeliveryCounters:
     bisections: int = 0
     paced_seconds: float = 0.0  # wall time during which at least one sender was held back
     _paced_through: float = 0.0
+    _error_named: bool = False  # a 2xx body named an error (HeapClient says so once a sync)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def first_error_named(self) -> bool:
+        """True the first time a 2xx body of the sync named an error, False after."""
+        with self._lock:
+            first, self._error_named = not self._error_named, True
+            return first
 
     def bisected(self) -> None:
         with self._lock:
@@ -297,6 +328,7 @@ class HeapClient:
             if verdict is Verdict.ACKNOWLEDGED:
                 if self._pacer:
                     self._pacer.accepted()
+                self._say_if_error_named(path, answer)
                 return answer
             if verdict is Verdict.REFUSED:
                 raise HeapRejected(answer.status, answer.body.decode("utf-8", "replace"))
@@ -325,6 +357,18 @@ class HeapClient:
                 self.counters.paced(started, time.monotonic())
             if self._stop.is_set():
                 raise DeliveryStopped()
+
+    def _say_if_error_named(self, path: str, answer: Answer) -> None:
+        """A 2xx stays Heap's acknowledgement, as Heap's own clients take it; one whose body names an error is
+        said once a sync, by the field's name only, for a user whose data does not show up in Heap."""
+        field_name = error_named(answer.body)
+        if field_name is not None and self.counters.first_error_named():
+            logger.warning(
+                f"Heap answered HTTP {answer.status} at {path} with a JSON body whose {field_name!r} field says "
+                "something went wrong (its wording is not logged: it may quote what was sent). Any 2xx is taken "
+                "as delivered, as Heap's own clients take it; this is said once a sync. If the data does not show "
+                f"up in Heap: {CHECK_BASE_URL}"
+            )
 
     def _pause_asked(self, path: str, answer: Answer, attempt: int) -> float:
         """The wait before retrying after a 408, 429 or 5xx: backoff, or longer if Heap asks (Retry-After, at most

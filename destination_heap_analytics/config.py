@@ -397,7 +397,7 @@ def _mapping(api: Any, where: str) -> MappingConfig:
     excluded = api.get("excluded_columns", "") if "excluded_columns" in option_columns(api_type) else ""
     if not isinstance(excluded, str):
         raise ConfigError(f"{where}.excluded_columns must be a comma-separated list of field names.")
-    columns["excluded_columns"] = frozenset(name.strip() for name in excluded.split(",") if name.strip())
+    columns["excluded_columns"] = frozenset(name.strip() for name in _listed(excluded) if name.strip())
     if columns.get("event_name") and len(columns["event_name"]) > MAX_EVENT_NAME:
         raise ConfigError(f"{where}.event_name is longer than Heap takes: at most {MAX_EVENT_NAME} characters.")
     for first, second, what in EXACTLY_ONE.get(api_type, ()):
@@ -445,7 +445,7 @@ def _property_columns(value: str | None, where: str) -> tuple[str, ...] | None:
         return ()
     if value == ALL_PROPERTIES:
         return None
-    names = tuple(name.strip() for name in value.split(","))
+    names = tuple(name.strip() for name in _listed(value))
     if any(not name for name in names):
         raise ConfigError(
             f"{where} has an empty name; write a comma-separated list such as "
@@ -454,6 +454,15 @@ def _property_columns(value: str | None, where: str) -> tuple[str, ...] | None:
     if ALL_PROPERTIES in names:
         raise ConfigError(f"{where}: use * alone for every field, not inside a list.")
     return names
+
+
+# A comma with an even number of backquotes after it: one outside any backquoted name (`a,b` is one name)
+_LIST_COMMA = re.compile(r",(?=(?:[^`]*`[^`]*`)*[^`]*$)")
+
+
+def _listed(value: str) -> list[str]:
+    """A comma-separated list of columns; a column in backquotes may hold commas (mapping.literal_name)."""
+    return _LIST_COMMA.split(value)
 
 
 def _boolean(raw: Mapping[str, Any], name: str) -> bool:

@@ -39,13 +39,19 @@ from airbyte_cdk.sources.utils.schema_helpers import check_config_against_spec_o
 from airbyte_cdk.utils.airbyte_secrets_utils import filter_secrets, get_secrets, update_secrets
 from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 
-from destination_heap_analytics.activation import destination_catalog, mapped_in_ui
+from destination_heap_analytics.activation import (
+    declared_fields,
+    destination_catalog,
+    mapped_in_ui,
+    undeclared_fields_told,
+)
 from destination_heap_analytics.config import (
     ConfigError,
     HeapConfig,
     StreamKey,
     parse_config,
     specification,
+    stream_label,
     streams_for_catalog,
 )
 from destination_heap_analytics.messages import Message, SourceState, from_airbyte_messages, parse_lines, read_lines
@@ -146,12 +152,12 @@ class DestinationHeapAnalytics(Destination):
     def check(self, logger: logging.Logger, config: Mapping[str, Any]) -> AirbyteConnectionStatus:
         """Validate the config and prove Heap's host answers, without writing anything into the project (and the
         bucket for rejected records, if one is configured, writable)."""
+        update_secrets(get_secrets(self.spec(logger).connectionSpecification, config))
         try:
-            heap_config, storage = parse_config(config), parse_storage_config(config)
+            heap_config, storage = _parsed(config), parse_storage_config(config)
         except ConfigError as error:
-            return AirbyteConnectionStatus(status=Status.FAILED, message=str(error))
-        status, message = self._check(heap_config, storage)
-        return AirbyteConnectionStatus(status=status, message=message)
+            return _status(Status.FAILED, str(error)).connectionStatus
+        return _status(*self._check(heap_config, storage)).connectionStatus
 
     def write(
         self,
@@ -195,6 +201,7 @@ class DestinationHeapAnalytics(Destination):
 
         in_ui = [configured for configured in catalog.streams if configured.destination_object_name]
         by_config = [configured for configured in catalog.streams if not configured.destination_object_name]
+        _say_heap_keeps_what_it_holds(catalog.streams)
         try:
             mapped = streams_for_catalog(config, _catalog_streams(by_config))
             # a mapping made in the UI was checked against the stream's fields by the platform, when it was saved
@@ -204,7 +211,11 @@ class DestinationHeapAnalytics(Destination):
         except ConfigError as error:
             raise AirbyteTracedException(message=str(error), failure_type=FailureType.config_error) from None
         # a dry run stores nothing: its records are neither sent nor rejected for good
-        writer = SyncWriter(config, streams, None if config.dry_run else open_store(storage, catalog))
+        store = None if config.dry_run else open_store(storage, catalog)
+        writer = SyncWriter(config, streams, _catalog_schemas(catalog.streams), store)
+        declared = {_key(c): frozenset(fields) for c in in_ui if (fields := declared_fields(c)) is not None}
+        if declared:  # an activation stream sends only its declared fields: the others are said in the log
+            messages = undeclared_fields_told(messages, declared)
         # SIGTERM can be handled only from the main thread; a host calling write elsewhere handles it itself
         return writer.write(messages, handle_sigterm=threading.current_thread() is threading.main_thread())
 
@@ -213,14 +224,32 @@ def _heap_config(raw: Mapping[str, Any]) -> tuple[HeapConfig, StorageConfig | No
     """The config parsed by the connector's rules, and its storage for rejected records; a refusal is a
     config_error naming the field."""
     try:
-        return parse_config(raw), parse_storage_config(raw)
+        return _parsed(raw), parse_storage_config(raw)
     except ConfigError as error:
         raise AirbyteTracedException(message=str(error), failure_type=FailureType.config_error) from None
 
 
+def _parsed(raw: Mapping[str, Any]) -> HeapConfig:
+    """The config parsed, and every column of its mappings compiled as a sync will (a column that is no valid
+    path is refused here, by check too, not at the first record)."""
+    from destination_heap_analytics.mapping import Mapping as RecordMapping  # the mapping's own path rules
+
+    config = parse_config(raw)
+    for stream in config.streams:
+        try:
+            RecordMapping(stream.mapping)
+        except ConfigError as error:
+            where = f"streams entry {stream.stream}" if stream.stream is not None else "api"
+            raise ConfigError(f"{where}: {error}") from None
+    return config
+
+
 def _status(status: Status, message: str | None) -> AirbyteMessage:
+    """check's answer, its message masked as every log line and TRACE is: a refusal may quote the value it
+    refuses, and that value may be a secret pasted into the wrong field."""
+    masked = filter_secrets(message) if message else message
     return AirbyteMessage(
-        type=Type.CONNECTION_STATUS, connectionStatus=AirbyteConnectionStatus(status=status, message=message)
+        type=Type.CONNECTION_STATUS, connectionStatus=AirbyteConnectionStatus(status=status, message=masked)
     )
 
 
@@ -241,21 +270,43 @@ def _read_catalog(path: str) -> ConfiguredAirbyteCatalog:
         ) from None
 
 
+def _key(configured: ConfiguredAirbyteStream) -> StreamKey:
+    return configured.stream.name, configured.stream.namespace or None
+
+
 def _catalog_streams(streams: list[ConfiguredAirbyteStream]) -> list[StreamKey]:
-    """The (name, namespace) of each stream mapped by the config. Heap cannot delete, so a stream that asks for
-    overwrite (a catalog written by hand or by older tooling) loads as append does."""
-    for configured in streams:
-        if configured.destination_sync_mode == DestinationSyncMode.overwrite:
-            logger.warning(
-                f"Stream {configured.stream.name}: sync mode overwrite, but Heap cannot delete data, so records "
-                "are added as with append; nothing already in Heap is removed."
-            )
-    return [(configured.stream.name, configured.stream.namespace or None) for configured in streams]
+    """The (name, namespace) of each stream mapped by the config."""
+    return [_key(configured) for configured in streams]
 
 
 def _catalog_schemas(streams: list[ConfiguredAirbyteStream]) -> dict[StreamKey, Any]:
     """Each stream's json_schema, as the source declared it, by (name, namespace)."""
-    return {(c.stream.name, c.stream.namespace or None): c.stream.json_schema for c in streams}
+    return {_key(configured): configured.stream.json_schema for configured in streams}
+
+
+def _say_heap_keeps_what_it_holds(streams: list[ConfiguredAirbyteStream]) -> None:
+    """Heap's ingestion APIs cannot delete. A stream whose sync asks to remove what earlier syncs loaded loads as
+    if it did not: overwrite (Airbyte's Clear, a full refresh that replaces, a catalog of older tooling) as
+    append, or as its object's operation; a refresh that drops earlier generations (minimum_generation_id up to
+    generation_id, as the platform sends it with supportsRefreshes) as it is. The log says so, and how to delete
+    users, which Heap can do."""
+    for configured in streams:
+        overwrite = configured.destination_sync_mode == DestinationSyncMode.overwrite
+        minimum = configured.minimum_generation_id
+        if not (overwrite or minimum and minimum == configured.generation_id):
+            continue
+        asked = "sync mode overwrite" if overwrite else "a refresh that drops earlier loads (minimum_generation_id)"
+        loads = "with append" if overwrite and not configured.destination_object_name else "as usual"
+        if configured.destination_object_name:
+            how = ("map a stream of their identities or Heap user IDs onto the object user with the sync mode Soft "
+                   "delete in Airbyte's Mappings tab (it needs api_key, Heap's deletion key)")
+        else:
+            how = "load a stream of their identities or Heap user IDs with api_type delete_users"
+        logger.warning(
+            f"Stream {stream_label(_key(configured))}: {asked} asks to clear the data earlier syncs loaded, but "
+            "Heap's ingestion APIs cannot delete: Heap's data is not cleared, nothing already in Heap is removed, "
+            f"and the stream's records, if any, are added {loads}. To delete users and their data from Heap, {how}."
+        )
 
 
 def _deletion_credentials_problem(config: HeapConfig) -> str | None:

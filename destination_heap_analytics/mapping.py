@@ -34,6 +34,7 @@ _JSON_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?", re.ASCII)
 ALL_FIELDS = "*"  # what notes call a property under property_columns "*": its key may be data
 FORBIDDEN_USER_PROPERTY = "id"  # Heap refuses a user property named id, in any casing
 ARRAY_SEPARATOR = "||"  # how Heap itself stores arrays
+QUOTE = "`"  # a column in backquotes names a record key as it is, never a path
 # Columns Airbyte tools add (PyAirbyte's cache: _airbyte_raw_id, _airbyte_extracted_at, _airbyte_meta). They
 # describe the copy, not the record: never properties, and never part of a record's identity (idempotency).
 AIRBYTE_COLUMN_PREFIX = "_airbyte_"
@@ -65,35 +66,55 @@ class Rejection:
         return f"{self.reason} (column {self.column})" if self.column else self.reason
 
 
-class ColumnPath:
-    """A configured column, compiled once: a dotted path (`identities.connection`, `items.0.sku`) or JSONPath.
+def literal_name(column: str) -> str | None:
+    """The field a column written in backquotes names as it is, never as a path (`` `$city` `` is the field
+    `$city`, `` `tags[0]` `` the field `tags[0]`; a doubled backquote stands for one); None for any other."""
+    if len(column) >= 2 and column[0] == column[-1] == QUOTE:
+        return column[1:-1].replace(QUOTE * 2, QUOTE)
+    return None
 
-    Dotted paths are resolved by a small loop over pre-split segments because they run for every column of
-    every record, and jsonpath-ng's general `find` machinery is far heavier than a dict lookup. Anything
-    written in JSONPath syntax (`$...`, brackets, filters) is handed to jsonpath-ng, which also validates it
-    once here.
+
+class ColumnPath:
+    """A configured column, compiled once: a record key, a dotted path (`identities.connection`, `items.0.sku`)
+    or JSONPath; in backquotes, a record key whatever it holds.
+
+    A record key that is exactly the column as written is matched first, whatever the column looks like
+    (`address.city`, `tags[0]`), so a field whose name holds dots or brackets is found as it is. Dotted paths
+    are resolved by a small loop over pre-split segments because they run for every column of every record,
+    and jsonpath-ng's general `find` machinery is far heavier than a dict lookup. Anything written in JSONPath
+    syntax (`$...`, brackets) is handed to jsonpath-ng, which also validates it once here.
     """
 
     def __init__(self, column: str) -> None:
-        self.column = column
+        self.column = column  # as written in the config
+        literal = literal_name(column)
+        self.name = column if literal is None else literal  # the property key it gives: the field's own name
+        self._key = self.name  # the record key matched before any path
         self._jsonpath: Any = None
         self._segments: tuple[tuple[str, int | None], ...] = ()
+        if literal is not None:
+            return
         if column.startswith("$") or "[" in column:
             try:
                 self._jsonpath = parse_jsonpath(column)
             except (JsonPathParserError, Exception) as error:
-                raise ConfigError(f"Column {column!r} is not a valid path: {error}") from None
+                raise ConfigError(
+                    f"Column {column!r} is not a valid path ({error}): a column that starts with $ or holds [ is "
+                    f"read as JSONPath. To name a field called {column} as it is, write it in backquotes: "
+                    f"`{column}`."
+                ) from None
         elif "." in column:
             self._segments = tuple((part, int(part) if part.isdigit() else None) for part in column.split("."))
 
     def resolve(self, record: dict[str, Any]) -> Any:
         """The column's value in the record, or None when the record does not have it."""
-        if not self._segments:
-            if self._jsonpath is None:
-                return record.get(self.column)
+        if not self._segments and self._jsonpath is None:
+            return record.get(self._key)
+        if self._key in record:  # a flat key such as "address.city" or "tags[0]" wins over the path
+            return record[self._key]
+        if self._jsonpath is not None:
             return next((match.value for match in self._jsonpath.find(record)), None)
-        # a flat key that itself contains dots, such as "address.city", wins over the nested path
-        return record[self.column] if self.column in record else _walk(record, self._segments)
+        return _walk(record, self._segments)
 
 
 def _walk(value: Any, segments: tuple[tuple[str, int | None], ...]) -> Any:
@@ -133,7 +154,7 @@ class Mapping:
         self._user_id = ColumnPath(config.user_id_column) if config.user_id_column else None
         self._properties = None if config.property_columns is None else [ColumnPath(c) for c in config.property_columns]
         self._forbid_id = config.api_type == "add_user_properties"
-        self._excluded = config.excluded_columns
+        self._excluded = frozenset(literal_name(column) or column for column in config.excluded_columns)
         # a fixed event name (event_name) is the event of every record; else the column's, or the default
         self._default_event = config.event_name or config.default_event
         self._event_id = ColumnPath(config.event_id_column) if config.event_id_column else None
@@ -225,7 +246,7 @@ class Mapping:
                 excluded = excluded | {key for key in record if key.startswith(AIRBYTE_COLUMN_PREFIX)}
             self._put_fields(properties, "", record, notes, ALL_FIELDS, excluded)
         else:  # each top-level key is a configured column, so notes may name it
-            self._put_fields(properties, "", {path.column: path.resolve(record) for path in self._properties}, notes)
+            self._put_fields(properties, "", {path.name: path.resolve(record) for path in self._properties}, notes)
         return properties
 
     def _put_fields(
@@ -238,8 +259,9 @@ class Mapping:
         excluded: frozenset[str] = frozenset(),
     ) -> None:
         """Every field of an object but the `excluded` ones, nested objects under dotted keys. The hot path of
-        every load: plain short text, booleans and ordinary numbers under ordinary names are taken as they
-        are, and only the rest goes through the full rules in _put.
+        every load: plain short text and ordinary numbers under ordinary names are taken as they are, and only
+        the rest (booleans among it: `bool` is a subclass of `int`, but not its class) goes through the full
+        rules in _put.
 
         Notes name `column`: `*` under property_columns "*", where any key may be data (a map keyed by
         e-mail address, say), else the configured column a value came from (a top-level key here, when
@@ -260,7 +282,6 @@ class Mapping:
             if (
                 kind is str
                 and len(value) <= MAX_TEXT_LENGTH
-                or kind is bool
                 or kind is int
                 and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
                 or kind is float
@@ -297,10 +318,11 @@ class Mapping:
             properties[key] = value
 
 
-def property_value(value: Any) -> str | int | float | bool | None:
-    """A scalar Heap stores as it is; arrays joined the way Heap joins them; None for what Heap can't hold."""
+def property_value(value: Any) -> str | int | float | None:
+    """A string or number as it is; a boolean as the text "true" or "false" (Heap takes a number or a string,
+    README: Values); arrays joined the way Heap joins them; None for what Heap can't hold."""
     if isinstance(value, bool):
-        return bool(value)
+        return _boolean_text(value)
     if isinstance(value, str):
         return value
     if isinstance(value, int):
@@ -313,11 +335,16 @@ def property_value(value: Any) -> str | int | float | bool | None:
     return None
 
 
+def _boolean_text(value: bool) -> str:
+    """A boolean as Heap's own clients and its examples send it: "true" or "false"."""
+    return "true" if value else "false"
+
+
 def _array_element_text(element: Any) -> str:
     if isinstance(element, str):
         return element
     if isinstance(element, bool):
-        return "true" if element else "false"
+        return _boolean_text(element)
     if isinstance(element, (int, float)):
         return str(element)
     try:

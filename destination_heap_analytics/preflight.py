@@ -2,12 +2,16 @@
 
 Before anything is sent, `check_columns` holds each stream's mapping against the stream's json_schema in the
 configured catalog (the platform always sends the source's schema). Once records flow, a `ColumnWatch` per
-stream sees whether every record so far was skipped because the same required column is absent from it: the
-sync then stops before the stream's first STATE leaves, so a config mistake never moves the source's cursor.
+stream sees whether every record so far was skipped because the same required column, one the schema does not
+declare, is absent from it: the sync then stops before the stream's first STATE leaves, so a config mistake
+never moves the source's cursor. A declared column a record lacks is data (a source leaves out a null, a CDC
+update carries only what changed). Where the schema declares nothing, a property column no record had by the
+stream's first STATE is named in a warning.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from difflib import get_close_matches
 from typing import Any
@@ -23,7 +27,7 @@ from destination_heap_analytics.config import (
     StreamKey,
     stream_label,
 )
-from destination_heap_analytics.mapping import HeapItem, Rejection
+from destination_heap_analytics.mapping import HeapItem, Rejection, literal_name
 
 # The difflib ratio (case ignored) from which an undeclared column is taken for a typo of a declared one:
 # emial for email scores 0.8, plna for plan 0.75; updated_at for created_at (0.7) is a column of its own.
@@ -41,6 +45,8 @@ COLUMN_FIELDS = (
 # At a stream's first STATE, or at its this-many-th record if that comes first, the watch gives its verdict.
 RECORDS_WATCHED = 1000
 
+logger = logging.getLogger("airbyte")
+
 
 def check_columns(streams: Mapping[StreamKey, StreamConfig], schemas: Mapping[StreamKey, Any]) -> list[str]:
     """Every column each stream's mapping names, against the `properties` its schema declares. An undeclared
@@ -51,8 +57,8 @@ def check_columns(streams: Mapping[StreamKey, StreamConfig], schemas: Mapping[St
     warnings: list[str] = []
     for key, stream in streams.items():
         schema = schemas.get(key)
-        declared = schema.get("properties") if isinstance(schema, Mapping) else None
-        if not isinstance(declared, Mapping) or not declared:
+        declared = declared_columns(schema)
+        if declared is None:
             continue  # nothing declared: nothing to hold the mapping against
         closed = schema.get("additionalProperties") is False
         for field, column in named_columns(stream):
@@ -77,6 +83,12 @@ def check_columns(streams: Mapping[StreamKey, StreamConfig], schemas: Mapping[St
     return warnings
 
 
+def declared_columns(schema: Any) -> Mapping[str, Any] | None:
+    """The top-level properties a stream's json_schema declares; None where it declares none (schemaless)."""
+    declared = schema.get("properties") if isinstance(schema, Mapping) else None
+    return declared if isinstance(declared, Mapping) and declared else None
+
+
 def named_columns(stream: StreamConfig) -> Iterator[tuple[str, str]]:
     """(config field, column) for every record column the mapping names. A preset's optional columns are left
     out: its mapping is made to work without them (Heap Connect's per-event tables have no `type`)."""
@@ -95,7 +107,11 @@ def named_columns(stream: StreamConfig) -> Iterator[tuple[str, str]]:
 
 def first_field(column: str) -> str | None:
     """The record's top-level field a column starts from: address for address.city, items for items[0].sku,
-    email for $.email; None where a JSONPath starts anywhere else ($..email, $[*])."""
+    email for $.email, $city for `$city` (in backquotes: the field itself); None where a JSONPath starts
+    anywhere else ($..email, $[*])."""
+    literal = literal_name(column)
+    if literal is not None:
+        return literal
     if not (column.startswith("$") or "[" in column):
         return column.split(".", 1)[0]
     try:
@@ -137,41 +153,73 @@ def _closest(column: str, declared: Mapping[str, Any], cutoff: float) -> list[st
 
 
 class ColumnWatch:
-    """One stream's first records, watched for a required column none of them has.
+    """One stream's first records, watched for a column of the mapping that the records do not have.
 
-    While every record of the stream so far was skipped for the same reason and column (missing_identity for
-    identity_column emial, say), and that column is absent from each record (not merely empty: an anonymous
-    row with identity null is data, not a mistake), the column is suspect. The verdict comes at the stream's
-    first STATE, or at its RECORDS_WATCHED-th record if that comes first: a suspect column then stops the sync
-    before the STATE leaves. After the verdict, or after any other record, the stream is no longer watched."""
+    A required column the schema does not declare is suspect while every record of the stream so far was skipped
+    for the same reason and column (missing_identity for identity_column emial, say) and that column is absent
+    from each record (not merely empty: an anonymous row with identity null is data, not a mistake). The
+    verdict comes at the stream's first STATE, or at its RECORDS_WATCHED-th record if that comes first: a suspect
+    column then stops the sync before the STATE leaves. A column the schema declares is never suspect: a record
+    without it is data, skipped and counted. After the verdict, or after any other record, that watch ends.
 
-    def __init__(self, stream: StreamConfig, key: StreamKey) -> None:
+    Where the schema declares nothing (`schema` None or without properties), the property columns are watched
+    too: at the stream's first STATE after a record, each one no record so far had is named in a warning (a
+    misspelled optional column would otherwise never reach Heap without a word). Column names come from the
+    config: safe to log."""
+
+    def __init__(self, stream: StreamConfig, key: StreamKey, schema: Any = None) -> None:
         self._name = stream_label(key)
         self._property_columns = stream.mapping.property_columns or ()
+        self._declared = declared_columns(schema)
         self._records = 0
         self._suspect: Rejection | None = None
+        self._suspecting = True
+        # the property columns no record has had yet, where no schema says which the stream has
+        self._unseen = list(self._property_columns) if self._declared is None else []
         self.watching = True
 
     def saw(self, record: Any, result: HeapItem | Rejection) -> str | None:
         """One record of the stream and what the mapping made of it; the refusal once the watch's last record
-        proves the column absent."""
+        proves a required column absent."""
         if not self.watching:
             return None
         self._records += 1
+        if self._unseen and isinstance(record, dict):
+            self._unseen = [column for column in self._unseen if _absent(record, column)]
+        refusal = self._suspected(record, result) if self._suspecting else None
+        self.watching = self._suspecting or bool(self._unseen)
+        return refusal
+
+    def at_state(self) -> str | None:
+        """A STATE of the stream arrived: the refusal, if every record so far lacked the same undeclared
+        required column; a warning naming each property column no record had, where the schema declares none."""
+        if not self.watching or not self._records:
+            return None  # a STATE before any record of the stream proves nothing: the next one decides
+        self.watching = False
+        if self._unseen:
+            logger.warning(
+                f"Stream {self._name}: none of its first {self._records} records has the property column(s) "
+                f"{', '.join(self._unseen)}, so no property of that name reached Heap. The stream's schema "
+                "declares no fields to check them against: if the records should have them, fix the column names "
+                "in property_columns (they are case-sensitive)."
+            )
+            self._unseen = []
+        return self._verdict() if self._suspecting else None
+
+    def _suspected(self, record: Any, result: HeapItem | Rejection) -> str | None:
+        """The required-column watch over one more record: it ends at a record that is not skipped for the
+        same absent, undeclared column; at the RECORDS_WATCHED-th, the verdict."""
         if result.__class__ is not Rejection or not self._lacks_column(record, result) or self._suspect not in (
             None,
             result,
         ):
-            self.watching, self._suspect = False, None
+            self._suspecting, self._suspect = False, None
             return None
         self._suspect = result
-        return self.at_state() if self._records >= RECORDS_WATCHED else None
+        return self._verdict() if self._records >= RECORDS_WATCHED else None
 
-    def at_state(self) -> str | None:
-        """A STATE of the stream arrived: the refusal, if every record so far lacked the same column."""
-        if not self.watching or not self._records:
-            return None  # a STATE before any record of the stream proves nothing: the next one decides
-        self.watching = False
+    def _verdict(self) -> str | None:
+        self._suspecting = False
         if self._suspect is None:
             return None
         if self._suspect.reason == "no_properties":
@@ -186,14 +234,24 @@ class ColumnWatch:
         )
 
     def _lacks_column(self, record: Any, rejection: Rejection) -> bool:
-        """The rejection is for a required column that is absent from the record."""
+        """The rejection is for a required column that is absent from the record and that the schema does not
+        declare (a declared column a record lacks is data: a source leaving out a null, a partial update)."""
         if not isinstance(record, dict):
             return False
         if rejection.reason == "no_properties":
-            return bool(self._property_columns) and all(_absent(record, c) for c in self._property_columns)
-        return rejection.reason.startswith("missing_") and rejection.column is not None and _absent(
-            record, rejection.column
+            return bool(self._property_columns) and all(
+                _absent(record, column) and not self._declares(column) for column in self._property_columns
+            )
+        column = rejection.column
+        return (
+            rejection.reason.startswith("missing_")
+            and column is not None
+            and _absent(record, column)
+            and not self._declares(column)
         )
+
+    def _declares(self, column: str) -> bool:
+        return self._declared is not None and _declares(self._declared, column)
 
 
 def _absent(record: dict[str, Any], column: str) -> bool:

@@ -45,18 +45,24 @@ UNREADABLE_RECORD = Fate("unreadable_record")
 class StreamLoad:
     """One catalog stream's part of a sync: its mapping, its route to Heap, and its first records' watch."""
 
-    def __init__(self, key: StreamKey, stream: StreamConfig, route: Route) -> None:
+    def __init__(self, key: StreamKey, stream: StreamConfig, route: Route, schema: Any = None) -> None:
         self.mapping = Mapping(stream.mapping, key[0])
         self.api_type = stream.mapping.api_type
         self.merges = self.api_type in MERGING_APIS
-        self.watch = ColumnWatch(stream, key)  # its first records, for a required column none of them has
+        self.watch = ColumnWatch(stream, key, schema)  # its first records, for a column none of them has
         self.route = route
 
 
 class SyncWriter:
     def __init__(
-        self, config: HeapConfig, streams: dict[StreamKey, StreamConfig], store: RejectedStore | None = None
+        self,
+        config: HeapConfig,
+        streams: dict[StreamKey, StreamConfig],
+        schemas: dict[StreamKey, Any] | None = None,
+        store: RejectedStore | None = None,
     ) -> None:
+        """`schemas`: each stream's json_schema in the configured catalog (ColumnWatch tells by it whether a column
+        a record lacks is data or a mistake); `store`: where rejected records are kept for the user, if anywhere."""
         self._config = config
         self._stop = threading.Event()
         self._store = store
@@ -74,7 +80,7 @@ class SyncWriter:
             if settings not in routes:
                 client = HeapClient(config, pacers[kind], self._stop, counters, api_key)
                 routes[settings] = Route(config, *kind, stream.batch_size, client)
-            self._loads[key] = StreamLoad(key, stream, routes[settings])
+            self._loads[key] = StreamLoad(key, stream, routes[settings], (schemas or {}).get(key))
         # the window: what may wait for Heap at once, queued as well as in flight, so that no sender idles
         batch_size = max((stream.batch_size for stream in streams.values()), default=1)
         self._window_records = 2 * config.max_concurrent_requests * batch_size

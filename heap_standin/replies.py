@@ -22,6 +22,8 @@ ACKNOWLEDGEMENTS = {
     "json": Reply(200, b"{}", "application/json"),
     "ok": Reply(200, b"OK"),
     "event-accepted": Reply(200, b"Event accepted"),
+    # what one integration reports of a wrong app_id: a 200 whose JSON names an error, the data taken nowhere
+    "json-error": Reply(200, b'{"error": "invalid app_id"}', "application/json"),
 }
 
 

@@ -83,9 +83,10 @@ def _property_value_error(key: str, value: Any) -> str | None:
         )
     if kind is float:
         return None if math.isfinite(value) else f".properties.{_short(key)} should be a finite number"
-    if kind is int or kind is bool:
+    if kind is int:
         return None
-    return f".properties.{_short(key)} should be string, number or boolean"
+    # Heap documents "a number or string"; its own Node and Ruby clients raise on a boolean before sending
+    return f".properties.{_short(key)} should be string or number"
 
 
 def _properties_error(body: dict, required: bool, forbid_id: bool = False) -> str | None:

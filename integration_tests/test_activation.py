@@ -292,3 +292,53 @@ def test_check_proves_the_deletion_key_by_fetching_a_token_and_deletes_nothing()
         wrong = run_connector("check", activation_config(heap, api_key="s3cret-wrong-key"), private=["s3cret-wrong"])
         assert wrong.statuses[0]["status"] == "FAILED", wrong.describe()
         assert "401" in wrong.statuses[0]["message"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Clear data, and columns the user never mapped
+
+
+def cleared(configured: dict, how: str) -> dict:
+    """The stream as the platform sends it in a Clear job: the object kept, sync mode overwrite (or, with
+    supportsRefreshes, the object's own sync mode with minimum_generation_id up to the new generation)."""
+    stream = {**configured, "sync_mode": "full_refresh", "generation_id": 4, "minimum_generation_id": 4}
+    if how == "overwrite":
+        stream["destination_sync_mode"] = "overwrite"
+    return stream
+
+
+@pytest.mark.parametrize("how", ["overwrite", "refresh"])
+def test_a_clear_job_succeeds_sends_nothing_echoes_the_states_and_says_heap_keeps_its_data(heap, how):
+    """Before, sync mode overwrite was refused as a config_error and the Clear job failed."""
+    config = activation_config(heap, api_key=DELETION_KEY)
+    operations = discover(config)
+    choices = [SIGNUPS, CONTACTS, COMPANIES, MERGES, ERASURES]
+    catalog = {"streams": [cleared(configured_stream(operations, choice), how) for choice in choices]}
+    messages = [stream_state(choice.stream, state_id, 0, 0) for state_id, choice in enumerate(choices, 1)]
+    result = run_connector("write", config, catalog, messages, private=[DELETION_KEY])
+    result.assert_clean()
+    assert [state["id"] for state in result.states] == [1, 2, 3, 4, 5]
+    assert result.destination_stats == [{"recordCount": 0.0, "rejectedRecordCount": 0.0}] * 5
+    assert heap.stats()["requests"] == 0 and heap.tokens_issued == 0
+    said = [line for line in result.log_lines("WARN") if "Heap's data is not cleared" in line]
+    assert [line.split(":")[0] for line in said] == [f"Stream {choice.stream}" for choice in choices]
+    assert all("object user with the sync mode Soft delete" in line for line in said), said
+
+
+def test_a_field_the_configured_schema_does_not_declare_never_reaches_heap_and_is_counted_once(heap):
+    """Schema propagation selects a column added at the source and hands it on under its source name, unmapped:
+    only the fields the stream's configured schema declares are sent; each other field is said once, unnamed."""
+    config = activation_config(heap)
+    catalog = {"streams": [configured_stream(discover(config), CONTACTS)]}
+    rows = [{"identity": f"secret-contact-{i}@example.com", "full_name": f"Secret Name {i}", "plan": "pro",
+             "secret_new_column": f"secret-new-{i}", "secret_other_column": i} for i in range(3)]
+    messages = [{"type": "RECORD", "record": {"stream": "contacts", "data": row, "emitted_at": 1}} for row in rows]
+    messages.append(stream_state("contacts", 1, 3, 3))
+    result = run_connector("write", config, catalog, messages, private=["secret_new_column", "secret_other_column"])
+    result.assert_clean()
+    assert [without_app_id(user)["properties"] for user in heap.users] == [
+        {"full_name": f"Secret Name {i}", "plan": "pro"} for i in range(3)
+    ]
+    said = [line for line in result.log_lines("WARN") if "does not declare" in line]
+    assert len(said) == 2, result.describe()  # two field names, three records each
+    assert "(field 1 so far" in said[0] and "(field 2 so far" in said[1]

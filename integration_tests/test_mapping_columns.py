@@ -7,9 +7,13 @@
   the sync goes on.
 - A field inside `api` or a `streams` entry that is not an option fails `check` and `write`, naming the
   closest option; unknown top-level fields stay ignored, as in 0.1.0.
-- Where the schema declares nothing, every record of a stream skipped for the same required column that none
-  of them has ends the sync with a config_error before the stream's first STATE leaves (or at its 1000th
-  record): a config mistake never moves the cursor. Invalid records among valid ones are skipped as before.
+- Every record of a stream skipped for the same required column that none of them has, a column the schema
+  does not declare (or a schema that declares nothing), ends the sync with a config_error before the stream's
+  first STATE leaves (or at its 1000th record): a config mistake never moves the cursor. A declared column a
+  record lacks is data (a null the source left out, a CDC update): counted, never a stop. Invalid records
+  among valid ones are skipped as before.
+- Where the schema declares nothing, a property column no record has had by the stream's first STATE is named
+  in a warning.
 """
 
 from __future__ import annotations
@@ -173,3 +177,75 @@ def test_invalid_records_among_valid_ones_are_still_skipped_and_the_sync_succeed
     assert result.returncode == 0, result.describe()
     assert len(result.states) == 3 and len(heap.events) == 20
     assert result.skipped == {"missing_identity (column email)": 10}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A declared column a record lacks is data
+
+
+def test_a_declared_identity_column_the_only_record_lacks_is_counted_and_the_cursor_moves(heap):
+    """The source left out a null: the schema declares email, the incremental sync's one record has no email
+    key. Before, a config_error on every retry, and the cursor never moved."""
+    row = {key: value for key, value in person(1).items() if key != "email"}
+    messages = [record(row), state(1, state_id=1)]
+    result = run_connector("write", config(heap, TRACK_API), catalog_with_schema(PERSON_SCHEMA), messages)
+    result.assert_clean()
+    assert result.skipped == {"missing_identity (column email)": 1}
+    assert result.destination_stats == [{"recordCount": 0, "rejectedRecordCount": 1}]
+    assert heap.stats()["requests"] == 0
+
+
+def test_partial_updates_of_a_cdc_source_are_counted_as_records_not_a_config_error(heap):
+    """A CDC source's updates carry what changed: every update so far changed a column the mapping does not
+    load, so each is no_properties; the states leave and the later full rows load."""
+    partial = [{"email": f"secret-person-{i}@example.com", "updated_at": "2023-03-01T10:00:00Z"} for i in range(5)]
+    messages = [record(row) for row in partial] + [global_state(1)]
+    messages += [record(row) for row in people(3)] + [global_state(2)]
+    result = run_connector("write", config(heap, USER_API), catalog_with_schema(PERSON_SCHEMA), messages)
+    result.assert_clean()
+    assert result.skipped == {"no_properties (column property_columns)": 5}
+    assert result.destination_stats == [
+        {"recordCount": 0, "rejectedRecordCount": 5},
+        {"recordCount": 3, "rejectedRecordCount": 0},
+    ]
+    assert len(heap.users) == 3
+
+
+def test_a_property_column_no_record_of_a_schemaless_stream_has_is_named_at_its_first_state(heap):
+    """The catalog declares nothing, so nothing could be checked before the sync: a misspelled optional column
+    (plna) would never reach Heap without a word. It is named once, at the first state; the sync goes on."""
+    api = {**TRACK_API, "property_columns": "plan,plna,name"}
+    result = run_connector("write", config(heap, api), catalog(), interleave(people(20), every=10))
+    result.assert_clean()
+    warned = [line for line in result.log_lines("WARN") if "property column" in line]
+    assert len(warned) == 1, result.describe()
+    assert "Stream users: none of its first 10 records has the property column(s) plna, so" in warned[0]
+    assert len(result.states) == 2 and len(heap.events) == 20
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Any field a record can have can be named
+
+
+def test_a_column_that_is_no_path_fails_check_and_write_saying_how_to_name_the_field(heap):
+    """$city is not JSONPath: before, check succeeded and write ended in a traceback at its first record."""
+    api = {**USER_API, "property_columns": "plan,$city"}
+    checked = run_connector("check", config(heap, api))
+    assert_check_failed(checked, ["api: Column '$city' is not a valid path", "write it in backquotes: `$city`"])
+    assert_no_traceback(checked)
+    written = run_connector("write", config(heap, api), catalog(), interleave(people(3), every=3))
+    assert_refused_before_anything_left(written, heap, "Column '$city' is not a valid path")
+
+
+def test_fields_named_with_dollar_signs_and_brackets_load_under_their_own_names(heap):
+    """A field literally named tags[0] is matched as it is (a record key exactly the column wins over the path);
+    $city, which is no path at all, is named in backquotes."""
+    api = {**USER_API, "property_columns": "plan,`$city`,tags[0],`a,b`"}
+    rows = [person(i, **{"$city": f"secret-city-{i}", "tags[0]": f"secret-tag-{i}", "a,b": i}) for i in range(3)]
+    declared = {**PERSON_SCHEMA["properties"], "$city": {}, "tags[0]": {}, "a,b": {}}
+    json_schema = {**PERSON_SCHEMA, "properties": declared}
+    result = run_connector("write", config(heap, api), catalog_with_schema(json_schema), interleave(rows, every=3))
+    result.assert_clean()
+    assert [user["properties"] for user in heap.users] == [
+        {"plan": row["plan"], "$city": row["$city"], "tags[0]": row["tags[0]"], "a,b": row["a,b"]} for row in rows
+    ]

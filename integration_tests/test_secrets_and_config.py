@@ -605,3 +605,31 @@ def test_deletion_api_key_in_use_refused_or_malformed_is_never_echoed(tmp_path: 
     _secret_scan(
         tmp_path, ("api", "api_key"), _deletion_config, extra_jobs=_malformed_key_jobs, also=_key_really_used
     )
+
+
+@pytest.mark.parametrize("command", ["check", "write"])
+def test_a_secret_pasted_into_another_field_is_masked_by_check_as_by_write(command: str, tmp_path: Path) -> None:
+    """The deletion key pasted into dry_run: the refusal quotes the value it refuses, and the key must not show.
+    Before, write masked it and check printed it in its FAILED status."""
+    secret = f"SECRET-KEY-{uuid.uuid4().hex}"
+    recorder = _recorder()
+    try:
+        raw = {**valid_config("http://127.0.0.1:9"), "api_key": secret, "dry_run": secret}
+        result = run(tmp_path, command, raw, recorder.env(LOOPBACK), stdin=SECRET_INPUT)
+    finally:
+        recorder.close()
+    refusal = result.statuses[0]["message"] if command == "check" else result.errors[-1]["message"]
+    assert refusal.startswith("dry_run must be true or false"), result.describe()
+    assert secret not in result.stdout + result.stderr and secret[:16] not in result.stdout, result.describe()
+    assert_no_traceback(result)
+
+
+def test_the_cdks_in_process_check_masks_a_secret_in_its_message_too() -> None:
+    """Hosts that call check in-process (the CDK's contract) get the same masked message."""
+    from destination_heap_analytics import DestinationHeapAnalytics
+
+    secret = f"SECRET-KEY-{uuid.uuid4().hex}"
+    raw = {**valid_config("http://127.0.0.1:9"), "api_key": secret, "dry_run": secret}
+    status = DestinationHeapAnalytics().check(logging.getLogger("airbyte"), raw)
+    assert status.status.value == "FAILED" and status.message.startswith("dry_run must be true or false")
+    assert secret not in status.message

@@ -14,10 +14,13 @@ from heap_standin import HeapStandin  # noqa: E402
 
 SAMPLES = ROOT / "sample_files"
 CONNECTOR = str(Path(sys.executable).parent / "destination-heap-analytics")
+# Each of Heap's five APIs: its sample config, the sample input, and what the stand-in holds once it is loaded
 LOADS = [
-    ("track", "config_track.json", "events"),
-    ("add_user_properties", "config_user_properties.json", "users"),
-    ("add_account_properties", "config_account_properties.json", "accounts"),
+    ("track", "config_track.json", "messages.jsonl", "events"),
+    ("add_user_properties", "config_user_properties.json", "messages.jsonl", "users"),
+    ("add_account_properties", "config_account_properties.json", "messages.jsonl", "accounts"),
+    ("identify", "config_identify.json", "messages_identify.jsonl", "identifies"),
+    ("delete_users", "config_delete_users.json", "messages.jsonl", "deleted_users"),
 ]
 
 
@@ -32,14 +35,14 @@ def run_connector(*args: str, stdin: bytes = b"") -> list[dict]:
 def main() -> None:
     with HeapStandin() as heap, tempfile.TemporaryDirectory() as scratch:
         print(f"Local Heap stand-in at {heap.url}\n")
-        for api_type, config_name, received in LOADS:
+        for api_type, config_name, input_name, received in LOADS:
             config = json.loads((SAMPLES / config_name).read_text()) | {"base_url": heap.url}
             config_path = Path(scratch) / config_name
             config_path.write_text(json.dumps(config))
             status = run_connector("check", "--config", str(config_path))[-1]["connectionStatus"]["status"]
             messages = run_connector(
                 "write", "--config", str(config_path), "--catalog", str(SAMPLES / "configured_catalog.json"),
-                stdin=(SAMPLES / "messages.jsonl").read_bytes(),
+                stdin=(SAMPLES / input_name).read_bytes(),
             )
             logs = [m["log"]["message"] for m in messages if m["type"] == "LOG"]
             summary = next(line for line in logs if line.startswith("Sync summary"))

@@ -10,14 +10,21 @@ from airbyte_protocol_dataclasses.models import AirbyteMessage as ProtocolMessag
 
 from destination_heap_analytics.activation import destination_catalog, mapped_in_ui
 from destination_heap_analytics.config import ConfigError, parse_config
+from destination_heap_analytics.mapping import Mapping
 
 KEY = "heap-deletion-key-0123"
 PROTOCOL_MESSAGE = serpyco_rs.Serializer(ProtocolMessage, omit_none=True)
 
 
-def streams(object_name: str, sync_mode: str, primary_key: tuple[tuple[str, ...], ...] | None = None):
+def streams(
+    object_name: str,
+    sync_mode: str,
+    primary_key: tuple[tuple[str, ...], ...] | None = None,
+    json_schema: dict | None = None,
+):
     configured = {
-        "stream": {"name": "crm", "namespace": "sales", "json_schema": {}, "supported_sync_modes": ["incremental"]},
+        "stream": {"name": "crm", "namespace": "sales", "json_schema": json_schema or {},
+                   "supported_sync_modes": ["incremental"]},
         "sync_mode": "incremental",
         "destination_sync_mode": sync_mode,
         "destination_object_name": object_name,
@@ -105,7 +112,7 @@ REFUSED = {
     # (object, sync mode, primary key, config): words the error holds
     ("contact", "append", None, ""): ["crm", "'contact'", "event (append)", "Mappings tab"],
     ("event", "append_dedup", None, ""): ["crm", "append_dedup"],
-    ("user", "overwrite", (("identity",),), ""): ["overwrite"],
+    ("contact", "overwrite", None, ""): ["crm", "'contact'", "overwrite"],
     ("user", "update", (("identity",),), ""): ["update"],
     ("user", "append_dedup", (("email",),), ""): ["crm", "email", "identity"],
     ("user", "append_dedup", (("identity",), ("plan",)), ""): ["identity, plan"],
@@ -126,3 +133,38 @@ def test_what_discover_does_not_offer_is_refused_naming_the_stream(refused):
     for word in REFUSED[refused]:
         assert word in str(error.value)
     assert KEY not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "object_name, primary_key, api_type",
+    [
+        ("event", None, "track"),
+        ("user", None, "add_user_properties"),
+        ("user", (("identity",),), "add_user_properties"),
+        ("user", (("user_id",),), "delete_users"),  # only soft delete matches on user_id
+        ("account", (("account_id",),), "add_account_properties"),
+        ("identify", None, "identify"),
+    ],
+)
+def test_a_clear_overwrite_stands_for_the_objects_operation_its_key_fits(object_name, primary_key, api_type):
+    """Airbyte's Clear sends the stream with its object and sync mode overwrite, which no object offers: Heap
+    cannot remove, so the stream is its object's operation (adding before deleting), and a Clear sends no record."""
+    config = parse_config({"app_id": "11", "api_key": KEY})
+    ((_, stream),) = mapped_in_ui(config, streams(object_name, "overwrite", primary_key)).items()
+    assert stream.mapping.api_type == api_type
+
+
+DECLARED = {"type": "object", "additionalProperties": True,
+            "properties": {"identity": {}, "plan": {}, "$city": {}, "a.b": {}, "tick`s": {}}}
+
+
+@pytest.mark.parametrize("object_name, sync_mode", [("user", "append_dedup"), ("event", "append")])
+def test_an_activation_stream_sends_only_the_fields_its_schema_declares_each_by_its_own_name(object_name, sync_mode):
+    config = parse_config({"app_id": "11"})
+    ((_, stream),) = mapped_in_ui(config, streams(object_name, sync_mode, json_schema=DECLARED)).items()
+    assert stream.mapping.property_columns == ("`plan`", "`$city`", "`a.b`", "`tick``s`")
+    assert stream.mapping.excluded_columns == frozenset()
+    item = Mapping(stream.mapping, "crm").map(
+        {"identity": "u", "event": "e", "plan": "pro", "$city": "Oslo", "a.b": 1, "tick`s": 2, "new_column": "x"}, 1
+    )
+    assert item.body["properties"] == {"plan": "pro", "$city": "Oslo", "a.b": 1, "tick`s": 2}

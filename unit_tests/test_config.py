@@ -49,6 +49,7 @@ def test_a_0_1_0_config_parses_unchanged_with_defaults():
     [
         (" a , b,c ", ("a", "b", "c")),
         ("identities.provider", ("identities.provider",)),
+        ("`a,b`, c, `x``,y`", ("`a,b`", "c", "`x``,y`")),  # a comma inside backquotes is part of the name
         ("*", None),
         ("", ()),
     ],

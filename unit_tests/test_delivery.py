@@ -21,6 +21,7 @@ from destination_heap_analytics.client import (
     HeapRejected,
     Verdict,
     classify,
+    error_named,
     heap_reason,
     is_heap_acknowledgement,
     retry_after,
@@ -108,6 +109,28 @@ def test_a_refusal_is_about_an_item_only_when_heap_names_one(text, names_item):
 )
 def test_every_2xx_body_is_heaps_acknowledgement_but_another_servers_page(body, acknowledged):
     assert is_heap_acknowledgement(body) is acknowledged
+
+
+@pytest.mark.parametrize(
+    ("body", "field_name"),
+    [
+        (b'{"error": "invalid app_id"}', "error"),
+        (b' {"errors": [{"message": "x"}]}', "errors"),
+        (b'{"success": false}', "success"),
+        (b'{"ok": false, "error": ""}', "ok"),
+        (b'{"status": "Error"}', "status"),
+        (b'{"error": null, "errors": [], "success": true, "status": "pending"}', None),
+        (b'{"deletion_request_id": "x", "status": "pending"}', None),
+        (b"", None),
+        (b"OK", None),
+        (b"Event accepted", None),
+        (b'["error"]', None),
+        (b"{not json", None),
+    ],
+)
+def test_a_2xx_body_that_names_an_error_is_told_by_the_fields_name(body, field_name):
+    assert error_named(body) == field_name
+    assert classify(200, body) is Verdict.ACKNOWLEDGED  # still Heap's acknowledgement
 
 
 @pytest.mark.parametrize(

@@ -133,6 +133,21 @@ INVALID = [
         "postBody.properties should be object",
     ),
     (
+        "property a boolean",  # Heap: "a number or string"; its own clients raise on any other type
+        TRACK,
+        {"app_id": "1", **event(properties={"a": True})},
+        r"postBody.properties.a should be string or number",
+    ),
+    (
+        "bulk user property a boolean",
+        USERS,
+        {
+            "app_id": "1",
+            "users": [{"identity": "a", "properties": {"n": 1}}, {"identity": "b", "properties": {"on": False}}],
+        },
+        r"postBody.users\[1\].properties.on should be string or number",
+    ),
+    (
         "property null",
         TRACK,
         {"app_id": "1", **event(properties={"a": None})},
@@ -292,7 +307,7 @@ VALID = [
         {
             "app_id": "11",
             **event(timestamp=TS, idempotency_key="k1", session_id="s1"),
-            "properties": {"plan": "pro", "seats": 3, "price": 9.5, "trial": False, "tags": "a||b"},
+            "properties": {"plan": "pro", "seats": 3, "price": 9.5, "trial": "false", "tags": "a||b"},
         },
         "events",
         1,

@@ -61,7 +61,7 @@ def test_track_seed_example():
         "identity": "jamie.tillman0@example.com",
         "event": "Username-Password-Authentication",
         "timestamp": "2022-10-21T00:09:54.622+00:00",
-        "properties": {"blocked": False, "created_at": "2022-10-21T04:09:54.622Z", "name": "Jamie Tillman"},
+        "properties": {"blocked": "false", "created_at": "2022-10-21T04:09:54.622Z", "name": "Jamie Tillman"},
     }
     assert item.notes == []
 
@@ -92,7 +92,7 @@ def test_account_properties_seed_example():
     )
     assert item.body == {
         "account_id": "815ff3c3-84fa-4f63-b959-ac2d11efc63c",
-        "properties": {"family_name": "Tillman", "email_verified": False, "blocked": False},
+        "properties": {"family_name": "Tillman", "email_verified": "false", "blocked": "false"},
     }
 
 
@@ -130,6 +130,16 @@ def test_each_item_names_the_key_whose_updates_keep_input_order(api, key):
         ("missing", {}, None),
         ("$.items[1].sku", {"items": [{"sku": "A1"}, {"sku": "B2"}]}, "B2"),
         ("items[0].tags", {"items": [{"tags": ["x", "y"]}]}, ["x", "y"]),
+        # a record key that is exactly the column wins over the path, as for dotted keys
+        ("tags[0]", {"tags[0]": "the field itself", "tags": ["first"]}, "the field itself"),
+        ("tags[0]", {"tags": ["first"]}, "first"),
+        ("$.a", {"$.a": "the field itself", "a": 1}, "the field itself"),
+        # in backquotes: the field of that name, never a path
+        ("`$city`", {"$city": "Oslo"}, "Oslo"),
+        ("`tags[0]`", {"tags": ["first"]}, None),
+        ("`address.city`", {"address": {"city": "Oslo"}}, None),
+        ("`a``b`", {"a`b": 1}, 1),
+        ("`a,b`", {"a,b": 2}, 2),
     ],
 )
 def test_column_paths(column, record, expected):
@@ -141,6 +151,19 @@ def test_invalid_jsonpath_is_a_config_error():
         ColumnPath("$.items[?(@.x ==")
 
 
+def test_a_column_that_is_no_path_says_how_to_name_the_field_as_it_is():
+    with pytest.raises(ConfigError, match=r"Column '\$city' is not a valid path .* write it in backquotes: `\$city`"):
+        ColumnPath("$city")
+
+
+def test_backquoted_columns_give_properties_the_fields_own_names():
+    record = {"who": "u", "$city": "Oslo", "tags[0]": "t", "a,b": 1, "tags": ["x"]}
+    item = mapped(users(("`$city`", "tags[0]", "`a,b`")), record)
+    assert item.body["properties"] == {"$city": "Oslo", "tags[0]": "t", "a,b": 1}
+    star = mapped({**users(None), "excluded_columns": frozenset({"`$city`", "tags"})}, record)
+    assert star.body["properties"] == {"who": "u", "tags[0]": "t", "a,b": 1}
+
+
 # Property values.
 
 
@@ -150,8 +173,8 @@ def test_invalid_jsonpath_is_a_config_error():
         ("text", "text"),
         (42, 42),
         (-1.5, -1.5),
-        (True, True),
-        (False, False),
+        (True, "true"),  # Heap takes a number or a string: booleans go as Heap's own clients send them
+        (False, "false"),
         (2**53 - 1, 2**53 - 1),
         (2**53, str(2**53)),  # past 2^53 a number loses digits: sent as text
         (-(2**60), str(-(2**60))),
@@ -164,6 +187,17 @@ def test_invalid_jsonpath_is_a_config_error():
 def test_property_values(value, expected):
     item = mapped(users(("p",)), {"who": "u1", "p": value})
     assert item.body["properties"] == {"p": expected}
+
+
+def test_booleans_go_as_text_wherever_they_are():
+    """Under "*", nested, and in a merge's later update alike: Heap's documented types are numbers and strings."""
+    record = {"who": "u", "what": "e", "ok": True, "flags": {"beta": False, "on": True}, "list": [True]}
+    item = mapped(track(property_columns=None), record)
+    assert item.body["properties"] == {
+        "who": "u", "what": "e", "ok": "true", "flags.beta": "false", "flags.on": "true", "list": "true"
+    }
+    explicit = mapped(users(("ok", "flags.beta")), {"who": "u", "ok": False, "flags": {"beta": True}})
+    assert explicit.body["properties"] == {"ok": "false", "flags.beta": "true"}
 
 
 @pytest.mark.parametrize("value", [None, [], [None], float("nan"), float("inf")])

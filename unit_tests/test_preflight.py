@@ -80,6 +80,9 @@ def test_an_undeclared_column_near_a_declared_one_or_ruled_out_is_refused(api, c
         ({"api_type": "heap_events"}, schema(closed=True, properties={"identity": {}, "user_id": {}})),
         # a preset's own exclusions are not the user's words
         ({"api_type": "heap_users"}, schema(closed=True, properties={"identity": {}, "user_id": {}})),
+        # fields whose names hold $ or [: in backquotes, or written as they are
+        (dict(TRACK, property_columns="`$city`,tags[0]"), schema(closed=True, properties={**DECLARED, "$city": {},
+                                                                                           "tags[0]": {}})),
     ],
 )
 def test_declared_or_uncheckable_columns_pass_silently(api, json_schema):
@@ -127,6 +130,8 @@ def test_every_refused_column_of_every_stream_is_named_at_once():
         ("$[*]", None),
         ("$", None),
         ("$.[", None),
+        ("`$city`", "$city"),
+        ("`a.b`", "a.b"),
     ],
 )
 def test_the_first_field_of_a_column(column, first):
@@ -137,10 +142,12 @@ def test_the_first_field_of_a_column(column, first):
 # Once records flow: a required column none of the stream's first records has
 
 
-def watch_records(api: dict, records: list[Any]) -> tuple[ColumnWatch, list[str | None]]:
+def watch_records(
+    api: dict, records: list[Any], json_schema: Any = None
+) -> tuple[ColumnWatch, list[str | None]]:
     stream = streams(api)[("users", None)]
     mapping = Mapping(stream.mapping, "users")
-    watch = ColumnWatch(stream, ("users", None))
+    watch = ColumnWatch(stream, ("users", None), json_schema)
     return watch, [watch.saw(record, mapping.map(record, 1_700_000_000_000)) for record in records]
 
 
@@ -181,3 +188,44 @@ def test_the_verdict_comes_at_the_thousandth_record_if_no_state_came_first():
     _, verdicts = watch_records(TRACK, [WITHOUT_EMAIL] * RECORDS_WATCHED)
     assert verdicts[:-1] == [None] * (RECORDS_WATCHED - 1)
     assert f"every one of its first {RECORDS_WATCHED} records" in verdicts[-1]
+
+
+@pytest.mark.parametrize(
+    "api, records",
+    [
+        (TRACK, [WITHOUT_EMAIL] * 3),  # the source left out a null identity: skipped and counted, never a stop
+        (USERS, [{"email": "x@example.com"}] * 2),  # a CDC update that changed no property column: no_properties
+        (dict(USERS, property_columns="plan,plna"), [{"email": "x@example.com"}] * 2),  # one of them declared
+        (TRACK, [WITHOUT_EMAIL] * RECORDS_WATCHED),
+    ],
+    ids=["identity", "properties", "some_properties_declared", "thousand"],
+)
+def test_a_declared_column_the_records_lack_is_data_not_a_mistake(api, records):
+    watch, verdicts = watch_records(api, records, schema())
+    assert verdicts == [None] * len(records) and watch.at_state() is None
+
+
+def test_an_undeclared_required_column_the_records_lack_is_still_refused_where_the_schema_declares_others():
+    watch, _ = watch_records(dict(TRACK, identity_column="mail_address"), [WITH_EMAIL] * 2, schema())
+    assert "missing_identity (column mail_address)" in watch.at_state()
+
+
+def test_a_property_column_no_record_has_is_named_at_the_first_state_of_a_schemaless_stream(caplog):
+    api = dict(TRACK, property_columns="plan,plna,address.city,referrer")
+    records = [WITH_EMAIL, {**WITH_EMAIL, "referrer": None}, {**WITH_EMAIL, "address": {}}]
+    watch, verdicts = watch_records(api, records, {"type": "object"})
+    assert verdicts == [None] * 3 and watch.watching
+    assert watch.at_state() is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    # plan, address (for address.city) and referrer (null) are in some record: only plna is named
+    assert warnings[0].startswith("Stream users: none of its first 3 records has the property column(s) plna, so ")
+    assert not watch.watching and watch.at_state() is None and len(caplog.records) == 1  # said once
+
+
+def test_property_columns_every_record_has_or_a_declared_schema_give_no_warning(caplog):
+    api = dict(TRACK, property_columns="plan")
+    for json_schema, records in (({"type": "object"}, [WITH_EMAIL]), (schema(), [{"email": "x", "action": "a"}])):
+        watch, _ = watch_records(api, records, json_schema)
+        assert watch.at_state() is None and not watch.watching
+    assert caplog.records == []

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import ast
 import datetime
+import fnmatch
 import json
 import logging
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -586,6 +588,7 @@ def test_metadata_is_what_the_registry_reads():
     assert data["remoteRegistries"] == {"pypi": {"enabled": True, "packageName": package}}
     assert data["supportsDbt"] is False and data["supportsNormalization"] is False
     assert data["supportsDataActivation"] is True  # discover answers Heap's objects (destination.py)
+    assert loaded.data.supportsRefreshes is True and data["supportsRefreshes"] is True  # as activation destinations
     assert data["documentationUrl"] == SPECIFICATION.documentationUrl
     assert data["connectorType"] == "destination" and data["definitionId"]
     # releases as Airbyte's ConnectorReleases schema has it (additionalProperties false; breakingChanges has at
@@ -754,3 +757,38 @@ def test_a_storage_refusal_never_shows_a_secret():
         with pytest.raises(ConfigError) as refused:
             parse_storage_config({"app_id": "11", FIELD: storage})
         assert secret not in str(refused.value) and FIELD in str(refused.value)
+
+
+def test_secrets_stay_out_of_git_and_out_of_the_image_builds_context():
+    """The README's container example puts config.json (with any api_key) in secrets/: git must not offer it for
+    a commit, nor the build send it to the image builder (.dockerignore: a pattern naming a directory keeps out
+    all of it)."""
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", "-q", "secrets/config.json"], cwd=ROOT, check=False
+    )
+    assert ignored.returncode == 0, ".gitignore does not keep secrets/ out of git"
+    lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
+    patterns = [line.rstrip("/") for line in lines if line and not line.startswith("#")]
+    assert any(fnmatch.fnmatch("secrets", pattern) for pattern in patterns), ".dockerignore sends secrets/ to builds"
+
+
+def test_the_readmes_pyairbyte_snippet_sets_its_settings_before_importing_airbyte():
+    """PyAirbyte reads AIRBYTE_OFFLINE_MODE and AIRBYTE_NO_UV when airbyte is imported: set after, they do
+    nothing, and the snippet fails offline. Its destination config is one the spec and the connector accept."""
+    readme = (ROOT / "README.md").read_text().split("## Use from PyAirbyte", 1)[1]
+    snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    statements = ast.parse(snippet).body
+    imports = [n for n, s in enumerate(statements) if isinstance(s, ast.Import) and s.names[0].name == "airbyte"]
+    settings_at = {
+        ast.literal_eval(call.args[0]): n
+        for n, statement in enumerate(statements)
+        for call in ast.walk(statement)
+        if isinstance(call, ast.Call) and ast.unparse(call.func) == "os.environ.setdefault"
+    }
+    assert set(settings_at) == {"AIRBYTE_OFFLINE_MODE", "AIRBYTE_NO_UV"} and imports
+    assert max(settings_at.values()) < imports[0]
+    calls = [node for node in ast.walk(ast.parse(snippet)) if isinstance(node, ast.Call)]
+    (destination,) = [call for call in calls if ast.unparse(call.func) == "ab.get_destination"]
+    config = ast.literal_eval(next(k.value for k in destination.keywords if k.arg == "config"))
+    assert not spec_errors(config)
+    parse_config(config)
