@@ -226,8 +226,11 @@ class Sync:
     def finish(self) -> None:
         """Send everything; return once every record has its fate or the sync failed, and every sender is idle."""
         self.dispatcher.flush()
-        while not self.ledger.wait_for_room(1, 1 << 62, timeout=0.05) and self.dispatcher.failure is None:
-            pass
+        for _ in range(2400):  # 120 s: a bound for a dispatcher that never gets there, not a timing
+            if self.ledger.wait_for_room(1, 1 << 62, timeout=0.05) or self.dispatcher.failure is not None:
+                break
+        else:
+            raise AssertionError(f"{self.ledger.open_records} records still without a fate, and no failure")
         self.close()
 
     def close(self) -> None:
