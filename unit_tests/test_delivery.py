@@ -286,12 +286,13 @@ def versions_by(arrived: list[dict], key: str, version: Callable[[dict], int]) -
 # Per-key order, across the routes of one endpoint
 
 
-def test_each_users_updates_arrive_in_input_order_across_two_routes_whatever_the_concurrency(syncs):
-    """Ten rounds of 30 users, each record by one of two streams' routes to one endpoint (batches of 7 and 11), eight
+@pytest.mark.parametrize("concurrency", [1, 3, 8])
+def test_each_users_updates_arrive_in_input_order_across_two_routes_whatever_the_concurrency(syncs, concurrency):
+    """Ten rounds of 30 users, each record by one of two streams' routes to one endpoint (batches of 7 and 11), a few
     senders, random delays: each user's updates arrive in input order (merged ones as one), and Heap ends as the
     records applied in input order would leave it."""
     rng = random.Random(3)
-    sync = syncs(lambda items: None, delay=lambda: rng.uniform(0, 0.003), max_concurrent_requests=8)
+    sync = syncs(delay=lambda: rng.uniform(0, 0.003), max_concurrent_requests=concurrency)
     routes = [sync.route("add_user_properties", batch_size=7), sync.route("add_user_properties", batch_size=11)]
     records = [{"identity": f"u{u}", "properties": {"v": r, f"p{r % 4}": r}} for r in range(10) for u in range(30)]
     for number, record in enumerate(records):
@@ -306,10 +307,11 @@ def test_each_users_updates_arrive_in_input_order_across_two_routes_whatever_the
     assert (sync.delivered(), sync.rejected(), sync.ledger.open_records) == (300, 0, 0)
 
 
-def test_each_user_ids_identifies_arrive_in_input_order_across_two_routes_whatever_the_concurrency(syncs):
-    """identify: single requests, no merging; two routes of the endpoint, eight senders, random delays."""
+@pytest.mark.parametrize("concurrency", [1, 3, 8])
+def test_each_user_ids_identifies_arrive_in_input_order_across_two_routes_whatever_the_concurrency(syncs, concurrency):
+    """identify: single requests, no merging; two routes of the endpoint, a few senders, random delays."""
     rng = random.Random(5)
-    sync = syncs(delay=lambda: rng.uniform(0, 0.002), max_concurrent_requests=8)
+    sync = syncs(delay=lambda: rng.uniform(0, 0.002), max_concurrent_requests=concurrency)
     routes = [sync.route("identify", bulk=False, batch_size=1), sync.route("identify", bulk=False, batch_size=1)]
     for r in range(6):
         for user_id in range(20):
