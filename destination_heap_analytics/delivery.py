@@ -54,7 +54,7 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_ITEM_AGE_SECONDS = 1.0  # a ready item waits at most this long for a full request: slow sources' states flow
 LOOK_SECONDS = 0.25  # how often an idle sender looks at item ages, and a waiting one whether the sync stops
 SUSPECT_PAUSE_SECONDS = 0.5  # before a record refused alone without a name is tried again, doubled each time,
-MAX_SUSPECT_PAUSE_SECONDS = 4.0  # up to this
+MAX_SUSPECT_PAUSE_SECONDS = 2.0  # up to this: a run of RUN_LIMIT refusals ends within a minute of pauses
 
 
 class Route:

@@ -210,7 +210,8 @@ class StateLedger(Generic[State]):
                 interval = self._filling.pop(closing, None)
                 if interval is not None:
                     interval.closed_at = self._arrivals
-                    self._closed_of.setdefault(closing, deque()).append(interval)
+                    if closing is not EVERY_STREAM:  # unreadable lines': only states for every stream wait for them
+                        self._closed_of.setdefault(closing, deque()).append(interval)
                     self._closed.append(interval)
                     intervals.append(interval)
                     self._changed.add(closing)
