@@ -311,7 +311,6 @@ def test_record_values_never_appear_in_any_output(tmp_path: Path) -> None:
         ]
         other_stream = {"user": f"LEAK-{token}-other", "event": f"LEAK-{token}-other-event"}
         stdin = "".join(record_line(r) + "\n" for r in good + invalid)
-        stdin += record_line(other_stream, stream="other") + "\n"
         stdin += record_line([f"LEAK-{token}-list"]) + "\n" + state_line(0) + "\n"
         config = valid_config(heap.url, api={
             "api_type": "track", "identity_column": "user", "event_column": "event", "timestamp_column": "at",
@@ -325,12 +324,17 @@ def test_record_values_never_appear_in_any_output(tmp_path: Path) -> None:
             recorder.env(LOOPBACK),
             stdin=record_line(good[0]) + "\n" + record_line(invalid[1]) + "\n",
         )
+        unknown = run(  # a record of a stream outside the catalog stops the sync, naming the stream only
+            tmp_path / "unknown", "write", config, recorder.env(LOOPBACK),
+            stdin=record_line(other_stream, stream="other") + "\n",
+        )
         check = run(tmp_path / "check", "check", config, recorder.env(LOOPBACK))
         assert skip.returncode == 0, skip.describe()
+        assert unknown.returncode != 0 and "other" in unknown.errors[-1]["message"], unknown.describe()
         assert fail.returncode != 0 and fail.errors, fail.describe()
         assert "invalid_timestamp" in fail.errors[-1]["message"], fail.describe()
         assert check.statuses[0]["status"] == "SUCCEEDED", check.describe()
-        for result in (skip, fail, check):
+        for result in (skip, fail, unknown, check):
             assert f"LEAK-{token}" not in result.output_without_states, result.describe()
             assert_no_traceback(result)
         assert len(heap.events) == len(good) + 1  # the good ones, and the one with a truncated essay
