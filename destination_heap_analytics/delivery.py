@@ -64,6 +64,7 @@ class Route:
 
     def __init__(self, config: HeapConfig, api_type: str, bulk: bool, batch_size: int, client: HeapClient) -> None:
         self.endpoint = ENDPOINTS[api_type]
+        self.merges = api_type in MERGING_APIS  # its items merge with earlier updates of their key (lanes.py)
         self.bulk = bulk
         self.batch_size = batch_size if bulk else 1
         self.client = client
@@ -123,22 +124,23 @@ class Dispatcher:
         for sender in self._senders:
             sender.start()
 
-    def add(self, item: Item, api_type: str) -> bool:
+    def add(self, item: Item) -> bool:
         """Queue an item in its endpoint's lane; True if it merged into an earlier update of its key."""
         route = item.route
         with self._lock:
             lane = self._routes.get(route)
             if lane is None:
-                lane = self._routes[route] = self._lane(route.endpoint.path, api_type)
+                lane = self._routes[route] = self._lane(route)
             merged = lane.add(item)
             if not merged and len(lane.ready.get(route, ())) >= route.batch_size:
                 self._lock.notify()
             return merged
 
-    def _lane(self, path: str, api_type: str) -> Lane:
+    def _lane(self, route: Route) -> Lane:
         """The endpoint's one lane, whatever stream or route its items come by."""
+        path = route.endpoint.path
         if path not in self._lanes:
-            self._lanes[path] = Lane(api_type in MERGING_APIS, MAX_REQUEST_BYTES)
+            self._lanes[path] = Lane(route.merges, MAX_REQUEST_BYTES)
             self._watches[path] = EndpointWatch()
         return self._lanes[path]
 

@@ -23,7 +23,7 @@ from airbyte_cdk.utils.traced_exception import AirbyteTracedException
 from destination_heap_analytics.client import DeliveryCounters, DeliveryError, HeapClient
 from destination_heap_analytics.config import HeapConfig, StreamConfig, StreamKey, stream_label
 from destination_heap_analytics.delivery import MAX_REQUEST_BYTES, Dispatcher, Route
-from destination_heap_analytics.lanes import MERGING_APIS, Item, encoded
+from destination_heap_analytics.lanes import Item, encoded
 from destination_heap_analytics.mapping import Mapping, Rejection
 from destination_heap_analytics.messages import BadLine, Message, SourceRecord, SourceState
 from destination_heap_analytics.pacing import Pacer
@@ -47,8 +47,6 @@ class StreamLoad:
 
     def __init__(self, key: StreamKey, stream: StreamConfig, route: Route, schema: Any = None) -> None:
         self.mapping = Mapping(stream.mapping, key[0])
-        self.api_type = stream.mapping.api_type
-        self.merges = self.api_type in MERGING_APIS
         self.watch = ColumnWatch(stream, key, schema)  # its first records, for a column none of them has
         self.route = route
 
@@ -158,9 +156,9 @@ class SyncWriter:
             self._reject(entry, ITEM_TOO_LARGE)
             return
         self._ledger.hold(entry, body)
-        fields = item.body if load.merges else None
+        fields = item.body if load.route.merges else None
         key = item.key if item.key is not None else entry  # an event is its own key: events carry their own time
-        self._dispatcher.add(Item(key, load.route, item.identity, [entry], fields, len(body)), load.api_type)
+        self._dispatcher.add(Item(key, load.route, item.identity, [entry], fields, len(body)))
         if self._ledger.open_records >= self._window_records or self._ledger.open_bytes >= MAX_WINDOW_BYTES:
             self._wait_for_room()
 
@@ -181,7 +179,7 @@ class SyncWriter:
                 not self._dispatcher.in_flight or time.monotonic() - self._terminated_at > TERMINATION_GRACE_SECONDS
             ):
                 break
-            self._ledger.wait_for_room(self._ledger.open_records, MAX_WINDOW_BYTES + 1, WAIT_SECONDS)  # one more fate
+            self._ledger.wait_for_room(self._ledger.open_records, float("inf"), WAIT_SECONDS)  # until one more fate
             yield from self._look_around()
         yield from self._look_around()
 

@@ -32,7 +32,7 @@ from destination_heap_analytics.client import (
 )
 from destination_heap_analytics.config import parse_config
 from destination_heap_analytics.delivery import Dispatcher, Route
-from destination_heap_analytics.lanes import MERGING_APIS, Item, encoded
+from destination_heap_analytics.lanes import Item, encoded
 from destination_heap_analytics.refusals import RUN_LIMIT
 from destination_heap_analytics.state import StateLedger
 
@@ -240,13 +240,12 @@ class Sync:
 
     def add(self, route: Route, body: dict, key: Hashable = None, stream: str = "users") -> bool:
         """One record into its lane (key None: its own, as an event's); True if it merged into an earlier one."""
-        api_type = next(api for api, endpoint in delivery.ENDPOINTS.items() if endpoint is route.endpoint)
         entry = self.ledger.received(stream)
         json = encoded(body)
         self.ledger.hold(entry, json)
-        fields = body if api_type in MERGING_APIS else None
+        fields = body if route.merges else None
         item = Item(entry if key is None else key, route, body.get("identity"), [entry], fields, len(json))
-        return self.dispatcher.add(item, api_type)
+        return self.dispatcher.add(item)
 
     def finish(self) -> None:
         """Send everything; return once every record has its fate or the sync failed, and every sender is idle."""
