@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import orjson
 import requests
@@ -238,7 +239,7 @@ def last_values(records: int, data: Callable[[int], dict], api_type: str, keys: 
         row = data(i)
         key = resolve(row, key_column)
         if key not in held:
-            held[key] = {column: resolve(row, column) for column in columns}
+            held[key] = {column: as_heap_holds(resolve(row, column)) for column in columns}
             if len(held) == keys:
                 break
     return held
@@ -250,6 +251,11 @@ def resolve(row: dict, column: str) -> object:
     for part in column.split("."):
         value = value[0][part] if isinstance(value, list) else value[part]
     return value
+
+
+def as_heap_holds(value: Any) -> Any:
+    """A property value as the connector sends it: Heap takes numbers and text, so a boolean goes as "true"/"false"."""
+    return str(value).lower() if isinstance(value, bool) else value
 
 
 def end_state(items: list[dict], key: str) -> dict[str, dict]:
