@@ -255,7 +255,6 @@ class Dispatcher:
         return Evidence(
             path=route.endpoint.path,
             reason=str(refusal),  # with its HTTP status
-            items=len(request),
             records=sum(len(item.entries) for item in request),
             names_item=refusal.names_item,
             deletion=route.endpoint.answers_with_request_id,

@@ -44,8 +44,7 @@ class Evidence:
 
     path: str  # the endpoint
     reason: str  # Heap's refusal, safe to log
-    items: int  # in the refused request
-    records: int  # behind its items (more than items where updates merged)
+    records: int  # in the refused request: behind its items (more than its items where updates merged)
     names_item: bool  # Heap's text points into one item
     deletion: bool = False
     run: int = 1  # refusals naming no item in a row at the endpoint, this one included

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from heap_standin import HeapStandin
+from integration_tests.ordered_model import applied_in_order, heap_end_state
 from integration_tests.support import (
     APP_ID,
     catalog,
@@ -49,16 +50,9 @@ def updates(count: int, keys: int, seed: int = 7) -> list[dict]:
     return rows
 
 
-def end_state(items: list[dict], key: str = "identity") -> dict[str, dict]:
-    """What Heap holds after these property updates in this order: each key's last value of each property."""
-    held: dict[str, dict] = {}
-    for item in items:
-        held.setdefault(item[key], {}).update(item["properties"])
-    return held
-
-
 def expected_state(rows: list[dict], key: str = "email") -> dict[str, dict]:
-    return end_state([{"identity": row[key], "properties": {k: v for k, v in row.items() if k != key}} for row in rows])
+    """What applying these rows in input order leaves, keyed by `key`: every other column is a property."""
+    return applied_in_order((row[key], {k: v for k, v in row.items() if k != key}) for row in rows)
 
 
 class LatestWatcher:
@@ -70,7 +64,7 @@ class LatestWatcher:
 
     def on_message(self, message: dict) -> None:
         if message["type"] == "STATE":
-            held = {key: properties["seq"] for key, properties in end_state(self._heap.users).items()}
+            held = {key: properties["seq"] for key, properties in heap_end_state(self._heap.users, "identity").items()}
             self.snapshots.append((without_destination_stats(message["state"]), held))
 
     def assert_safe(self, messages: list[dict]) -> None:
@@ -105,7 +99,7 @@ def test_many_updates_of_few_users_end_in_the_state_of_every_record_in_order_in_
         result = run_connector("write", cfg, catalog(), messages, timeout=120, on_message=watcher.on_message)
         assert result.returncode == 0, result.describe()
         stats = heap.stats()
-        assert end_state(heap.users) == expected_state(rows)
+        assert heap_end_state(heap.users, "identity") == expected_state(rows)
     assert stats["requests"] < len(rows) / 2, stats
     summary = result.summary
     assert (summary["read"], summary["sent"], summary["skipped"]) == (3000, 3000, 0)
@@ -135,7 +129,7 @@ def test_a_refused_merged_item_is_split_back_so_only_the_record_heap_refuses_is_
         messages = interleave(rows, every=50)
         result = run_connector("write", config(heap, USERS), catalog(), messages)
         assert result.returncode == 0, result.describe()
-        assert end_state(heap.users) == expected_state(rows[:-1])
+        assert heap_end_state(heap.users, "identity") == expected_state(rows[:-1])
     summary = result.summary
     assert (summary["read"], summary["sent"], summary["skipped"]) == (50, 49, 1)
     (reason,) = result.skipped
@@ -214,8 +208,8 @@ def test_a_stream_of_updates_to_three_accounts_never_holds_the_user_streams_requ
         result = run_connector("write", cfg, catalog("users", "accounts"), messages, timeout=120)
         assert result.returncode == 0, result.describe()
         stats = heap.stats()
-        assert end_state(heap.users) == expected_state(users)
-        assert end_state(heap.accounts, "account_id") == expected_state(accounts, "account")
+        assert heap_end_state(heap.users, "identity") == expected_state(users)
+        assert heap_end_state(heap.accounts, "account_id") == expected_state(accounts, "account")
     assert not together.broken, "the connector never had 4 requests in flight at once"
     assert stats["max_in_flight"] == 4, stats
     for stream in ("users", "accounts"):  # each stream's states, in its order (the streams' may interleave)

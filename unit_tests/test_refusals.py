@@ -16,7 +16,7 @@ REASON = "refused (Heap's wording is not logged: it may quote record values)"
 
 def evidence(**fields) -> Evidence:
     """A refusal of one lone record, without a name, the first at the endpoint: each case changes what it is about."""
-    return Evidence(**{"path": PATH, "reason": REASON, "items": 1, "records": 1, "names_item": False} | fields)
+    return Evidence(**{"path": PATH, "reason": REASON, "records": 1, "names_item": False} | fields)
 
 
 STOP, SPLIT, REJECT, RETRY = Action.STOP, Action.SPLIT, Action.REJECT, Action.RETRY
@@ -24,26 +24,26 @@ STOP, SPLIT, REJECT, RETRY = Action.STOP, Action.SPLIT, Action.REJECT, Action.RE
 CASES = [
     # rule 1: a refused deletion stops, whatever else the evidence shows
     ("deletion of one named record", dict(deletion=True, names_item=True), STOP),
-    ("deletion of several items", dict(deletion=True, items=40, records=40), STOP),
+    ("deletion of several items", dict(deletion=True, records=40), STOP),
     ("deletion refused alone, unnamed, after acceptances", dict(
         deletion=True, lone_refusals=LONE_REFUSALS, accepted_any=True, accepted_since_refused=True), STOP),
     ("deletion at the run limit", dict(deletion=True, run=RUN_LIMIT, accepted_any=True), STOP),
     # rule 2: the run limit of refusals naming no item stops, before any split or retry
     ("run limit, nothing accepted", dict(run=RUN_LIMIT), STOP),
-    ("run limit, several items", dict(run=RUN_LIMIT, items=500, records=500), STOP),
+    ("run limit, several items", dict(run=RUN_LIMIT, records=500), STOP),
     ("run limit, one merged item", dict(run=RUN_LIMIT, records=7), STOP),
     ("past the run limit", dict(run=RUN_LIMIT + 5, accepted_any=True), STOP),
     ("run limit, a suspect due for rejection", dict(
         run=RUN_LIMIT, accepted_any=True, lone_refusals=LONE_REFUSALS, accepted_since_refused=True), STOP),
-    ("one short of the run limit, several items", dict(run=RUN_LIMIT - 1, items=2, records=2), SPLIT),
+    ("one short of the run limit, several items", dict(run=RUN_LIMIT - 1, records=2), SPLIT),
     ("one short of the run limit, one record", dict(run=RUN_LIMIT - 1), RETRY),
     ("a named refusal does not count toward the run", dict(run=RUN_LIMIT, names_item=True), REJECT),
-    ("a named refusal of several items at the run limit", dict(run=RUN_LIMIT, names_item=True, items=3, records=3),
+    ("a named refusal of several items at the run limit", dict(run=RUN_LIMIT, names_item=True, records=3),
      SPLIT),
     # rule 3: several items, or one item merged from several records, split
-    ("several items, unnamed", dict(items=2, records=2), SPLIT),
-    ("several items, named", dict(items=1000, records=1000, names_item=True), SPLIT),
-    ("several items holding merged records", dict(items=3, records=9), SPLIT),
+    ("several items, unnamed", dict(records=2), SPLIT),
+    ("several items, named", dict(records=1000, names_item=True), SPLIT),
+    ("several items holding merged records", dict(records=9), SPLIT),
     ("one merged item, unnamed", dict(records=2), SPLIT),
     ("one merged item, named", dict(records=5, names_item=True), SPLIT),
     ("one merged item whose records were refused alone before", dict(
@@ -77,7 +77,7 @@ def test_a_refused_deletion_says_it_is_never_skipped_and_is_not_transient():
 
 
 def test_a_run_of_refusals_with_nothing_accepted_is_a_config_error_naming_the_endpoint_and_what_to_check():
-    decision = decide(evidence(run=RUN_LIMIT, items=10, records=10))
+    decision = decide(evidence(run=RUN_LIMIT, records=10))
     assert not decision.transient
     assert f"{RUN_LIMIT} requests in a row at {PATH}" in decision.message
     assert "accepted none" in decision.message and CHECK_BASE_URL in decision.message and REASON in decision.message
@@ -102,7 +102,7 @@ def test_only_a_stop_carries_a_message(action):
 
 def any_evidence() -> st.SearchStrategy[Evidence]:
     return st.builds(
-        lambda items, extra, **fields: Evidence(PATH, REASON, items=items, records=items + extra, **fields),
+        lambda items, extra, **fields: Evidence(PATH, REASON, records=items + extra, **fields),
         items=st.integers(1, 1000),
         extra=st.integers(0, 50),
         names_item=st.booleans(),
